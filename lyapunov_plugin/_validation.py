@@ -1,0 +1,141 @@
+"""Input checks shared by every public entry point.
+
+Each check raises a ``TypeError`` (wrong kind of object) or ``ValueError`` (right kind,
+wrong value) whose message names the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_real(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise ``TypeError`` if it is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    as_float = float(value)
+    if not math.isfinite(as_float):
+        raise ValueError(f"{name} must be finite, got {as_float}")
+    return as_float
+
+
+def check_positive(name: str, value: Any) -> float:
+    """A finite real number > 0."""
+    as_float = check_real(name, value)
+    if as_float <= 0:
+        raise ValueError(f"{name} must be > 0, got {as_float}")
+    return as_float
+
+
+def check_non_negative(name: str, value: Any) -> float:
+    """A finite real number >= 0."""
+    as_float = check_real(name, value)
+    if as_float < 0:
+        raise ValueError(f"{name} must be >= 0, got {as_float}")
+    return as_float
+
+
+def check_open_unit(name: str, value: Any) -> float:
+    """A real number in the open interval (0, 1)."""
+    as_float = check_real(name, value)
+    if not 0.0 < as_float < 1.0:
+        raise ValueError(f"{name} must lie in the open interval (0, 1), got {as_float}")
+    return as_float
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """An ``int`` >= 1 (``bool`` is rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of a fixed set of strings; the error lists the valid choices."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {list(choices)}, got {_describe(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_tensor(name: str, value: Any, *, min_ndim: int = 0, floating: bool = False) -> Tensor:
+    """A tensor with at least ``min_ndim`` dimensions and a non-empty batch dimension."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(value)}")
+    if value.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}"
+        )
+    if min_ndim >= 1 and value.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(value.shape)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Reject NaN or infinite entries (checked without building an autograd graph)."""
+    if value.is_floating_point() or value.is_complex():
+        with torch.no_grad():
+            finite = bool(torch.isfinite(value).all())
+        if not finite:
+            bad = int((~torch.isfinite(value.detach())).sum())
+            raise ValueError(f"{name} must be finite, got {bad} NaN/Inf entr{'y' if bad == 1 else 'ies'}")
+    return value
+
+
+def check_batch(name: str, value: Tensor, reference_name: str, batch: int) -> None:
+    """``value.shape[0]`` must equal ``batch``."""
+    if value.ndim == 0 or value.shape[0] != batch:
+        raise ValueError(
+            f"{name} must have batch size {batch} (the batch size of {reference_name}), "
+            f"got shape {tuple(value.shape)}"
+        )
+
+
+def check_shape(name: str, value: Tensor, expected: Sequence[int], expected_from: str) -> None:
+    """``value.shape`` must equal ``expected``."""
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} ({expected_from}), got {tuple(value.shape)}"
+        )
+
+
+def check_like(name: str, value: Tensor, reference_name: str, reference: Tensor) -> None:
+    """Same dtype and device as ``reference``."""
+    if value.dtype != reference.dtype:
+        raise TypeError(f"{name} must have dtype {reference.dtype} (like {reference_name}), got {value.dtype}")
+    if value.device != reference.device:
+        raise ValueError(
+            f"{name} must be on device {reference.device} (like {reference_name}), got {value.device}"
+        )
+
+
+def check_class_labels(name: str, target: Any, batch: int, num_classes: int) -> Tensor:
+    """Integer class labels of shape ``(batch,)`` in ``[0, num_classes)``."""
+    target = check_tensor(name, target, min_ndim=1)
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"{name} must hold integer class labels, got dtype {target.dtype}")
+    if target.ndim != 1:
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(target.shape)}")
+    check_batch(name, target, "the output", batch)
+    lo, hi = int(target.min()), int(target.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes - 1}] for {num_classes} classes, got values in [{lo}, {hi}]"
+        )
+    return target

@@ -1,0 +1,313 @@
+"""Lyapunov losses: point-wise (Eq. 12), Monte Carlo (Algorithm 1 / Eq. 45) and path
+integral (Algorithm 2, discrete-time Eq. 16-17, and Eq. 12 along trajectory states).
+
+All of them are pure functions of tensors and a model: they mutate nothing, hold no
+schedule and can be called from any training loop (plain PyTorch, Lightning, DDP).
+
+``detach_v``: in ``max(0, dV/deta . f + kappa V)`` the ``kappa V`` term may or may not
+carry gradient. Left attached (the default, Eq. 12 as written) the loss also pushes
+``V`` itself down at the sampled states, a supervised signal on the readout; detached
+(as the reference implementation does) only the flow ``f`` and the slope of ``V`` are
+shaped, and ``kappa V`` is a fixed per-state target for the decrease rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._typing import PerSample, State, Trajectory
+from ._validation import (
+    check_batch,
+    check_finite,
+    check_open_unit,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
+from .model import LyapunovModel, expand_to_batch
+from .potentials import Potential, Readout
+from .samplers import SamplingContext, StateSampler, TimeSampler
+
+__all__ = [
+    "LyapunovLossOutput",
+    "lyapunov_loss",
+    "monte_carlo_lyapunov_loss",
+    "discrete_path_lyapunov_loss",
+    "path_lyapunov_loss",
+]
+
+
+@dataclass(frozen=True)
+class LyapunovLossOutput:
+    """An objective (Eq. 13, 17 or 45) and the diagnostics a training loop logs.
+
+    Attributes:
+        loss: the scalar objective (carries gradient).
+        pointwise: the point-wise losses it averages (carry gradient).
+        v: ``V_y`` at the evaluated states (detached).
+        v_dot: ``dV_y/dt`` there (detached; for the discrete loss, ``V_j - V_{j-1}``).
+    """
+
+    loss: Tensor
+    pointwise: Tensor
+    v: Tensor
+    v_dot: Tensor
+
+    @property
+    def violation_fraction(self) -> Tensor:
+        """Fraction of evaluated points where the Lyapunov condition fails (loss > 0)."""
+        return (self.pointwise.detach() > 0).to(self.v.dtype).mean()
+
+    @property
+    def mean_v(self) -> Tensor:
+        return self.v.mean()
+
+    @property
+    def mean_v_dot(self) -> Tensor:
+        return self.v_dot.mean()
+
+    def metrics(self) -> dict[str, float]:
+        """Plain floats for logging: loss, violation fraction, mean V, mean dV/dt."""
+        return {
+            "loss": float(self.loss.detach()),
+            "violation": float(self.violation_fraction),
+            "mean_v": float(self.mean_v),
+            "mean_v_dot": float(self.mean_v_dot),
+        }
+
+
+def _check_potential(potential: object) -> Potential:
+    if not isinstance(potential, Potential):
+        raise TypeError(f"potential must be a lyapunov_plugin.Potential, got {type(potential).__name__}")
+    return potential
+
+
+def _pointwise(
+    eta: State,
+    velocity: State,
+    target: Tensor,
+    potential: Potential,
+    readout: Readout,
+    kappa: float,
+    detach_v: bool,
+    validate: bool,
+) -> tuple[PerSample, PerSample, PerSample]:
+    v, v_dot = potential.evaluate(eta, velocity, target, readout=readout, validate=validate)
+    decay_target = v.detach() if detach_v else v
+    return torch.relu(v_dot + kappa * decay_target), v, v_dot
+
+
+def lyapunov_loss(
+    eta: State,
+    velocity: State,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    readout: Readout = None,
+    detach_v: bool = False,
+) -> PerSample:
+    """Point-wise Lyapunov loss, Eq. (12): ``max(0, dV_y/deta . f(eta, x, t) + kappa V_y(eta))``.
+
+    Zero exactly where the exponential-stability condition (Eq. 10) holds at the state.
+
+    Arguments:
+        eta: states ``(B, *S)``.
+        velocity: ``f(eta, x, t)`` at those states (computed by the caller's dynamics).
+        target: supervision per state (class labels ``(B,)`` for classification).
+        potential: the :class:`~lyapunov_plugin.Potential` ``V_y``.
+        kappa: exponential rate, ``> 0``.
+        readout: ``psi`` composed into ``V_y``; ``None`` is the identity.
+        detach_v: stop the gradient through ``V`` in the ``kappa V`` term (module docstring).
+
+    Returns:
+        ``(B,)`` non-negative losses.
+    """
+    _check_potential(potential)
+    kappa = check_positive("kappa", kappa)
+    loss, _, _ = _pointwise(eta, velocity, target, potential, readout, kappa, detach_v, validate=True)
+    return loss
+
+
+def _expand(value: Tensor, batch: int, samples: int) -> Tensor:
+    """``(B, ...) -> (B * G, ...)`` by broadcasting, not by recomputing ``value``."""
+    expanded = value.unsqueeze(1).expand(batch, samples, *value.shape[1:])
+    return expanded.reshape(batch * samples, *value.shape[1:])
+
+
+def _tile(value: Tensor, times: int) -> Tensor:
+    """``(B, ...) -> (times * B, ...)``, time-major: row ``j * B + b`` is example ``b``."""
+    return value.repeat(times, *([1] * (value.ndim - 1)))
+
+
+def monte_carlo_lyapunov_loss(
+    model: LyapunovModel,
+    x: Tensor,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    state_sampler: StateSampler,
+    time_sampler: TimeSampler,
+    num_samples: int,
+    detach_v: bool = False,
+    trajectory: Optional[Trajectory] = None,
+    generator: Optional[torch.Generator] = None,
+) -> LyapunovLossOutput:
+    """Monte Carlo Lyapunov objective, Algorithm 1 / Eq. (45): no ODE solve.
+
+    For each example ``(x, y)`` draw ``Gamma = num_samples`` pairs
+    ``(eta_j, t_j) ~ mu_H x mu_[0,1]`` and average Eq. (12) over all of them. The input
+    layer runs once per example; its output is broadcast to the ``Gamma`` samples, so
+    gradients of all samples reach the encoder through one graph node.
+
+    Arguments:
+        model: a :class:`~lyapunov_plugin.LyapunovModel`.
+        x: inputs ``(B, ...)``.
+        target: labels ``(B,)`` (or per-example targets of the potential).
+        potential, kappa, detach_v: as in :func:`lyapunov_loss`.
+        state_sampler: ``mu_H``.
+        time_sampler: ``mu_[0,1]``.
+        num_samples: ``Gamma``.
+        trajectory: rollout states ``(T, B, *S)`` for samplers that need them.
+        generator: optional ``torch.Generator`` for the draws.
+
+    Returns:
+        :class:`LyapunovLossOutput` over the ``B * Gamma`` points.
+    """
+    _check_potential(potential)
+    kappa = check_positive("kappa", kappa)
+    num_samples = check_positive_int("num_samples", num_samples)
+    if not isinstance(state_sampler, StateSampler):
+        raise TypeError(f"state_sampler must be a StateSampler, got {type(state_sampler).__name__}")
+    if not isinstance(time_sampler, TimeSampler):
+        raise TypeError(f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}")
+    check_tensor("x", x, min_ndim=1)
+    check_finite("x", x)
+    check_tensor("target", target, min_ndim=1)
+    check_batch("target", target, "x", x.shape[0])
+
+    context, eta0 = model.encode(x)
+    batch = eta0.shape[0]
+    sampling = SamplingContext(eta0=eta0.detach(), target=target, trajectory=trajectory)
+    states = state_sampler.sample(sampling, num_samples, generator=generator)
+    times = time_sampler.sample((batch, num_samples), like=eta0, generator=generator)
+
+    eta = states.reshape(batch * num_samples, *eta0.shape[1:])
+    t = times.reshape(batch * num_samples)
+    flat_context = _expand(context, batch, num_samples) if isinstance(context, Tensor) else context
+    flat_target = _expand(target, batch, num_samples)
+    velocity = model.vector_field(eta, flat_context, t)
+    pointwise, v, v_dot = _pointwise(
+        eta, velocity, flat_target, potential, model.readout, kappa, detach_v, validate=True
+    )
+    return LyapunovLossOutput(pointwise.mean(), pointwise, v.detach(), v_dot.detach())
+
+
+def discrete_path_lyapunov_loss(
+    trajectory: Trajectory,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    readout: Readout = None,
+    detach_v: bool = False,
+) -> LyapunovLossOutput:
+    """Discrete-time Lyapunov loss along a trajectory, Eq. (16)-(17).
+
+    ``sum_{j=1}^{Gamma} max(0, V_y(eta(t_j)) + (kappa - 1) V_y(eta(t_{j-1})))``, averaged
+    over examples: each step must shrink ``V`` by the factor ``1 - kappa``, so here
+    ``0 < kappa < 1`` (Section 5.6); ``kappa`` close to 1 asks for fast decay.
+
+    Arguments:
+        trajectory: states ``(Gamma + 1, B, *S)`` at ``t_0 < ... < t_Gamma`` (with or
+            without gradient, as produced by the caller's rollout).
+        target: supervision per example.
+        potential, readout: ``V_y``.
+        kappa: discrete rate in ``(0, 1)``.
+        detach_v: stop the gradient through ``V(eta(t_{j-1}))``.
+
+    Returns:
+        :class:`LyapunovLossOutput`; ``pointwise`` is ``(Gamma, B)``, ``v`` is
+        ``(Gamma + 1, B)`` and ``v_dot`` holds the differences ``V_j - V_{j-1}``.
+    """
+    _check_potential(potential)
+    kappa = check_open_unit("kappa", kappa)
+    check_tensor("trajectory", trajectory, min_ndim=3, floating=True)
+    if trajectory.shape[0] < 2:
+        raise ValueError(f"trajectory needs at least 2 time points, got shape {tuple(trajectory.shape)}")
+    check_finite("trajectory", trajectory)
+    steps, batch = trajectory.shape[0], trajectory.shape[1]
+    flat = trajectory.reshape(steps * batch, *trajectory.shape[2:])
+    out = readout(flat) if readout is not None else flat
+    flat_target = _tile(target, steps)
+    potential.validate(out, flat_target)
+    v = potential.value(out, flat_target).reshape(steps, batch)
+    previous = v[:-1].detach() if detach_v else v[:-1]
+    pointwise = torch.relu(v[1:] + (kappa - 1.0) * previous)
+    loss = pointwise.sum(0).mean()
+    return LyapunovLossOutput(loss, pointwise, v.detach(), (v[1:] - v[:-1]).detach())
+
+
+def path_lyapunov_loss(
+    model: LyapunovModel,
+    x: Tensor,
+    target: Tensor,
+    ts: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    trajectory: Optional[Trajectory] = None,
+    detach_states: bool = False,
+    detach_v: bool = False,
+) -> LyapunovLossOutput:
+    """Continuous Lyapunov loss (Eq. 12) at the states of a trajectory: Eq. (13) with
+    ``mu`` the uniform measure on the grid ``ts``.
+
+    The continuous counterpart of :func:`discrete_path_lyapunov_loss`: the condition is
+    checked with the true time derivative ``dV/deta . f`` at each visited state, so any
+    ``kappa > 0`` is valid.
+
+    Arguments:
+        model: a :class:`~lyapunov_plugin.LyapunovModel`.
+        x, target: a batch.
+        ts: times ``(T,)`` of the trajectory.
+        potential, kappa, detach_v: as in :func:`lyapunov_loss`.
+        trajectory: states ``(T, B, *S)`` at ``ts``; computed with ``model.trajectory``
+            when omitted.
+        detach_states: treat the visited states as data (no gradient through the rollout).
+
+    Returns:
+        :class:`LyapunovLossOutput` over the ``T * B`` points.
+    """
+    _check_potential(potential)
+    kappa = check_positive("kappa", kappa)
+    check_tensor("ts", ts, min_ndim=1, floating=True)
+    check_tensor("x", x, min_ndim=1)
+    check_finite("x", x)
+    check_tensor("target", target, min_ndim=1)
+    check_batch("target", target, "x", x.shape[0])
+    context, eta0 = model.encode(x)
+    if trajectory is None:
+        trajectory = model.trajectory(x, ts)
+    check_tensor("trajectory", trajectory, min_ndim=2, floating=True)
+    if trajectory.shape[0] != ts.shape[0] or tuple(trajectory.shape[1:]) != tuple(eta0.shape):
+        raise ValueError(
+            f"trajectory must have shape ({ts.shape[0]}, {', '.join(map(str, eta0.shape))}) "
+            f"(len(ts), *eta0.shape), got {tuple(trajectory.shape)}"
+        )
+    if detach_states:
+        trajectory = trajectory.detach()
+    steps, batch = trajectory.shape[0], trajectory.shape[1]
+    eta = trajectory.reshape(steps * batch, *trajectory.shape[2:])
+    t = expand_to_batch(ts.to(eta.dtype).to(eta.device), steps, eta).repeat_interleave(batch)
+    flat_context = _tile(context, steps) if isinstance(context, Tensor) else context
+    velocity = model.vector_field(eta, flat_context, t)
+    pointwise, v, v_dot = _pointwise(
+        eta, velocity, _tile(target, steps), potential, model.readout, kappa, detach_v, validate=True
+    )
+    return LyapunovLossOutput(pointwise.mean(), pointwise, v.detach(), v_dot.detach())

@@ -1,0 +1,211 @@
+"""The model protocol (paper Eq. 1-3) and a plain-PyTorch container implementing it.
+
+::
+
+    eta(0)   = phi(x)            input layer   (default: zeros, as in the paper)
+    d eta/dt = f(eta, x, t)      dynamics      (x-conditioned: "data-controlled")
+    y_hat(t) = psi(eta(t))       readout
+
+Everything in the core talks to a model through :class:`LyapunovModel`, so any Neural
+ODE can be trained without the core knowing which library built it. The adapters in
+``lyapunov_plugin.adapters`` present torchdyn and torchdiffeq models this way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ._typing import Context, Output, Solver, State, Times, Trajectory
+from ._validation import check_finite, check_positive, check_tensor
+from .solvers import FixedStepSolver
+
+__all__ = ["LyapunovModel", "ODEModel", "integrate", "check_velocity", "is_lyapunov_model"]
+
+
+@runtime_checkable
+class LyapunovModel(Protocol):
+    """What the losses, samplers and trainer need from a Neural ODE.
+
+    Required members:
+
+    - ``encode(x) -> (context, eta0)``: run the input layer once per example. ``context``
+      is what the dynamics are conditioned on (``None`` if nothing), ``eta0 = eta(0)``.
+    - ``vector_field(eta, context, t) -> d eta/dt``: ``f`` of Eq. (2), callable on any
+      states (sampled ones, not only trajectory states); ``t`` has shape ``(B,)``.
+    - ``readout(eta) -> y_hat``: ``psi`` of Eq. (3).
+    - ``trajectory(x, ts) -> (T, B, *S)``: integrate with the model's own solver.
+
+    Optional attributes read when present:
+
+    - ``conditioned_on_input`` (bool, default ``True``): whether ``f`` sees ``x``.
+      When it does not, one state would have to flow to different labels for different
+      examples, so region sampling is ill-posed and the trainer defaults to
+      trajectory-based training.
+    - ``last_nfe`` (int): vector-field evaluations of the last ``trajectory`` call.
+    """
+
+    def encode(self, x: Tensor) -> tuple[Context, State]: ...
+
+    def vector_field(self, eta: State, context: Context, t: Times) -> State: ...
+
+    def readout(self, eta: State) -> Output: ...
+
+    def trajectory(self, x: Tensor, ts: Tensor) -> Trajectory: ...
+
+
+_PROTOCOL_MEMBERS = ("encode", "vector_field", "readout", "trajectory")
+
+
+def is_lyapunov_model(obj: Any) -> bool:
+    """True if ``obj`` has callable ``encode``, ``vector_field``, ``readout``, ``trajectory``."""
+    return all(callable(getattr(obj, name, None)) for name in _PROTOCOL_MEMBERS)
+
+
+def check_velocity(velocity: Any, eta: Tensor, *, source: str = "the vector field") -> Tensor:
+    """Raise a precise error unless ``velocity`` is a tensor shaped, typed and placed like ``eta``."""
+    if not isinstance(velocity, Tensor):
+        raise TypeError(f"{source} must return a torch.Tensor d eta/dt, got {type(velocity).__name__}")
+    if velocity.shape != eta.shape:
+        raise ValueError(
+            f"{source} returned shape {tuple(velocity.shape)} for states of shape {tuple(eta.shape)}; "
+            "d eta/dt must have exactly the shape of eta"
+        )
+    if velocity.dtype != eta.dtype or velocity.device != eta.device:
+        raise TypeError(
+            f"{source} returned dtype={velocity.dtype}, device={velocity.device} for states with "
+            f"dtype={eta.dtype}, device={eta.device}; they must match"
+        )
+    return velocity
+
+
+def expand_to_batch(t: Tensor, batch: int, like: Tensor) -> Tensor:
+    """A scalar (or ``(B,)``) time as a ``(B,)`` tensor with ``like``'s dtype and device."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.expand(batch) if t.ndim == 0 else t
+
+
+class _CountingField:
+    """``func(t, y)`` for a solver, closing over the context; counts evaluations."""
+
+    def __init__(self, model: LyapunovModel, context: Context) -> None:
+        self.model, self.context, self.nfe = model, context, 0
+
+    def __call__(self, t: Tensor, eta: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.model.vector_field(eta, self.context, expand_to_batch(t, eta.shape[0], eta))
+
+
+def integrate(
+    model: LyapunovModel,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    solver: Solver,
+    return_nfe: bool = False,
+) -> Trajectory | tuple[Trajectory, int]:
+    """Solve Eq. (1)-(2) with any solver through the protocol (not the model's own solver).
+
+    Used for cheap rollouts during training, for fixed-step attacks (the robustness
+    protocol) and for comparing solvers on the same model.
+
+    Arguments:
+        model: a :class:`LyapunovModel`.
+        x: inputs ``(B, ...)``.
+        ts: increasing times ``(T,)``.
+        solver: ``solver(func, y0, ts)``, e.g. :class:`FixedStepSolver` or
+            ``functools.partial(torchdiffeq.odeint, method="dopri5")``.
+        return_nfe: also return the number of vector-field evaluations.
+
+    Returns:
+        States ``(T, B, *S)`` (and the NFE if asked).
+    """
+    check_tensor("ts", ts, min_ndim=1, floating=True)
+    context, eta0 = model.encode(x)
+    field = _CountingField(model, context)
+    states = solver(field, eta0, ts.to(dtype=eta0.dtype, device=eta0.device))
+    return (states, field.nfe) if return_nfe else states
+
+
+class ODEModel(nn.Module):
+    """A Neural ODE from plain PyTorch modules, implementing :class:`LyapunovModel`.
+
+    ``eta(0) = initial_state(context)`` (zeros by default, as in Section 4 "Restriction on
+    Initial State"), ``d eta/dt = dynamics(eta, context, t)`` with
+    ``context = encoder(x)``, ``y_hat = readout(eta(t_end))``.
+
+    Arguments:
+        dynamics: ``f``, called as ``dynamics(eta, context, t)`` with ``t`` of shape ``(B,)``.
+        state_shape: shape of one state ``S``; required with the zero initial state.
+        encoder: ``x -> context``; ``None`` passes ``x`` through.
+        initial_state: ``context -> eta(0)``; ``None`` means zeros of ``state_shape``.
+        readout: ``psi``; ``None`` is the identity (hidden dimension = number of classes).
+        solver: the model's own solver, ``solver(func, y0, ts)``; default RK4 with 20 steps.
+        t_end: the inference horizon (1 in the paper).
+    """
+
+    conditioned_on_input = True
+
+    def __init__(
+        self,
+        dynamics: Callable[[State, Context, Times], State],
+        *,
+        state_shape: Optional[Sequence[int]] = None,
+        encoder: Optional[Callable[[Tensor], Tensor]] = None,
+        initial_state: Optional[Callable[[Context], State]] = None,
+        readout: Optional[Callable[[State], Output]] = None,
+        solver: Optional[Solver] = None,
+        t_end: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not callable(dynamics):
+            raise TypeError(f"dynamics must be callable as dynamics(eta, context, t), got {type(dynamics).__name__}")
+        for name, value in (("encoder", encoder), ("initial_state", initial_state), ("readout", readout), ("solver", solver)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+        if initial_state is None:
+            if state_shape is None:
+                raise ValueError("state_shape is required when initial_state is None (eta(0) = zeros of state_shape)")
+            shape = tuple(state_shape) if isinstance(state_shape, Sequence) else None
+            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+                raise ValueError(f"state_shape must be a non-empty sequence of positive ints, got {state_shape!r}")
+            self.state_shape: Optional[tuple[int, ...]] = shape
+        else:
+            self.state_shape = tuple(state_shape) if state_shape is not None else None
+        self.dynamics = dynamics
+        self.encoder = encoder if encoder is not None else nn.Identity()
+        self.initial_state = initial_state
+        self.readout_module = readout if readout is not None else nn.Identity()
+        self.solver = solver if solver is not None else FixedStepSolver(method="rk4", steps=20)
+        self.t_end = check_positive("t_end", t_end)
+        self.last_nfe: Optional[int] = None
+
+    def encode(self, x: Tensor) -> tuple[Context, State]:
+        check_tensor("x", x, min_ndim=1)
+        check_finite("x", x)
+        context = self.encoder(x)
+        if self.initial_state is None:
+            ref = context if isinstance(context, Tensor) and context.is_floating_point() else x
+            eta0 = torch.zeros((x.shape[0], *self.state_shape), dtype=ref.dtype, device=ref.device)
+        else:
+            eta0 = self.initial_state(context)
+        return context, eta0
+
+    def vector_field(self, eta: State, context: Context, t: Times) -> State:
+        t = expand_to_batch(t, eta.shape[0], eta)
+        return check_velocity(self.dynamics(eta, context, t), eta, source="dynamics")
+
+    def readout(self, eta: State) -> Output:
+        return self.readout_module(eta)
+
+    def trajectory(self, x: Tensor, ts: Tensor) -> Trajectory:
+        states, nfe = integrate(self, x, ts, solver=self.solver, return_nfe=True)
+        self.last_nfe = nfe
+        return states
+
+    def forward(self, x: Tensor) -> Output:
+        """``psi(eta(t_end))``: the prediction, usable as an ordinary classifier."""
+        ts = torch.tensor([0.0, self.t_end])
+        return self.readout(self.trajectory(x, ts)[-1])

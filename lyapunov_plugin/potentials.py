@@ -1,0 +1,262 @@
+"""Potential functions ``V_y(eta) = L(psi(eta), y)`` (paper Eq. 11, Section 3.1).
+
+A :class:`Potential` turns a supervised loss ``L`` into a Lyapunov candidate. The loss
+of Eq. (12) needs two numbers per state: ``V_y(eta)`` and its derivative along the
+dynamics, ``dV_y/deta . f(eta, x, t)``. A subclass only has to define
+:meth:`Potential.value`; the derivative then comes from forward-mode automatic
+differentiation (one pass, no double backward). Subclasses may override
+:meth:`Potential.value_and_derivative` with a closed form, as the built-ins do.
+
+The readout ``psi`` is composed in :meth:`Potential.evaluate`: the velocity ``f`` is
+pushed through ``psi`` by a Jacobian-vector product (exact and free for an identity or
+``nn.Linear`` readout), so a potential is written in terms of the readout's output only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._typing import Output, PerSample, State
+from ._validation import (
+    check_batch,
+    check_class_labels,
+    check_finite,
+    check_like,
+    check_non_negative,
+    check_shape,
+    check_tensor,
+)
+
+Readout = Optional[Callable[[Tensor], Tensor]]
+
+__all__ = [
+    "Potential",
+    "CrossEntropyPotential",
+    "MarginPotential",
+    "MSEPotential",
+    "readout_jvp",
+]
+
+
+def readout_jvp(readout: Readout, eta: State, velocity: State) -> tuple[Output, Output]:
+    """Push a state velocity through the readout: ``(psi(eta), J_psi(eta) f)``.
+
+    Exact closed forms for ``None``/``nn.Identity`` (the paper's identity readout) and
+    ``nn.Linear``; forward-mode autodiff for anything else.
+
+    Arguments:
+        readout: ``psi``, a callable on states, or ``None`` for the identity.
+        eta: states, ``(B, *S)``.
+        velocity: ``f(eta, x, t)``, same shape as ``eta``.
+
+    Returns:
+        ``(output, output_velocity)``, both ``(B, m)``.
+    """
+    if readout is None or isinstance(readout, nn.Identity):
+        return eta, velocity
+    if isinstance(readout, nn.Linear):
+        return readout(eta), F.linear(velocity, readout.weight)
+    return _forward_jvp(readout, eta, velocity)
+
+
+def _forward_jvp(func: Callable[[Tensor], Tensor], primal: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
+    """``(func(primal), J_func(primal) tangent)`` by forward-mode AD.
+
+    ``torch.autograd.forward_ad`` rather than ``torch.func.jvp``: both are forward mode and
+    both keep the reverse-mode graph to the parameters, but dual tensors also work through
+    modules that update buffers in place (``BatchNorm`` in training mode), which
+    ``torch.func`` transforms refuse.
+    """
+    with fwAD.dual_level():
+        out = func(fwAD.make_dual(primal, tangent))
+        unpacked = fwAD.unpack_dual(out)
+        value, derivative = unpacked.primal, unpacked.tangent
+    if derivative is None:  # the output does not depend on the input
+        derivative = torch.zeros_like(value)
+    return value, derivative
+
+
+class Potential(ABC):
+    """Abstract potential ``V_y(eta) = L(psi(eta), y)`` of Eq. (11).
+
+    Subclass it for a new supervised loss by defining :meth:`value` on the readout's
+    output; everything else is inherited::
+
+        class FocalPotential(Potential):
+            def value(self, output, target):
+                log_p = output.log_softmax(-1).gather(-1, target[:, None])[:, 0]
+                return -((1 - log_p.exp()) ** 2) * log_p
+
+    Subclasses whose targets need checking (class labels in range, shapes) override
+    :meth:`validate`.
+    """
+
+    @abstractmethod
+    def value(self, output: Output, target: Tensor) -> PerSample:
+        """The loss ``V_y`` per example.
+
+        Arguments:
+            output: readout output ``psi(eta)``, ``(B, m)``.
+            target: the supervision ``y`` for each example (labels ``(B,)`` or values).
+
+        Returns:
+            ``(B,)`` non-negative values.
+        """
+
+    def value_and_derivative(
+        self, output: Output, target: Tensor, output_velocity: Output
+    ) -> tuple[PerSample, PerSample]:
+        """``V_y`` and its directional derivative ``dV_y/doutput . output_velocity``.
+
+        The default uses forward-mode autodiff on :meth:`value`; override with a
+        closed form where one exists.
+
+        Returns:
+            ``(V, V_dot)``, each ``(B,)``.
+        """
+        return _forward_jvp(lambda out: self.value(out, target), output, output_velocity)
+
+    def validate(self, output: Output, target: Tensor) -> None:
+        """Check ``target`` against ``output``; raise ``ValueError``/``TypeError``.
+
+        The default only requires a tensor with the output's batch size.
+        """
+        check_tensor("target", target, min_ndim=1)
+        check_batch("target", target, "the readout output", output.shape[0])
+
+    def evaluate(
+        self,
+        eta: State,
+        velocity: State,
+        target: Tensor,
+        *,
+        readout: Readout = None,
+        validate: bool = True,
+    ) -> tuple[PerSample, PerSample]:
+        """``V_y(eta)`` and ``dV_y/deta . f`` with the readout composed in (Eq. 11-12).
+
+        Arguments:
+            eta: states ``(B, *S)``.
+            velocity: ``f(eta, x, t)`` at those states, same shape, dtype and device.
+            target: supervision per example.
+            readout: ``psi``; ``None`` means the identity (paper Section 5: hidden
+                dimension = number of classes).
+            validate: check the arguments (leave on unless the caller already did).
+
+        Returns:
+            ``(V, V_dot)``, each ``(B,)``.
+        """
+        if validate:
+            check_tensor("eta", eta, min_ndim=1, floating=True)
+            check_tensor("velocity", velocity, floating=True)
+            check_shape("velocity", velocity, eta.shape, "the shape of eta")
+            check_like("velocity", velocity, "eta", eta)
+            check_finite("eta", eta)
+            check_finite("velocity", velocity)
+        output, output_velocity = readout_jvp(readout, eta, velocity)
+        if validate:
+            self.validate(output, target)
+        v, v_dot = self.value_and_derivative(output, target, output_velocity)
+        return v, v_dot
+
+
+def _check_logits(output: Tensor) -> None:
+    if output.ndim != 2 or output.shape[1] < 2:
+        raise ValueError(
+            "the readout output must be logits of shape (batch, num_classes >= 2), "
+            f"got {tuple(output.shape)}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossEntropyPotential(Potential):
+    """Truncated cross entropy ``max(0, CE(psi(eta), y) - gamma)`` (Section 3.1, Lemma 1).
+
+    The truncation lets ``V`` reach 0 at a finite state, which the stability analysis
+    needs; the paper sets ``gamma`` to machine precision and ignores it in practice, so
+    the default ``gamma=0`` is plain cross entropy.
+
+    The derivative is in closed form: with ``p = softmax(z)``,
+    ``dCE/dz . dz = (p - e_y) . dz`` where ``CE > gamma``, and 0 where truncated.
+
+    Arguments:
+        gamma: truncation level, ``>= 0``.
+    """
+
+    gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_non_negative("gamma", self.gamma)
+
+    def validate(self, output: Output, target: Tensor) -> None:
+        _check_logits(output)
+        check_class_labels("target", target, output.shape[0], output.shape[1])
+
+    def value(self, output: Output, target: Tensor) -> PerSample:
+        ce = F.cross_entropy(output, target, reduction="none")
+        return torch.relu(ce - self.gamma)
+
+    def value_and_derivative(
+        self, output: Output, target: Tensor, output_velocity: Output
+    ) -> tuple[PerSample, PerSample]:
+        log_p = F.log_softmax(output, dim=-1)
+        ce = -log_p.gather(-1, target[:, None])[:, 0]
+        p_dot_dz = (log_p.exp() * output_velocity).sum(-1)
+        dce = p_dot_dz - output_velocity.gather(-1, target[:, None])[:, 0]
+        active = ce > self.gamma
+        v = torch.where(active, ce - self.gamma, torch.zeros_like(ce))
+        v_dot = torch.where(active, dce, torch.zeros_like(dce))
+        return v, v_dot
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarginPotential(Potential):
+    """Probability-margin potential ``1 + max_{j != y} p_j - p_y`` with ``p = softmax(psi(eta))``,
+    an alternative supervised loss ``L`` for Eq. (11).
+
+    Bounded in ``[0, 2]`` and below 1 exactly when ``y`` is the predicted class, so a
+    decrease of ``V`` below 1 certifies a correct prediction. Defines only
+    :meth:`value`; the derivative along ``f`` comes from forward-mode autodiff.
+    """
+
+    def validate(self, output: Output, target: Tensor) -> None:
+        _check_logits(output)
+        check_class_labels("target", target, output.shape[0], output.shape[1])
+
+    def value(self, output: Output, target: Tensor) -> PerSample:
+        p = output.softmax(dim=-1)
+        p_true = p.gather(-1, target[:, None])[:, 0]
+        others = p.scatter(-1, target[:, None], float("-inf"))
+        return 1.0 + others.max(dim=-1).values - p_true
+
+
+@dataclass(frozen=True, kw_only=True)
+class MSEPotential(Potential):
+    """Squared error ``mean_i (psi(eta)_i - y_i)^2`` per example, for regression (Eq. 11).
+
+    Closed-form derivative ``(2 / m) (psi(eta) - y) . dpsi``.
+    """
+
+    def validate(self, output: Output, target: Tensor) -> None:
+        check_tensor("target", target, min_ndim=1, floating=True)
+        check_shape("target", target, output.shape, "the shape of the readout output")
+        check_like("target", target, "the readout output", output)
+        check_finite("target", target)
+
+    def value(self, output: Output, target: Tensor) -> PerSample:
+        return (output - target).pow(2).flatten(1).mean(-1)
+
+    def value_and_derivative(
+        self, output: Output, target: Tensor, output_velocity: Output
+    ) -> tuple[PerSample, PerSample]:
+        residual = (output - target).flatten(1)
+        v = residual.pow(2).mean(-1)
+        v_dot = 2.0 * (residual * output_velocity.flatten(1)).mean(-1)
+        return v, v_dot

@@ -1,0 +1,221 @@
+"""Potentials (Eq. 11): values, closed-form versus autodiff derivatives, readouts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lyapunov_plugin import CrossEntropyPotential, MarginPotential, MSEPotential, Potential
+from lyapunov_plugin.potentials import readout_jvp
+
+from .problems import DTYPES, ce_reference, classification_batch, reference_v_and_vdot
+
+
+class FocalPotential(Potential):
+    """A user-defined potential that only implements ``value``."""
+
+    def value(self, output, target):
+        log_p = output.log_softmax(-1).gather(-1, target[:, None])[:, 0]
+        return -((1 - log_p.exp()) ** 2) * log_p
+
+
+@given(classification_batch(), st.floats(0.0, 3.0))
+def test_truncated_ce_equals_max_zero_ce_minus_gamma(batch, gamma):
+    eta, velocity, target = batch
+    v, _ = CrossEntropyPotential(gamma=gamma).evaluate(eta, velocity, target)
+    expected = torch.clamp(ce_reference(eta, target) - gamma, min=0.0)
+    torch.testing.assert_close(v, expected)
+    assert v.dtype == eta.dtype
+
+
+@given(classification_batch(dtype=torch.float64), st.floats(0.0, 2.0))
+def test_ce_closed_form_matches_forward_autodiff(batch, gamma):
+    eta, velocity, target = batch
+    pot = CrossEntropyPotential(gamma=gamma)
+    closed = pot.value_and_derivative(eta, target, velocity)
+    auto = Potential.value_and_derivative(pot, eta, target, velocity)
+    torch.testing.assert_close(closed[0], auto[0], rtol=1e-12, atol=1e-12)
+    # At the truncation kink the two one-sided derivatives differ; compare off the kink.
+    off_kink = (ce_reference(eta, target) - gamma).abs() > 1e-9
+    torch.testing.assert_close(closed[1][off_kink], auto[1][off_kink], rtol=1e-10, atol=1e-12)
+
+
+@given(classification_batch(dtype=torch.float64))
+def test_ce_derivative_matches_reverse_mode_reference(batch):
+    eta, velocity, target = batch
+    v, v_dot = CrossEntropyPotential().evaluate(eta, velocity, target)
+    ref_v, ref_dot = reference_v_and_vdot(lambda e: ce_reference(e, target), eta, velocity)
+    torch.testing.assert_close(v, ref_v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(v_dot, ref_dot, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("readout_kind", ["linear", "mlp"])
+@given(data=st.data())
+def test_readout_composition_matches_reverse_mode(readout_kind, data):
+    torch.manual_seed(data.draw(st.integers(0, 10_000)))
+    batch, dim, classes = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 5)), data.draw(st.integers(2, 5))
+    if readout_kind == "linear":
+        readout = nn.Linear(dim, classes).double()
+    else:
+        readout = nn.Sequential(nn.Linear(dim, 7), nn.Tanh(), nn.Linear(7, classes)).double()
+    eta = torch.randn(batch, dim, dtype=torch.float64) * 3
+    velocity = torch.randn(batch, dim, dtype=torch.float64)
+    target = torch.randint(0, classes, (batch,))
+    for pot in (CrossEntropyPotential(), MarginPotential(), FocalPotential()):
+        v, v_dot = pot.evaluate(eta, velocity, target, readout=readout)
+        ref_v, ref_dot = reference_v_and_vdot(lambda e: pot.value(readout(e), target), eta, velocity)
+        torch.testing.assert_close(v, ref_v, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(v_dot, ref_dot, rtol=1e-9, atol=1e-11)
+
+
+@given(classification_batch(dtype=torch.float64))
+def test_user_potential_with_only_value_gets_exact_derivative(batch):
+    eta, velocity, target = batch
+    pot = FocalPotential()
+    v, v_dot = pot.evaluate(eta, velocity, target)
+    ref_v, ref_dot = reference_v_and_vdot(lambda e: pot.value(e, target), eta, velocity)
+    torch.testing.assert_close(v_dot, ref_dot, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(v, ref_v)
+
+
+@given(classification_batch(dtype=torch.float64), st.floats(-3, 3), st.floats(-3, 3))
+def test_derivative_is_linear_in_velocity(batch, a, b):
+    eta, f1, target = batch
+    f2 = torch.flip(f1, dims=[0]) * 0.5 + 1.0
+    for pot in (CrossEntropyPotential(), MarginPotential()):
+        _, d1 = pot.evaluate(eta, f1, target)
+        _, d2 = pot.evaluate(eta, f2, target)
+        _, d12 = pot.evaluate(eta, a * f1 + b * f2, target)
+        torch.testing.assert_close(d12, a * d1 + b * d2, rtol=1e-9, atol=1e-9)
+
+
+@given(classification_batch(), st.randoms(use_true_random=False))
+def test_values_and_derivatives_are_invariant_to_batch_order(batch, rnd):
+    eta, velocity, target = batch
+    perm = list(range(eta.shape[0]))
+    rnd.shuffle(perm)
+    perm = torch.tensor(perm)
+    for pot in (CrossEntropyPotential(gamma=0.1), MarginPotential()):
+        v, d = pot.evaluate(eta, velocity, target)
+        vp, dp = pot.evaluate(eta[perm], velocity[perm], target[perm])
+        torch.testing.assert_close(vp, v[perm])
+        torch.testing.assert_close(dp, d[perm])
+
+
+@given(classification_batch())
+def test_margin_potential_range_and_definition(batch):
+    eta, velocity, target = batch
+    v, _ = MarginPotential().evaluate(eta, velocity, target)
+    p = eta.double().softmax(-1)
+    expected = []
+    for i in range(p.shape[0]):
+        others = [p[i, j] for j in range(p.shape[1]) if j != int(target[i])]
+        expected.append(1 + max(others) - p[i, int(target[i])])
+    torch.testing.assert_close(v.double(), torch.stack(expected), rtol=1e-5, atol=1e-6)
+    assert bool((v >= 0).all()) and bool((v <= 2).all())
+    # V < 1 exactly when the label is the arg-max (away from ties).
+    correct = eta.argmax(-1) == target
+    assert bool((v[correct] <= 1 + 1e-6).all()) and bool((v[~correct] >= 1 - 1e-6).all())
+
+
+@given(st.integers(1, 6), st.integers(1, 5), DTYPES, st.integers(0, 1000))
+def test_mse_closed_form(batch, dim, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randn(batch, dim, generator=g, dtype=dtype)
+    y = torch.randn(batch, dim, generator=g, dtype=dtype)
+    dz = torch.randn(batch, dim, generator=g, dtype=dtype)
+    v, v_dot = MSEPotential().evaluate(out, dz, y)
+    torch.testing.assert_close(v, F.mse_loss(out, y, reduction="none").mean(-1))
+    ref_v, ref_dot = reference_v_and_vdot(lambda o: ((o - y) ** 2).mean(-1), out.double(), dz.double())
+    torch.testing.assert_close(v_dot.double(), ref_dot, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-5)
+
+
+def test_readout_jvp_is_exact_for_linear_and_identity():
+    lin = nn.Linear(3, 2).double()
+    eta = torch.randn(4, 3, dtype=torch.float64)
+    vel = torch.randn(4, 3, dtype=torch.float64)
+    out, d = readout_jvp(lin, eta, vel)
+    torch.testing.assert_close(d, vel @ lin.weight.T)
+    out, d = readout_jvp(None, eta, vel)
+    assert out is eta and d is vel
+
+
+def test_readout_with_batchnorm_in_training_mode_works():
+    readout = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double()
+    eta = torch.randn(5, 3, dtype=torch.float64)
+    vel = torch.randn(5, 3, dtype=torch.float64)
+    target = torch.randint(0, 4, (5,))
+    v, v_dot = CrossEntropyPotential().evaluate(eta, vel, target, readout=readout)
+    assert v.shape == v_dot.shape == (5,)
+    assert torch.isfinite(v_dot).all()
+
+
+def test_gradients_flow_to_readout_and_dynamics_parameters():
+    readout = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3))
+    dyn = nn.Linear(3, 3)
+    eta = torch.randn(6, 3)
+    target = torch.randint(0, 3, (6,))
+    v, v_dot = CrossEntropyPotential().evaluate(eta, dyn(eta), target, readout=readout)
+    (v_dot + v).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*readout.parameters(), *dyn.parameters()])
+
+
+class TestValidation:
+    def test_gamma_negative(self):
+        with pytest.raises(ValueError, match="gamma must be >= 0, got -0.1"):
+            CrossEntropyPotential(gamma=-0.1)
+
+    def test_gamma_wrong_type(self):
+        with pytest.raises(TypeError, match="gamma must be a real number"):
+            CrossEntropyPotential(gamma="0.1")
+
+    def test_gamma_positional_rejected(self):
+        with pytest.raises(TypeError):
+            CrossEntropyPotential(0.1)  # settings are keyword-only
+
+    def test_labels_out_of_range(self):
+        eta = torch.zeros(2, 3)
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 2\] for 3 classes, got values in \[0, 3\]"):
+            CrossEntropyPotential().evaluate(eta, eta, torch.tensor([0, 3]))
+
+    def test_float_labels(self):
+        eta = torch.zeros(2, 3)
+        with pytest.raises(TypeError, match="target must hold integer class labels, got dtype torch.float32"):
+            CrossEntropyPotential().evaluate(eta, eta, torch.tensor([0.0, 1.0]))
+
+    def test_batch_mismatch(self):
+        eta = torch.zeros(2, 3)
+        with pytest.raises(ValueError, match=r"target must have batch size 2 \(the batch size of the output\), got shape \(3,\)"):
+            CrossEntropyPotential().evaluate(eta, eta, torch.tensor([0, 1, 2]))
+
+    def test_velocity_shape(self):
+        with pytest.raises(ValueError, match=r"velocity must have shape \(2, 3\) \(the shape of eta\), got \(2, 4\)"):
+            CrossEntropyPotential().evaluate(torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]))
+
+    def test_velocity_dtype(self):
+        with pytest.raises(TypeError, match="velocity must have dtype torch.float32"):
+            CrossEntropyPotential().evaluate(
+                torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 1])
+            )
+
+    def test_non_finite_state(self):
+        eta = torch.zeros(2, 3)
+        eta[1, 2] = math.nan
+        with pytest.raises(ValueError, match="eta must be finite, got 1 NaN/Inf entry"):
+            CrossEntropyPotential().evaluate(eta, torch.zeros(2, 3), torch.tensor([0, 1]))
+
+    def test_empty_batch(self):
+        with pytest.raises(ValueError, match="eta must have a non-empty batch dimension"):
+            CrossEntropyPotential().evaluate(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+
+    def test_logits_need_two_classes(self):
+        with pytest.raises(ValueError, match=r"logits of shape \(batch, num_classes >= 2\), got \(2, 1\)"):
+            CrossEntropyPotential().evaluate(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([0, 0]))
+
+    def test_mse_target_shape(self):
+        with pytest.raises(ValueError, match=r"target must have shape \(2, 3\)"):
+            MSEPotential().evaluate(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 2))
