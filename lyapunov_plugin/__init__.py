@@ -5,6 +5,16 @@ ICML 2022. The core imports torch only; torchdyn and torchdiffeq models are reac
 through ``lyapunov_plugin.adapters``.
 """
 
+from .diagnostics import DecayStatistics as DecayStatistics
+from .diagnostics import InferenceCurve as InferenceCurve
+from .diagnostics import decay_statistics as decay_statistics
+from .diagnostics import empirical_lipschitz as empirical_lipschitz
+from .diagnostics import loss_error_curve as loss_error_curve
+from .diagnostics import lyapunov_condition_rate as lyapunov_condition_rate
+from .diagnostics import nfe_to_end as nfe_to_end
+from .diagnostics import spectral_lipschitz_bound as spectral_lipschitz_bound
+from .diagnostics import theorem3_radius as theorem3_radius
+from .dispatch import as_lyapunov_model as as_lyapunov_model
 from .losses import LyapunovLossOutput as LyapunovLossOutput
 from .losses import discrete_path_lyapunov_loss as discrete_path_lyapunov_loss
 from .losses import lyapunov_loss as lyapunov_loss
@@ -27,20 +37,32 @@ from .samplers import TimeSampler as TimeSampler
 from .samplers import TrajectorySampler as TrajectorySampler
 from .samplers import UniformTimeSampler as UniformTimeSampler
 from .samplers import appendix_b_half_width as appendix_b_half_width
+from .schedules import ConstantKappa as ConstantKappa
+from .schedules import KappaSchedule as KappaSchedule
+from .schedules import KappaWarmup as KappaWarmup
 from .solvers import FixedStepSolver as FixedStepSolver
+from .trainer import LyapunovTrainer as LyapunovTrainer
+from .trainer import NonFiniteLossError as NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConstantKappa",
     "CrossEntropyPotential",
+    "DecayStatistics",
     "FixedStepSolver",
     "HypercubeSampler",
     "HypersphereSampler",
+    "InferenceCurve",
+    "KappaSchedule",
+    "KappaWarmup",
     "LyapunovLossOutput",
     "LyapunovModel",
+    "LyapunovTrainer",
     "MSEPotential",
     "MarginPotential",
     "MixtureSampler",
+    "NonFiniteLossError",
     "ODEModel",
     "Potential",
     "SamplingContext",
@@ -50,9 +72,17 @@ __all__ = [
     "TrajectorySampler",
     "UniformTimeSampler",
     "appendix_b_half_width",
+    "as_lyapunov_model",
+    "decay_statistics",
     "discrete_path_lyapunov_loss",
+    "empirical_lipschitz",
     "integrate",
+    "loss_error_curve",
+    "lyapunov_condition_rate",
     "lyapunov_loss",
     "monte_carlo_lyapunov_loss",
+    "nfe_to_end",
     "path_lyapunov_loss",
+    "spectral_lipschitz_bound",
+    "theorem3_radius",
 ]

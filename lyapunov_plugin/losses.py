@@ -129,6 +129,10 @@ def lyapunov_loss(
     """
     _check_potential(potential)
     kappa = check_positive("kappa", kappa)
+    check_tensor("eta", eta, min_ndim=1, floating=True)
+    check_tensor("velocity", velocity, floating=True)
+    check_finite("eta", eta)
+    check_finite("velocity", velocity)
     loss, _, _ = _pointwise(eta, velocity, target, potential, readout, kappa, detach_v, validate=True)
     return loss
 

@@ -162,7 +162,8 @@ class ODEModel(nn.Module):
         super().__init__()
         if not callable(dynamics):
             raise TypeError(f"dynamics must be callable as dynamics(eta, context, t), got {type(dynamics).__name__}")
-        for name, value in (("encoder", encoder), ("initial_state", initial_state), ("readout", readout), ("solver", solver)):
+        optional = {"encoder": encoder, "initial_state": initial_state, "readout": readout, "solver": solver}
+        for name, value in optional.items():
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
         if initial_state is None:

@@ -148,7 +148,10 @@ class Potential(ABC):
             target: supervision per example.
             readout: ``psi``; ``None`` means the identity (paper Section 5: hidden
                 dimension = number of classes).
-            validate: check the arguments (leave on unless the caller already did).
+            validate: check shapes, dtypes, devices and targets (leave on unless the
+                caller already did). Values are not checked for NaN/Inf here: a
+                non-finite state or velocity gives a non-finite ``V``/``V_dot``, which
+                training loops handle by policy.
 
         Returns:
             ``(V, V_dot)``, each ``(B,)``.
@@ -158,8 +161,6 @@ class Potential(ABC):
             check_tensor("velocity", velocity, floating=True)
             check_shape("velocity", velocity, eta.shape, "the shape of eta")
             check_like("velocity", velocity, "eta", eta)
-            check_finite("eta", eta)
-            check_finite("velocity", velocity)
         output, output_velocity = readout_jvp(readout, eta, velocity)
         if validate:
             self.validate(output, target)

@@ -20,7 +20,6 @@ from torch import Tensor
 from ._validation import (
     check_batch,
     check_choice,
-    check_finite,
     check_non_negative,
     check_positive,
     check_positive_int,

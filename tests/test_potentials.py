@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lyapunov_plugin import CrossEntropyPotential, MarginPotential, MSEPotential, Potential
+from lyapunov_plugin import CrossEntropyPotential, MarginPotential, MSEPotential, Potential, lyapunov_loss
 from lyapunov_plugin.potentials import readout_jvp
 
 from .problems import DTYPES, ce_reference, classification_batch, reference_v_and_vdot
@@ -67,7 +67,7 @@ def test_readout_composition_matches_reverse_mode(readout_kind, data):
     target = torch.randint(0, classes, (batch,))
     for pot in (CrossEntropyPotential(), MarginPotential(), FocalPotential()):
         v, v_dot = pot.evaluate(eta, velocity, target, readout=readout)
-        ref_v, ref_dot = reference_v_and_vdot(lambda e: pot.value(readout(e), target), eta, velocity)
+        ref_v, ref_dot = reference_v_and_vdot(lambda e, pot=pot: pot.value(readout(e), target), eta, velocity)
         torch.testing.assert_close(v, ref_v, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(v_dot, ref_dot, rtol=1e-9, atol=1e-11)
 
@@ -206,7 +206,7 @@ class TestValidation:
         eta = torch.zeros(2, 3)
         eta[1, 2] = math.nan
         with pytest.raises(ValueError, match="eta must be finite, got 1 NaN/Inf entry"):
-            CrossEntropyPotential().evaluate(eta, torch.zeros(2, 3), torch.tensor([0, 1]))
+            lyapunov_loss(eta, torch.zeros(2, 3), torch.tensor([0, 1]), potential=CrossEntropyPotential(), kappa=1.0)
 
     def test_empty_batch(self):
         with pytest.raises(ValueError, match="eta must have a non-empty batch dimension"):

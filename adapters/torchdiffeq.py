@@ -1,0 +1,230 @@
+"""torchdiffeq-style models as a :class:`~lyapunov_plugin.LyapunovModel` (paper Eq. 1-3).
+
+A torchdiffeq user writes a vector field module ``func(t, y)`` and integrates it with
+``odeint`` or ``odeint_adjoint``. :class:`TorchdiffeqModel` adds the two pieces LyaNet
+needs around it, an input layer and a readout, and passes the conditioning explicitly:
+
+- ``func(t, y)``: the dynamics do not see the input; ``eta(0) = encoder(x)`` carries
+  the example (``conditioned_on_input = False``; the trainer then trains along
+  trajectories, see ``lyapunov_plugin.adapters.torchdyn`` for why).
+- ``func(t, y, context)``: data-controlled dynamics ``f(eta, x, t)`` with
+  ``context = encoder(x)``; ``eta(0)`` is zeros of ``state_shape`` (the paper's choice)
+  or ``encoder(x)``.
+
+Integration uses the user's ``method``, ``rtol``, ``atol`` and ``options`` exactly. With
+``adjoint=True`` gradients come from ``odeint_adjoint``; for a conditioned ``func`` the
+context then rides along as a constant part of the state, so that the adjoint returns
+its gradient to the encoder (its zero derivative adds nothing to the error estimate, but
+step sizes may differ from a plain ``odeint`` run in the last digits).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lyapunov_plugin._validation import check_choice, check_finite, check_positive, check_tensor
+from lyapunov_plugin.model import check_velocity, expand_to_batch
+
+from ._time import PerSampleTime, select_rows
+
+try:
+    import torchdiffeq
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "lyapunov_plugin.adapters.torchdiffeq needs torchdiffeq: pip install 'lyapunov-plugin[torchdiffeq]'"
+    ) from err
+
+__all__ = ["TorchdiffeqModel", "takes_context"]
+
+
+def _solver_names() -> Optional[tuple[str, ...]]:
+    """torchdiffeq's own solver registry (private module; ``None`` if it moved)."""
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+    except ImportError:
+        return None
+    return tuple(SOLVERS)
+
+
+def _positional_arity(func: Callable[..., Any]) -> int:
+    target = func.forward if isinstance(func, nn.Module) else func
+    params = inspect.signature(target).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in kinds)
+
+
+def takes_context(func: Callable[..., Any]) -> bool:
+    """True if ``func`` is called as ``func(t, y, context)``, False for ``func(t, y)``."""
+    arity = _positional_arity(func)
+    if arity < 2:
+        raise TypeError(
+            f"func must be called as func(t, y) or func(t, y, context) (torchdiffeq convention), "
+            f"got a callable with {arity} positional parameter(s)"
+        )
+    return arity >= 3
+
+
+class _ConditionedField(nn.Module):
+    """``(eta, context) -> (f(t, eta, context), 0)``: the context as constant state, so
+    ``odeint_adjoint`` returns its gradient."""
+
+    def __init__(self, func: Callable[..., Tensor], counter: list[int]) -> None:
+        super().__init__()
+        self.func = func
+        self.counter = counter
+
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        eta, context = state
+        self.counter[0] += 1
+        return self.func(t, eta, context), torch.zeros_like(context)
+
+
+class _Counted(nn.Module):
+    """``func(t, y)`` (or ``func(t, y, context)`` with a fixed context) as a module that
+    counts evaluations; ``odeint_adjoint`` needs a module."""
+
+    def __init__(self, func: Callable[..., Tensor], counter: list[int], context: Optional[Tensor]) -> None:
+        super().__init__()
+        self.func = func
+        self.counter = counter
+        self.context = context
+
+    def forward(self, t: Tensor, eta: Tensor) -> Tensor:
+        self.counter[0] += 1
+        if self.context is None:
+            return self.func(t, eta)
+        return self.func(t, eta, self.context)
+
+
+class TorchdiffeqModel(nn.Module):
+    """A torchdiffeq vector field with input layer and readout (see module docstring).
+
+    Arguments:
+        func: ``func(t, y)`` or ``func(t, y, context)``; an ``nn.Module`` for ``adjoint=True``.
+        encoder: ``x -> context`` (``phi``); ``None`` passes ``x`` through.
+        readout: ``psi``; ``None`` is the identity.
+        state_shape: shape of one state; when given, ``eta(0)`` is zeros of it (requires a
+            conditioned ``func``), otherwise ``eta(0) = encoder(x)``.
+        method, rtol, atol, options: passed to ``torchdiffeq.odeint``.
+        adjoint: integrate with ``odeint_adjoint`` (memory-light gradients).
+        t_end: inference horizon (1 in the paper).
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Tensor],
+        *,
+        encoder: Optional[Callable[[Tensor], Tensor]] = None,
+        readout: Optional[Callable[[Tensor], Tensor]] = None,
+        state_shape: Optional[Sequence[int]] = None,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        options: Optional[dict[str, Any]] = None,
+        adjoint: bool = False,
+        t_end: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y) or func(t, y, context), got {type(func).__name__}")
+        names = _solver_names()
+        if names is not None:
+            check_choice("method", method, names)
+        if adjoint and not isinstance(func, nn.Module):
+            raise TypeError(f"func must be an nn.Module for adjoint=True (odeint_adjoint needs its parameters), "
+                            f"got {type(func).__name__}")
+        self.func = func
+        self.conditioned_on_input = takes_context(func)
+        if state_shape is not None:
+            if not self.conditioned_on_input:
+                raise ValueError(
+                    "state_shape (zero initial state) needs a conditioned func(t, y, context): with func(t, y) "
+                    "and eta(0) = 0 every example would follow the same trajectory"
+                )
+            shape = tuple(state_shape)
+            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+                raise ValueError(f"state_shape must be a non-empty sequence of positive ints, got {state_shape!r}")
+            self.state_shape: Optional[tuple[int, ...]] = shape
+        else:
+            self.state_shape = None
+        self.encoder = encoder if encoder is not None else nn.Identity()
+        self.readout_module = readout if readout is not None else nn.Identity()
+        self.method = method
+        self.rtol = check_positive("rtol", rtol)
+        self.atol = check_positive("atol", atol)
+        self.options = dict(options) if options is not None else None
+        self.adjoint = bool(adjoint)
+        self.t_end = check_positive("t_end", t_end)
+        self.last_nfe: Optional[int] = None
+        self._time = PerSampleTime("the torchdiffeq func")
+
+    def _call(self, t: Tensor, eta: Tensor, context: Optional[Tensor]) -> Tensor:
+        if self.conditioned_on_input:
+            return self.func(t, eta, context)
+        return self.func(t, eta)
+
+    def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
+        check_tensor("x", x, min_ndim=1)
+        check_finite("x", x)
+        h = self.encoder(x)
+        if self.state_shape is not None:
+            eta0 = torch.zeros((x.shape[0], *self.state_shape), dtype=h.dtype, device=h.device)
+        else:
+            eta0 = h
+        return (h if self.conditioned_on_input else None), eta0
+
+    def vector_field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
+        if self.conditioned_on_input and (not isinstance(context, Tensor) or context.shape[0] != eta.shape[0]):
+            got = tuple(context.shape) if isinstance(context, Tensor) else context
+            raise ValueError(f"context must be a tensor with one row per state ({eta.shape[0]}), got {got}")
+
+        def field(tt: Tensor, rows: Optional[Tensor]) -> Tensor:
+            return self._call(tt, select_rows(eta, rows), select_rows(context, rows))
+
+        out = self._time(field, eta, expand_to_batch(t, eta.shape[0], eta))
+        return check_velocity(out, eta, source="func")
+
+    def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
+        check_tensor("ts", ts, min_ndim=1, floating=True)
+        context, eta0 = self.encode(x)
+        ts = ts.to(device=eta0.device, dtype=eta0.dtype)
+        counter = [0]
+        kwargs: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
+        augmented = self.conditioned_on_input and self.adjoint
+        if augmented:
+            field: nn.Module = _ConditionedField(self.func, counter)
+            out = torchdiffeq.odeint_adjoint(
+                field, (eta0, context), ts, adjoint_params=tuple(self.func.parameters()), **kwargs
+            )
+        else:
+            field = _Counted(self.func, counter, context if self.conditioned_on_input else None)
+            solve = torchdiffeq.odeint_adjoint if self.adjoint else torchdiffeq.odeint
+            extra = {"adjoint_params": tuple(self.func.parameters())} if self.adjoint else {}
+            out = solve(field, eta0, ts, **kwargs, **extra)
+        self.last_nfe = counter[0]
+        return out[0] if augmented else out
+
+    def readout(self, eta: Tensor) -> Tensor:
+        return self.readout_module(eta)
+
+    def check(self, x: Tensor) -> None:
+        """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
+        context, eta0 = self.encode(x[:2])
+        t = torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device)
+        self.vector_field(eta0, context, t)
+        out = self.readout(eta0)
+        if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
+            raise ValueError(
+                f"readout must map states {tuple(eta0.shape)} to one output per example, "
+                f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``psi(eta(t_end))`` with the configured torchdiffeq solver."""
+        ts = torch.tensor([0.0, self.t_end], device=x.device)
+        return self.readout(self.trajectory(x, ts)[-1])
+

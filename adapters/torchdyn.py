@@ -1,0 +1,176 @@
+"""torchdyn ``NeuralODE`` models as a :class:`~lyapunov_plugin.LyapunovModel` (paper Eq. 1-3).
+
+Supported: a ``torchdyn.core.NeuralODE`` alone, or inside an ``nn.Sequential`` with
+layers before it (the input layer ``phi``, e.g. ``Augmenter`` or an encoder) and after
+it (the readout ``psi``, applied to the final state). Vector fields may use
+``DataControl`` (data-controlled dynamics) and ``DepthCat`` (time-dependent dynamics).
+
+Conditioning. torchdyn's ``DataControl`` reads the input through an attribute that
+``NeuralODE`` sets before integrating (``module._control = x.detach()``, where ``x`` is
+the state handed to the ``NeuralODE``, i.e. ``phi(x)``). To evaluate ``f`` at sampled
+states with the right example's data, :meth:`TorchdynModel.vector_field` sets that
+attribute for the duration of the call and restores it afterwards; the conditioning
+travels as the ``context`` argument. One deliberate difference: torchdyn detaches the
+control, but here the context keeps its gradient. In Monte Carlo training (Algorithm 1)
+no trajectory starts from ``phi(x)``, so the context is the only path by which the
+input layer can learn. Trajectories (:meth:`TorchdynModel.trajectory`) use torchdyn's
+own integration, solver, tolerances and sensitivity (autograd or adjoint) unchanged.
+
+Without ``DataControl`` the vector field does not see the input: ``eta(0) = phi(x)``
+alone carries the example and one ``f`` must serve every label. Sampling states from a
+fixed region is then ill-posed (the same state would have to flow towards different
+labels), so :attr:`TorchdynModel.conditioned_on_input` is ``False`` and
+``LyapunovTrainer`` defaults to trajectory-based training.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lyapunov_plugin._validation import check_finite, check_tensor
+from lyapunov_plugin.model import check_velocity, expand_to_batch
+
+from ._time import PerSampleTime, select_rows
+
+try:
+    from torchdyn.core import NeuralODE
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "lyapunov_plugin.adapters.torchdyn needs torchdyn: pip install 'lyapunov-plugin[torchdyn]'"
+    ) from err
+
+__all__ = ["TorchdynModel", "find_neural_ode", "is_torchdyn_model"]
+
+
+def find_neural_ode(model: nn.Module) -> Optional[int]:
+    """Index of the single ``NeuralODE`` in an ``nn.Sequential`` (``-1`` for a bare one).
+
+    Returns ``None`` if ``model`` is neither; raises ``ValueError`` for several.
+    """
+    if isinstance(model, NeuralODE):
+        return -1
+    if isinstance(model, nn.Sequential):
+        found = [i for i, layer in enumerate(model) if isinstance(layer, NeuralODE)]
+        if len(found) > 1:
+            raise ValueError(
+                f"model is an nn.Sequential with {len(found)} NeuralODE layers (at positions {found}); "
+                "LyapunovTrainer supports exactly one NeuralODE per model"
+            )
+        return found[0] if found else None
+    return None
+
+
+def is_torchdyn_model(model: object) -> bool:
+    """True for a ``NeuralODE`` or an ``nn.Sequential`` holding one."""
+    return isinstance(model, nn.Module) and find_neural_ode(model) is not None
+
+
+class TorchdynModel(nn.Module):
+    """Protocol view of an existing torchdyn model (see the module docstring).
+
+    Arguments:
+        model: a ``NeuralODE``, or an ``nn.Sequential`` with exactly one ``NeuralODE``.
+        t_end: inference horizon (1 in the paper).
+    """
+
+    def __init__(self, model: nn.Module, *, t_end: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torchdyn NeuralODE or nn.Sequential, got {type(model).__name__}")
+        index = find_neural_ode(model)
+        if index is None:
+            raise TypeError(
+                f"model must be a torchdyn NeuralODE or an nn.Sequential containing one, got {type(model).__name__}"
+            )
+        self.model = model
+        self._index = index
+        node = self.node
+        if node.order != 1:
+            raise ValueError(f"only first-order NeuralODEs are supported, got order={node.order}")
+        if node.integral_loss is not None:
+            raise ValueError("NeuralODEs with an integral_loss are not supported (the state is augmented by torchdyn)")
+        self._controls = [m for m in node.vf.modules() if hasattr(m, "_control")]
+        self.conditioned_on_input = bool(self._controls)
+        self.t_end = float(t_end)
+        self.last_nfe: Optional[int] = None
+        self._time = PerSampleTime("the torchdyn vector field")
+
+    @property
+    def node(self) -> NeuralODE:
+        """The wrapped ``NeuralODE``."""
+        return self.model if self._index == -1 else self.model[self._index]
+
+    def _encoder(self, x: Tensor) -> Tensor:
+        if self._index <= 0:
+            return x
+        return self.model[: self._index](x)
+
+    def readout(self, eta: Tensor) -> Tensor:
+        if self._index == -1 or self._index == len(self.model) - 1:
+            return eta
+        return self.model[self._index + 1 :](eta)
+
+    def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
+        check_tensor("x", x, min_ndim=1)
+        check_finite("x", x)
+        eta0 = self._encoder(x)
+        return (eta0 if self.conditioned_on_input else None), eta0
+
+    @contextmanager
+    def _conditioned(self, context: Optional[Tensor]) -> Iterator[None]:
+        saved = [m._control for m in self._controls]
+        for m in self._controls:
+            m._control = context
+        try:
+            yield
+        finally:
+            for m, value in zip(self._controls, saved):
+                m._control = value
+
+    def vector_field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
+        if self.conditioned_on_input:
+            if not isinstance(context, Tensor) or context.shape[0] != eta.shape[0]:
+                got = tuple(context.shape) if isinstance(context, Tensor) else context
+                raise ValueError(
+                    f"context must be a tensor with one row per state ({eta.shape[0]}) for a DataControl "
+                    f"vector field, got {got}"
+                )
+
+        def field(tt: Tensor, rows: Optional[Tensor]) -> Tensor:
+            with self._conditioned(select_rows(context, rows)):
+                return self.node.vf(tt, select_rows(eta, rows))
+
+        out = self._time(field, eta, expand_to_batch(t, eta.shape[0], eta))
+        return check_velocity(out, eta, source="the torchdyn vector field")
+
+    def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
+        check_tensor("ts", ts, min_ndim=1, floating=True)
+        _, eta0 = self.encode(x)
+        node = self.node
+        before = node.vf.nfe
+        result = node(eta0, t_span=ts.to(device=eta0.device, dtype=eta0.dtype))
+        states = result[1] if isinstance(result, tuple) else result
+        self.last_nfe = int(node.vf.nfe - before)
+        return states
+
+    def check(self, x: Tensor) -> None:
+        """Run the wrapped model once on two examples of ``x``; raise a precise error on mismatch."""
+        probe = x[:2]
+        context, eta0 = self.encode(probe)
+        velocity = self.vector_field(eta0, context, torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device))
+        check_velocity(velocity, eta0, source="the torchdyn vector field")
+        out = self.readout(eta0)
+        if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
+            raise ValueError(
+                f"the layers after the NeuralODE must map states {tuple(eta0.shape)} to one output per example, "
+                f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``psi(eta(t_end))`` through torchdyn's solver: an ordinary classifier."""
+        ts = torch.tensor([0.0, self.t_end], device=x.device)
+        return self.readout(self.trajectory(x, ts)[-1])

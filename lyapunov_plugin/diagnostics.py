@@ -1,0 +1,357 @@
+"""Inference and certificate diagnostics (paper Fig. 3, Eq. 10, Theorem 3).
+
+All functions take a :class:`~lyapunov_plugin.LyapunovModel` and data given either as a
+pair of tensors ``(x, y)`` or as an iterable of such batches (a ``DataLoader``). They run
+without gradient and do not change the model's train/eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ._typing import Solver
+from ._validation import check_non_negative, check_positive, check_positive_int, check_tensor
+from .losses import monte_carlo_lyapunov_loss
+from .model import LyapunovModel, integrate
+from .potentials import CrossEntropyPotential, Potential
+from .samplers import StateSampler, TimeSampler, UniformTimeSampler
+
+__all__ = [
+    "InferenceCurve",
+    "DecayStatistics",
+    "iter_batches",
+    "states_along",
+    "loss_error_curve",
+    "nfe_to_end",
+    "lyapunov_condition_rate",
+    "decay_statistics",
+    "theorem3_radius",
+    "spectral_lipschitz_bound",
+    "empirical_lipschitz",
+]
+
+
+def iter_batches(data: Any) -> Iterable[tuple[Tensor, Tensor]]:
+    """Yield ``(x, y)`` batches from a tensor pair or from an iterable of batches."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
+        yield data[0], data[1]
+        return
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"data must yield (x, y) batches, got {type(batch).__name__}")
+        yield batch[0], batch[1]
+
+
+def _model_device(model: Any) -> Optional[torch.device]:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return None
+
+
+def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optional[Solver] = None) -> Tensor:
+    """States ``(T, B, *S)`` at ``ts``: the model's own solver, or ``solver`` through the protocol."""
+    if solver is None:
+        return model.trajectory(x, ts)
+    return integrate(model, x, ts, solver=solver)
+
+
+@dataclass(frozen=True)
+class InferenceCurve:
+    """Loss and error of ``psi(eta(t))`` over a time grid (paper Fig. 3).
+
+    Attributes:
+        ts: the grid.
+        loss: mean potential ``V_y(eta(t))`` per grid time.
+        error: error rate per grid time.
+        num_points: examples averaged over.
+    """
+
+    ts: list[float]
+    loss: list[float]
+    error: list[float]
+    num_points: int
+
+
+def loss_error_curve(
+    model: LyapunovModel,
+    data: Any,
+    ts: Tensor,
+    *,
+    potential: Optional[Potential] = None,
+    solver: Optional[Solver] = None,
+    only_correct: bool = True,
+) -> InferenceCurve:
+    """Loss and error of the early-terminated prediction ``psi(eta(t))`` for ``t`` in ``ts``.
+
+    Paper Fig. 3: with ``only_correct`` the average is over examples classified
+    correctly at the last grid time, so the curve shows how early inference gets there.
+
+    Arguments:
+        model: a :class:`~lyapunov_plugin.LyapunovModel`.
+        data: ``(x, y)`` or an iterable of batches.
+        ts: increasing grid starting at 0.
+        potential: the loss to report (default cross entropy).
+        solver: integrate with this solver instead of the model's own.
+        only_correct: restrict to examples correct at ``ts[-1]``.
+    """
+    check_tensor("ts", ts, min_ndim=1, floating=True)
+    potential = potential if potential is not None else CrossEntropyPotential()
+    device = _model_device(model)
+    loss_sum = torch.zeros(ts.numel(), dtype=torch.float64)
+    err_sum = torch.zeros(ts.numel(), dtype=torch.float64)
+    count = 0
+    with torch.no_grad():
+        for x, y in iter_batches(data):
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            states = states_along(model, x, ts, solver=solver)
+            steps, batch = states.shape[0], states.shape[1]
+            out = model.readout(states.reshape(steps * batch, *states.shape[2:]))
+            out = out.reshape(steps, batch, *out.shape[1:])
+            keep = out[-1].argmax(-1) == y if only_correct else torch.ones_like(y, dtype=torch.bool)
+            if not bool(keep.any()):
+                continue
+            out, yk = out[:, keep], y[keep]
+            values = potential.value(out.reshape(-1, *out.shape[2:]), yk.repeat(steps)).reshape(steps, -1)
+            loss_sum += values.double().sum(1).cpu()
+            err_sum += (out.argmax(-1) != yk).double().sum(1).cpu()
+            count += int(keep.sum())
+    denom = max(count, 1)
+    return InferenceCurve(
+        ts=[float(t) for t in ts],
+        loss=(loss_sum / denom).tolist(),
+        error=(err_sum / denom).tolist(),
+        num_points=count,
+    )
+
+
+def nfe_to_end(model: LyapunovModel, x: Tensor, *, t_end: float = 1.0, solver: Optional[Solver] = None) -> int:
+    """Vector-field evaluations to integrate a batch from 0 to ``t_end`` (paper Section 5.3).
+
+    With ``solver=None`` the model's own solver is used and its ``last_nfe`` read (the
+    adapters report torchdyn's counter or count torchdiffeq calls); otherwise the
+    evaluations of ``solver`` through the protocol are counted, e.g.
+    ``functools.partial(torchdiffeq.odeint, method="dopri5", rtol=1e-3, atol=1e-3)``.
+    """
+    t_end = check_positive("t_end", t_end)
+    device = _model_device(model)
+    if device is not None:
+        x = x.to(device)
+    ts = torch.tensor([0.0, t_end], device=x.device)
+    with torch.no_grad():
+        if solver is None:
+            model.trajectory(x, ts)
+            nfe = getattr(model, "last_nfe", None)
+            if nfe is None:
+                raise TypeError(
+                    f"{type(model).__name__} does not report last_nfe; pass a solver to count evaluations instead"
+                )
+            return int(nfe)
+        _, nfe = integrate(model, x, ts, solver=solver, return_nfe=True)
+        return int(nfe)
+
+
+def lyapunov_condition_rate(
+    model: LyapunovModel,
+    data: Any,
+    *,
+    potential: Potential,
+    kappa: float,
+    state_sampler: StateSampler,
+    time_sampler: Optional[TimeSampler] = None,
+    num_samples: int = 256,
+    trajectory_ts: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> float:
+    """Fraction of sampled ``(eta, t)`` where the Lyapunov condition Eq. (10) holds.
+
+    An empirical certificate statistic: 1.0 means no sampled state violates
+    ``dV/deta . f + kappa V <= 0`` (it is evidence, not a proof, that Eq. (10) holds on
+    the sampled region).
+
+    Arguments:
+        trajectory_ts: grid for rollouts when ``state_sampler`` needs trajectories.
+    """
+    time_sampler = time_sampler if time_sampler is not None else UniformTimeSampler()
+    device = _model_device(model)
+    holds, total = 0.0, 0
+    with torch.no_grad():
+        for x, y in iter_batches(data):
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            trajectory = None
+            if state_sampler.requires_trajectory:
+                if trajectory_ts is None:
+                    raise ValueError("trajectory_ts is required for a state sampler that needs trajectories")
+                trajectory = model.trajectory(x, trajectory_ts.to(x.device))
+            out = monte_carlo_lyapunov_loss(
+                model, x, y, potential=potential, kappa=kappa, state_sampler=state_sampler,
+                time_sampler=time_sampler, num_samples=num_samples, trajectory=trajectory, generator=generator,
+            )
+            holds += float((out.pointwise <= 0).sum())
+            total += out.pointwise.numel()
+    return holds / max(total, 1)
+
+
+@dataclass(frozen=True)
+class DecayStatistics:
+    """How ``V_y`` decays along inference trajectories, against Theorem 2's ``exp(-kappa t)``.
+
+    Attributes:
+        monotone_fraction: examples whose ``V`` never increases on the grid (up to a tolerance).
+        median_rate: median of ``log(V(t_0) / V(t_end)) / (t_end - t_0)``.
+        rate_at_least_kappa: fraction of examples with that rate ``>= kappa``.
+        num_points: examples measured.
+    """
+
+    monotone_fraction: float
+    median_rate: float
+    rate_at_least_kappa: float
+    num_points: int
+
+
+def decay_statistics(
+    model: LyapunovModel,
+    data: Any,
+    *,
+    potential: Potential,
+    kappa: float,
+    ts: Tensor,
+    solver: Optional[Solver] = None,
+    only_correct: bool = True,
+    tolerance: float = 1e-6,
+) -> DecayStatistics:
+    """Empirical decay of ``V`` along trajectories (Theorem 2, Eq. 14).
+
+    ``V`` counts as monotone if ``V(t_j) <= V(t_{j-1}) + tolerance`` at every grid step.
+    The rate uses the end points only; ``V`` is floored at 1e-12 so a fully converged
+    example has a large finite rate.
+    """
+    kappa = check_positive("kappa", kappa)
+    tolerance = check_non_negative("tolerance", tolerance)
+    device = _model_device(model)
+    monotone, rates = [], []
+    with torch.no_grad():
+        for x, y in iter_batches(data):
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            states = states_along(model, x, ts, solver=solver)
+            steps, batch = states.shape[0], states.shape[1]
+            out = model.readout(states.reshape(steps * batch, *states.shape[2:]))
+            v = potential.value(out, y.repeat(steps)).reshape(steps, batch)
+            keep = out.reshape(steps, batch, -1)[-1].argmax(-1) == y if only_correct else torch.ones_like(y).bool()
+            v = v[:, keep].double()
+            monotone.append((v[1:] <= v[:-1] + tolerance).all(0).cpu())
+            span = float(ts[-1] - ts[0])
+            rates.append((torch.log(v[0].clamp_min(1e-12)) - torch.log(v[-1].clamp_min(1e-12))).cpu() / span)
+    mono = torch.cat(monotone) if monotone else torch.zeros(0, dtype=torch.bool)
+    rate = torch.cat(rates) if rates else torch.zeros(0, dtype=torch.float64)
+    n = int(mono.numel())
+    if n == 0:
+        return DecayStatistics(float("nan"), float("nan"), float("nan"), 0)
+    return DecayStatistics(
+        monotone_fraction=float(mono.double().mean()),
+        median_rate=float(rate.median()),
+        rate_at_least_kappa=float((rate >= kappa).double().mean()),
+        num_points=n,
+    )
+
+
+def theorem3_radius(delta: Any, lipschitz: float, kappa: float) -> Tensor:
+    """Largest input perturbation ``epsilon`` that Theorem 3 (Eq. 15) certifies.
+
+    Eq. (15), ``delta <= log 2 - (L epsilon / kappa)(1 - exp(-kappa))``, solved for
+    ``epsilon``: ``kappa (log 2 - delta) / (L (1 - exp(-kappa)))``, and 0 where
+    ``delta >= log 2``. Valid under the theorem's assumptions: the Lyapunov condition
+    holds at every state (the diagnostics above only sample it), ``delta`` bounds
+    ``exp(-kappa) V_y(eta(0))`` and ``V_y(eta(1))``, and ``L = L_V L_f`` bounds the
+    Lipschitz constants of ``V_y`` in ``eta`` and of ``f`` in ``x`` in the norm of
+    ``epsilon``.
+
+    Arguments:
+        delta: the delta-final loss per example (tensor or float).
+        lipschitz: ``L``, ``> 0``.
+        kappa: ``> 0``.
+    """
+    lipschitz = check_positive("lipschitz", lipschitz)
+    kappa = check_positive("kappa", kappa)
+    delta = torch.as_tensor(delta, dtype=torch.float64)
+    radius = kappa * (math.log(2.0) - delta) / (lipschitz * (-math.expm1(-kappa)))
+    return radius.clamp_min(0.0)
+
+
+# Lipschitz constants (l2) of element-wise activations; a module not listed here makes
+# spectral_lipschitz_bound refuse rather than guess.
+_ACTIVATION_LIPSCHITZ: dict[type, float] = {
+    nn.ReLU: 1.0,
+    nn.Tanh: 1.0,
+    nn.Sigmoid: 0.25,
+    nn.Softplus: 1.0,
+    nn.ELU: 1.0,
+    nn.Identity: 1.0,
+    nn.Flatten: 1.0,
+    nn.Dropout: 1.0,
+    # sup |GELU'(x)| = 1.1289 (at x ~ 0.75).
+    nn.GELU: 1.1290,
+}
+
+
+def spectral_lipschitz_bound(module: nn.Module) -> float:
+    """An upper bound on the l2 Lipschitz constant of a feed-forward stack (Theorem 3's ``L_f``).
+
+    The product of the spectral norms of the ``nn.Linear`` weights (computed exactly by
+    SVD) and of the activations' Lipschitz constants, for an ``nn.Linear``, a listed
+    activation, or an ``nn.Sequential`` of them. Raises ``TypeError`` for anything
+    else: residual or convolutional blocks need their own bound.
+    """
+    if isinstance(module, nn.Sequential):
+        bound = 1.0
+        for layer in module:
+            bound *= spectral_lipschitz_bound(layer)
+        return bound
+    if isinstance(module, nn.Linear):
+        with torch.no_grad():
+            return float(torch.linalg.matrix_norm(module.weight.detach().double(), ord=2))
+    if isinstance(module, nn.LeakyReLU):
+        return max(1.0, abs(module.negative_slope))
+    for kind, constant in _ACTIVATION_LIPSCHITZ.items():
+        if type(module) is kind:
+            return constant
+    supported = ["nn.Sequential", "nn.Linear", "nn.LeakyReLU", *(f"nn.{k.__name__}" for k in _ACTIVATION_LIPSCHITZ)]
+    raise TypeError(f"spectral_lipschitz_bound supports {supported}, got {type(module).__name__}")
+
+
+def empirical_lipschitz(
+    fn: Any,
+    x: Tensor,
+    *,
+    iterations: int = 20,
+    generator: Optional[torch.Generator] = None,
+) -> float:
+    """Largest local l2 Jacobian norm of ``fn`` over the rows of ``x`` (power iteration).
+
+    A *lower* bound on the Lipschitz constant ``L`` of Theorem 3, useful to see how
+    loose :func:`spectral_lipschitz_bound` is; it cannot certify anything by itself.
+    """
+    iterations = check_positive_int("iterations", iterations)
+    check_tensor("x", x, min_ndim=1, floating=True)
+    x = x.detach()
+    v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator else x.device)
+    v = v.to(x.device)
+    v = v / v.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+    sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(iterations):
+        _, jv = torch.func.jvp(fn, (x,), (v,))
+        _, vjp = torch.func.vjp(fn, x)
+        (jtjv,) = vjp(jv)
+        sigma = jv.flatten(1).norm(dim=1)
+        norm = jtjv.flatten(1).norm(dim=1).clamp_min(1e-30)
+        v = jtjv / norm.reshape(-1, *([1] * (x.ndim - 1)))
+    return float(sigma.max())
+
