@@ -6,7 +6,7 @@ import torch.nn as nn
 
 pytest.importorskip("torchdyn")
 from torchdyn.core import NeuralODE  # noqa: E402
-from torchdyn.nn import DataControl, DepthCat  # noqa: E402
+from torchdyn.nn import DataControl  # noqa: E402
 
 from lyapunov_plugin import (  # noqa: E402
     CrossEntropyPotential,
