@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -131,28 +131,58 @@ def _center(context: SamplingContext, center: str) -> Tensor:
     return context.eta0.detach()
 
 
+def _covering_extent(context: SamplingContext, center: Tensor, norm: str) -> Tensor:
+    """Largest distance (``"linf"`` or ``"l2"``) from ``center`` of any rollout state in the batch."""
+    if context.trajectory is None:
+        raise ValueError(
+            "a sampler with cover set needs SamplingContext.trajectory (rollout states of shape (T, B, *S)); got None"
+        )
+    offsets = (context.trajectory.detach() - center[None]).flatten(2)
+    return offsets.abs().amax() if norm == "linf" else offsets.norm(dim=-1).amax()
+
+
 @dataclass(frozen=True, kw_only=True)
 class HypercubeSampler(StateSampler):
     """Uniform states on the hypercube ``[-s, s]^k`` (Appendix B, "Picking H").
+
+    Appendix B's key requirement is that the region covers the states inference visits.
+    ``half_width`` from :func:`appendix_b_half_width` sizes it by the loss level
+    ``exp(-kappa)``, but trained dynamics can travel further (cross entropy keeps
+    rewarding larger logits), and outside the region Eq. (10) is never enforced. With
+    ``cover`` set, the half-width grows per batch to ``cover`` times the largest
+    coordinate of the batch's rollout states, so the region always contains them.
 
     Arguments:
         half_width: ``s``; :func:`appendix_b_half_width` gives the paper's choice.
         center: ``"origin"`` (the paper, which fixes ``eta(0) = 0``) or ``"initial"``
             (centred on each example's ``eta(0)``, for models whose input layer is not zero).
+        cover: ``None`` (fixed region) or a factor ``>= 1``: half-width
+            ``max(s, cover * max |rollout state - center|)``; needs rollouts.
     """
 
     half_width: float
     center: str = "origin"
+    cover: Optional[float] = None
 
     def __post_init__(self) -> None:
         check_positive("half_width", self.half_width)
         check_choice("center", self.center, _CENTERS)
+        if self.cover is not None and check_real("cover", self.cover) < 1.0:
+            raise ValueError(f"cover must be >= 1 (a factor on the rollouts' extent), got {self.cover}")
+
+    @property
+    def requires_trajectory(self) -> bool:  # type: ignore[override]
+        return self.cover is not None
 
     def sample(self, context, num_samples, *, generator=None):
         check_positive_int("num_samples", num_samples)
         shape = (context.batch_size, num_samples, *context.state_shape)
         u = _random("uniform", shape, context.eta0, generator)
-        return _center(context, self.center)[:, None] + self.half_width * (2.0 * u - 1.0)
+        center = _center(context, self.center)
+        half_width: Any = self.half_width
+        if self.cover is not None:
+            half_width = torch.clamp(self.cover * _covering_extent(context, center, "linf"), min=self.half_width)
+        return center[:, None] + half_width * (2.0 * u - 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,7 +51,9 @@ def make_trainer(model=None, **kw):
 @pytest.mark.parametrize("mode", ["monte_carlo", "path_integral", "standard"])
 def test_every_mode_trains_the_same_model(mode):
     x, y = blobs(96, seed=1)
-    trainer = make_trainer(mode=mode, path_steps=4)
+    # A fixed region: the default covering region grows with the rollouts, so its loss
+    # values are not comparable from epoch to epoch.
+    trainer = make_trainer(mode=mode, path_steps=4, kappa=1.0, state_sampler=HypercubeSampler(half_width=2.0))
     history = trainer.fit(loader(x, y), epochs=3, val_loader=loader(*blobs(64, seed=2)))
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert all(r["mode"] == mode for r in history)
@@ -155,7 +157,7 @@ def test_non_finite_loss_raises_by_default_and_never_updates():
     x[0] = 1000.0
     trainer = make_trainer(model)
     before = params(model)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch 1, step 0; parameters were not updated"):
+    with pytest.raises(NonFiniteLossError, match="non-finite (loss|gradient) at epoch 1, step 0; parameters were not updated"):
         trainer.fit(loader(x, y, batch_size=16, shuffle=False), epochs=1)
     assert all(torch.equal(a, b) for a, b in zip(before, params(model)))
 

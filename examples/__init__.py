@@ -1,0 +1,1 @@
+"""Runnable reproductions of the LyaNet paper's experiments; each module exposes ``main(...)``."""

@@ -1,0 +1,1 @@
+"""Shared pieces of the examples and benchmarks: data, models, robustness protocol, reports."""

@@ -1,0 +1,62 @@
+"""Result files: JSON for machines, markdown tables for people (numbers come only from runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and the raw values (NaN-free values only)."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "values": list(values)}
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return {"mean": statistics.fmean(finite), "std": std, "values": [float(v) for v in values]}
+
+
+def _fmt(cell: dict[str, Any]) -> str:
+    mean, std = cell["mean"], cell["std"]
+    if math.isnan(mean):
+        return "n/a"
+    digits = 0 if abs(mean) >= 100 else (1 if abs(mean) >= 1 else 3)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, dict[str, Any]], *, columns: Sequence[str], headers: Sequence[str]) -> str:
+    """Rows are metrics, columns are methods; cells are ``mean ± std``."""
+    metrics = list(summary[columns[0]].keys())
+    lines = ["| metric | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(columns)]
+    for metric in metrics:
+        lines.append(f"| {metric} | " + " | ".join(_fmt(summary[c][metric]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def embed_in_readme(readme: Path, marker: str, markdown: str) -> None:
+    """Replace the text between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``readme``."""
+    text = readme.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{markdown.strip()}\n{end}{tail}")
