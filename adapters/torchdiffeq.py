@@ -14,8 +14,8 @@ needs around it, an input layer and a readout, and passes the conditioning expli
 Integration uses the user's ``method``, ``rtol``, ``atol`` and ``options`` exactly. With
 ``adjoint=True`` gradients come from ``odeint_adjoint``; for a conditioned ``func`` the
 context then rides along as a constant part of the state, so that the adjoint returns
-its gradient to the encoder (its zero derivative adds nothing to the error estimate, but
-step sizes may differ from a plain ``odeint`` run in the last digits).
+its gradient to the encoder. Step-size control uses a norm over ``eta`` alone (unless the
+user's ``options`` set one), so the forward solve takes the same steps as plain ``odeint``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ def takes_context(func: Callable[..., Any]) -> bool:
             f"got a callable with {arity} positional parameter(s)"
         )
     return arity >= 3
+
+
+def _eta_rms_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """RMS norm of ``eta`` alone; torchdiffeq hands a user norm the state as a tuple."""
+    return state[0].abs().pow(2).mean().sqrt()
 
 
 class _ConditionedField(nn.Module):
@@ -197,6 +202,10 @@ class TorchdiffeqModel(nn.Module):
         augmented = self.conditioned_on_input and self.adjoint
         if augmented:
             field: nn.Module = _ConditionedField(self.func, counter)
+            if self.options is None or "norm" not in self.options:
+                # Step control (and the initial step) on eta alone, as plain odeint would do:
+                # the constant context must not change the forward solve.
+                kwargs["options"] = {**(self.options or {}), "norm": _eta_rms_norm}
             out = torchdiffeq.odeint_adjoint(
                 field, (eta0, context), ts, adjoint_params=tuple(self.func.parameters()), **kwargs
             )

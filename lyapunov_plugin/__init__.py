@@ -15,6 +15,7 @@ from .diagnostics import nfe_to_end as nfe_to_end
 from .diagnostics import spectral_lipschitz_bound as spectral_lipschitz_bound
 from .diagnostics import theorem3_radius as theorem3_radius
 from .dispatch import as_lyapunov_model as as_lyapunov_model
+from .losses import CounterexampleSearch as CounterexampleSearch
 from .losses import LyapunovLossOutput as LyapunovLossOutput
 from .losses import discrete_path_lyapunov_loss as discrete_path_lyapunov_loss
 from .losses import lyapunov_loss as lyapunov_loss
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantKappa",
+    "CounterexampleSearch",
     "CrossEntropyPotential",
     "DecayStatistics",
     "FixedStepSolver",

@@ -374,6 +374,9 @@ class Theorem3Certificate:
         correct: examples classified correctly at ``t_end``.
         condition_held: examples at all of whose sampled states Eq. (10) held.
         lipschitz: the constant ``L = L_V L_f`` used.
+        radius_if_held: the radius Eq. (15) would give each correct example if its
+            premise held (shows how far the Lipschitz constant alone leaves a certificate).
+        violation_rate: fraction of all sampled ``(eta, t)`` violating Eq. (10).
     """
 
     radius: Tensor
@@ -381,6 +384,8 @@ class Theorem3Certificate:
     correct: Tensor
     condition_held: Tensor
     lipschitz: float
+    radius_if_held: Tensor
+    violation_rate: float
 
     def certified_accuracy(self, eps: float) -> float:
         """Fraction of examples certified at perturbation size ``eps`` (same norm)."""
@@ -393,6 +398,8 @@ class Theorem3Certificate:
             "radius_max": float(self.radius.max()),
             "correct_fraction": float(self.correct.double().mean()),
             "condition_fraction": float(self.condition_held.double().mean()),
+            "radius_if_held_median": float(self.radius_if_held.median()),
+            "violation_rate": self.violation_rate,
         }
 
 
@@ -436,6 +443,9 @@ def theorem3_certificate(
             time_sampler=time_sampler, num_samples=num_samples, generator=generator,
         )
         held = (out.pointwise.reshape(x.shape[0], num_samples) <= 0).all(dim=1)
-    radius = theorem3_radius(delta.cpu(), lipschitz, kappa)
-    radius = torch.where((correct & held).cpu(), radius, torch.zeros_like(radius))
-    return Theorem3Certificate(radius, delta.cpu(), correct.cpu(), held.cpu(), lipschitz)
+    unconditional = theorem3_radius(delta.cpu(), lipschitz, kappa)
+    zeros = torch.zeros_like(unconditional)
+    radius = torch.where((correct & held).cpu(), unconditional, zeros)
+    radius_if_held = torch.where(correct.cpu(), unconditional, zeros)
+    violation = float((out.pointwise > 0).double().mean())
+    return Theorem3Certificate(radius, delta.cpu(), correct.cpu(), held.cpu(), lipschitz, radius_if_held, violation)

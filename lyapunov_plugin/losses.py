@@ -33,6 +33,7 @@ from .potentials import Potential, Readout
 from .samplers import SamplingContext, StateSampler, TimeSampler
 
 __all__ = [
+    "CounterexampleSearch",
     "LyapunovLossOutput",
     "lyapunov_loss",
     "monte_carlo_lyapunov_loss",
@@ -143,6 +144,63 @@ def _expand(value: Tensor, batch: int, samples: int) -> Tensor:
     return expanded.reshape(batch * samples, *value.shape[1:])
 
 
+@dataclass(frozen=True, kw_only=True)
+class CounterexampleSearch:
+    """Hard-state mining for Algorithm 1, in the manner of Neural Lyapunov Control.
+
+    A ``fraction`` of each example's Monte Carlo states is moved by ``steps`` signed
+    gradient-ascent steps of size ``step_size`` on the Lyapunov margin
+    ``dV/deta . f + kappa V`` (Eq. 12 before the ``max``) before the loss is taken, so the
+    loss sees states where Eq. (10) is closest to failing. The search uses gradients with
+    respect to the states only; parameters are not touched.
+
+    Arguments:
+        steps: ascent steps, ``>= 1``.
+        step_size: step in state units, ``> 0``.
+        fraction: share of the samples that is refined, in ``(0, 1]``.
+    """
+
+    steps: int = 3
+    step_size: float = 0.25
+    fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive("step_size", self.step_size)
+        fraction = check_positive("fraction", self.fraction)
+        if fraction > 1:
+            raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+
+    def refine(
+        self,
+        model: LyapunovModel,
+        eta: State,
+        context: Optional[Tensor],
+        t: Tensor,
+        target: Tensor,
+        *,
+        potential: Potential,
+        kappa: float,
+        samples_per_example: int,
+    ) -> State:
+        """Return ``eta`` (``(B * G, *S)``) with the chosen samples moved uphill."""
+        chosen = max(1, round(self.fraction * samples_per_example))
+        index = torch.arange(eta.shape[0], device=eta.device) % samples_per_example < chosen
+        states = eta[index].detach()
+        ctx = context[index].detach() if isinstance(context, Tensor) else context
+        times, labels = t[index], target[index]
+        for _ in range(self.steps):
+            states.requires_grad_(True)
+            with torch.enable_grad():
+                velocity = model.vector_field(states, ctx, times)
+                v, v_dot = potential.evaluate(states, velocity, labels, readout=model.readout, validate=False)
+                (grad,) = torch.autograd.grad((v_dot + kappa * v).sum(), states)
+            states = (states + self.step_size * grad.sign()).detach()
+        refined = eta.detach().clone()
+        refined[index] = states
+        return refined
+
+
 def _tile(value: Tensor, times: int) -> Tensor:
     """``(B, ...) -> (times * B, ...)``, time-major: row ``j * B + b`` is example ``b``."""
     return value.repeat(times, *([1] * (value.ndim - 1)))
@@ -161,6 +219,7 @@ def monte_carlo_lyapunov_loss(
     detach_v: bool = False,
     trajectory: Optional[Trajectory] = None,
     generator: Optional[torch.Generator] = None,
+    counterexamples: Optional[CounterexampleSearch] = None,
 ) -> LyapunovLossOutput:
     """Monte Carlo Lyapunov objective, Algorithm 1 / Eq. (45): no ODE solve.
 
@@ -179,6 +238,8 @@ def monte_carlo_lyapunov_loss(
         num_samples: ``Gamma``.
         trajectory: rollout states ``(T, B, *S)`` for samplers that need them.
         generator: optional ``torch.Generator`` for the draws.
+        counterexamples: optionally move part of the samples towards violations first
+            (:class:`CounterexampleSearch`).
 
     Returns:
         :class:`LyapunovLossOutput` over the ``B * Gamma`` points.
@@ -205,6 +266,11 @@ def monte_carlo_lyapunov_loss(
     t = times.reshape(batch * num_samples)
     flat_context = _expand(context, batch, num_samples) if isinstance(context, Tensor) else context
     flat_target = _expand(target, batch, num_samples)
+    if counterexamples is not None:
+        if not isinstance(counterexamples, CounterexampleSearch):
+            raise TypeError(f"counterexamples must be a CounterexampleSearch, got {type(counterexamples).__name__}")
+        eta = counterexamples.refine(model, eta, flat_context, t, flat_target, potential=potential, kappa=kappa,
+                                     samples_per_example=num_samples)
     velocity = model.vector_field(eta, flat_context, t)
     pointwise, v, v_dot = _pointwise(
         eta, velocity, flat_target, potential, model.readout, kappa, detach_v, validate=True

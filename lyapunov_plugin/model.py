@@ -144,9 +144,10 @@ class ODEModel(nn.Module):
         readout: ``psi``; ``None`` is the identity (hidden dimension = number of classes).
         solver: the model's own solver, ``solver(func, y0, ts)``; default RK4 with 20 steps.
         t_end: the inference horizon (1 in the paper).
+        conditioned_on_input: whether ``dynamics`` use the context (data-controlled
+            dynamics); ``False`` when the input reaches the dynamics only through ``eta(0)``,
+            which makes the trainer default to trajectory-based training.
     """
-
-    conditioned_on_input = True
 
     def __init__(
         self,
@@ -158,8 +159,12 @@ class ODEModel(nn.Module):
         readout: Optional[Callable[[State], Output]] = None,
         solver: Optional[Solver] = None,
         t_end: float = 1.0,
+        conditioned_on_input: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(conditioned_on_input, bool):
+            raise TypeError(f"conditioned_on_input must be a bool, got {type(conditioned_on_input).__name__}")
+        self.conditioned_on_input = conditioned_on_input
         if not callable(dynamics):
             raise TypeError(f"dynamics must be callable as dynamics(eta, context, t), got {type(dynamics).__name__}")
         optional = {"encoder": encoder, "initial_state": initial_state, "readout": readout, "solver": solver}
@@ -208,5 +213,5 @@ class ODEModel(nn.Module):
 
     def forward(self, x: Tensor) -> Output:
         """``psi(eta(t_end))``: the prediction, usable as an ordinary classifier."""
-        ts = torch.tensor([0.0, self.t_end])
+        ts = torch.tensor([0.0, self.t_end], device=x.device)
         return self.readout(self.trajectory(x, ts)[-1])

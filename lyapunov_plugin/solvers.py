@@ -24,6 +24,19 @@ __all__ = ["FixedStepSolver"]
 _METHODS = ("euler", "midpoint", "rk4")
 
 
+# Grid spacings come from float32 time grids as often as from float64 ones: a share of
+# the steps within this distance of an integer is that integer (linspace(0, 1, 11) in
+# float32 must give 1 step per interval, not 2).
+_INTEGER_TOLERANCE = 1e-4
+
+
+def _substeps(exact: float) -> int:
+    nearest = round(exact)
+    if abs(exact - nearest) < _INTEGER_TOLERANCE:
+        return max(1, nearest)
+    return max(1, math.ceil(exact))
+
+
 @dataclass(frozen=True, kw_only=True)
 class FixedStepSolver:
     """Explicit fixed-step integration: Euler (paper Eq. 4), midpoint or classical RK4.
@@ -67,7 +80,7 @@ class FixedStepSolver:
         for i in range(ts.numel() - 1):
             t0, t1 = ts[i], ts[i + 1]
             share = abs(float(t1 - t0)) / abs(span)
-            substeps = max(1, math.ceil(self.steps * share - 1e-9))
+            substeps = _substeps(self.steps * share)
             h = (t1 - t0) / substeps
             for k in range(substeps):
                 y = self._step(func, t0 + k * h, y, h)

@@ -47,6 +47,7 @@ from .diagnostics import (
 )
 from .dispatch import as_lyapunov_model
 from .losses import (
+    CounterexampleSearch,
     LyapunovLossOutput,
     discrete_path_lyapunov_loss,
     monte_carlo_lyapunov_loss,
@@ -144,6 +145,8 @@ class LyapunovTrainer:
             states around rollouts above 64 state dimensions.
         time_sampler: ``mu_[0,1]`` (default uniform on ``[0, t_end]``).
         num_samples: ``Gamma``, Monte Carlo samples per example.
+        counterexamples: optional hard-state mining for Monte Carlo training
+            (:class:`~lyapunov_plugin.losses.CounterexampleSearch`).
         detach_v: stop the gradient through ``kappa V`` (see :mod:`lyapunov_plugin.losses`).
         path_steps: grid intervals for path-integral training.
         path_loss: ``"discrete"`` (Eq. 16-17, with per-step rate
@@ -178,6 +181,7 @@ class LyapunovTrainer:
         state_sampler: Optional[StateSampler] = None,
         time_sampler: Optional[TimeSampler] = None,
         num_samples: int = 32,
+        counterexamples: Optional[CounterexampleSearch] = None,
         detach_v: bool = False,
         path_steps: int = 10,
         path_loss: str = "discrete",
@@ -220,6 +224,9 @@ class LyapunovTrainer:
         self.state_sampler = state_sampler
         self.time_sampler = time_sampler if time_sampler is not None else UniformTimeSampler(t_end=self.t_end)
         self.num_samples = check_positive_int("num_samples", num_samples)
+        if counterexamples is not None and not isinstance(counterexamples, CounterexampleSearch):
+            raise TypeError(f"counterexamples must be a CounterexampleSearch, got {type(counterexamples).__name__}")
+        self.counterexamples = counterexamples
         self.detach_v = bool(detach_v)
         self.path_steps = check_positive_int("path_steps", path_steps)
         self.path_loss = check_choice("path_loss", path_loss, _PATH_LOSSES)
@@ -329,8 +336,10 @@ class LyapunovTrainer:
         return x.to(self.device), y.to(self.device)
 
     def _rollout(self, x: Tensor) -> Tensor:
+        """Cheap gradient-free rollouts for samplers, in eval mode so that they leave
+        BatchNorm statistics and spectral-norm iterates alone."""
         ts = torch.linspace(0.0, self.t_end, self.rollout_points, device=self.device)
-        with torch.no_grad():
+        with self._eval_mode(), torch.no_grad():
             return integrate(self.model, x, ts, solver=self.rollout_solver)
 
     def loss(self, x: Tensor, y: Tensor, *, epoch: Optional[int] = None) -> LyapunovLossOutput:
@@ -339,15 +348,18 @@ class LyapunovTrainer:
         if self.mode == "monte_carlo":
             trajectory = None
             if self.state_sampler is None:
-                _, eta0 = self.model.encode(x[:1])
-                self.state_sampler = self._default_state_sampler(eta0.detach())
+                # Probe the state shape in eval mode without gradient, so building the
+                # default sampler updates no buffer (BatchNorm statistics, spectral norms).
+                with self._eval_mode(), torch.no_grad():
+                    _, eta0 = self.model.encode(x[:1])
+                    self.state_sampler = self._default_state_sampler(eta0)
                 logger.info("default state sampler: %s", self.state_sampler)
             if self.state_sampler.requires_trajectory:
                 trajectory = self._rollout(x)
             return monte_carlo_lyapunov_loss(
                 self.model, x, y, potential=self.potential, kappa=kappa, state_sampler=self.state_sampler,
                 time_sampler=self.time_sampler, num_samples=self.num_samples, detach_v=self.detach_v,
-                trajectory=trajectory, generator=self.generator,
+                trajectory=trajectory, generator=self.generator, counterexamples=self.counterexamples,
             )
         ts = torch.linspace(0.0, self.t_end, self.path_steps + 1, device=self.device)
         if self.mode == "path_integral":
@@ -623,8 +635,9 @@ class LyapunovTrainer:
         with self._eval_mode():
             if sampler is None:
                 x0, _ = next(iter(iter_batches(loader)))
-                _, eta0 = self.model.encode(x0[:1].to(self.device))
-                sampler = self._default_state_sampler(eta0.detach())
+                with torch.no_grad():
+                    _, eta0 = self.model.encode(x0[:1].to(self.device))
+                sampler = self._default_state_sampler(eta0)
             rate = lyapunov_condition_rate(
                 self.model, loader, potential=self.potential, kappa=kappa, state_sampler=sampler,
                 time_sampler=self.time_sampler, num_samples=num_samples,

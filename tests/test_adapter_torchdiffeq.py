@@ -96,3 +96,15 @@ def test_training_lowers_lyapunov_loss_and_test_error():
     after = trainer.evaluate(loader(xt, yt))["error"]
     assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
     assert after < 0.1 and after <= before
+
+
+def test_adjoint_forward_solve_takes_the_same_steps_as_plain_odeint():
+    torch.manual_seed(0)
+    func, enc = ConditionedField(), nn.Linear(2, 2)
+    x = torch.randn(8, 2)
+    ts = torch.tensor([0.0, 1.0])
+    plain = TorchdiffeqModel(func, encoder=enc, state_shape=(2,), method="dopri5")
+    adjoint = TorchdiffeqModel(func, encoder=enc, state_shape=(2,), method="dopri5", adjoint=True)
+    a, b = plain.trajectory(x, ts), adjoint.trajectory(x, ts)
+    assert plain.last_nfe == adjoint.last_nfe
+    torch.testing.assert_close(a, b)

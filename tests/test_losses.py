@@ -329,3 +329,18 @@ def test_fixed_step_solver_orders_on_linear_ode():
     assert 0.8 < errors["euler"] < 1.3
     assert 1.8 < errors["midpoint"] < 2.3
     assert 3.7 < errors["rk4"] < 4.3
+
+
+def test_fixed_step_solver_step_count_on_float32_grids():
+    calls = []
+
+    def field(t, y):
+        calls.append(float(t))
+        return -y
+
+    y0 = torch.ones(1, 1)
+    FixedStepSolver(method="euler", steps=10)(field, y0, torch.linspace(0, 1, 11))  # float32 grid
+    assert len(calls) == 10
+    calls.clear()
+    FixedStepSolver(method="euler", steps=10)(field, y0, torch.tensor([0.0, 0.25, 1.0]))
+    assert len(calls) == 3 + 8  # 2.5 -> 3 steps, then 7.5 -> 8 steps

@@ -1,4 +1,4 @@
-"""Datasets used by the examples (EVALUATION.md, "Data").
+"""Datasets used by the examples (docs/evaluation.md, "Data").
 
 - scikit-learn digits: 1,797 8x8 images shipped with scikit-learn, pixels scaled to
   [0, 1] (divided by 16), one fixed seeded stratified train/test split.

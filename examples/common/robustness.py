@@ -1,4 +1,4 @@
-"""The adversarial-robustness protocol of EVALUATION.md, for any LyapunovModel.
+"""The adversarial-robustness protocol of docs/evaluation.md, for any LyapunovModel.
 
 1. Pixel-space threat model: the model's forward takes images in [0, 1] and does its
    own normalisation; epsilon is reported in pixel units.
@@ -193,6 +193,14 @@ def evaluate_robustness(
     for eps in l2_eps:
         record(*run_attack(f"pgd{attack_steps}_l2", pgdl2(eps, attack_steps), attack_view, inference_view, x, y,
                            eps=eps, norm="l2", seed=seed, batch_size=batch_size))
+        if apgd_steps > 0:
+            # PGDL2 divides the gradient by its norm, so a saturated softmax (a vanishing
+            # cross-entropy gradient) stalls it; the DLR margin loss does not saturate.
+            record(*run_attack(f"apgd{apgd_steps}_dlr_l2",
+                               lambda m, eps=eps: torchattacks.APGD(m, norm="L2", eps=eps, steps=apgd_steps,
+                                                                    loss="dlr", seed=seed),
+                               attack_view, inference_view, x, y, eps=eps, norm="l2", seed=seed,
+                               batch_size=batch_size))
     for eps in sweep_eps:
         record(*run_attack(f"pgd{attack_steps}_linf_sweep", pgd(eps, attack_steps), attack_view, inference_view,
                            x, y, eps=eps, norm="linf", seed=seed, batch_size=batch_size))
@@ -226,7 +234,7 @@ def evaluate_robustness(
 
 def sanity_checks(report: RobustnessReport, *, attack_steps: int, strong_steps: int, strong_restarts: int,
                   main_eps: float) -> dict[str, Any]:
-    """The four obfuscation checks of EVALUATION.md on a finished report."""
+    """The obfuscation sanity checks of docs/evaluation.md on a finished report."""
     checks: dict[str, Any] = {}
     sweep = [a for a in report.attacks if a.name.endswith("_sweep")]
     if sweep:

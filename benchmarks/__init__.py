@@ -1,0 +1,1 @@
+"""Performance measurements of lyapunov_plugin (ratios, JSON + markdown)."""

@@ -1,0 +1,630 @@
+"""Paper Table 1: ResNet-18, data-controlled Neural ODE and continuous-in-depth network,
+each trained the standard way and with LyaNet, on FashionMNIST, CIFAR-10 or CIFAR-100.
+
+The rows of Table 1 (Section 5.1; models in :mod:`examples.common.vision_models`):
+
+- ``ResNet18`` (``resnet18``/``standard``): the reference classifier, cross entropy, a
+  plain training loop; LyaNet does not apply to it;
+- ``Neural ODE`` / ``LyaNet`` (``node``): ResNet-18 trunk -> context, MLP dynamics over
+  ``[eta, context, t]``, one state dimension per class, ``eta(0) = 0``, identity readout.
+  Standard: cross entropy at ``t = 1`` through fixed-step RK4 (backpropagation, or the
+  adjoint with ``gradient="adjoint"``); LyaNet: ``LyapunovTrainer`` defaults, Monte Carlo
+  Lyapunov loss (Algorithm 1, Eq. 13), no solver during training;
+- ``Continuous`` / ``Continuous LyaNet`` (``continuous``, Queiruga et al., 2020): conv
+  stem -> ODE block over a feature map -> pool -> linear. Standard as above; LyaNet: the
+  discrete path-integral loss along RK4 trajectories (Algorithm 2, Eq. 16-17), because
+  region sampling says little about a high-dimensional state (Section 4).
+
+For every trained model it records the clean test error (RK4 and dopri5), the robustness
+protocol of :func:`examples.common.robustness.evaluate_robustness` (PGD through a fixed-step
+RK4 solver at the paper's radii l_inf 8/255 and l2 127/255 plus l_inf 0.1 on FashionMNIST and
+l2 0.5, stronger PGD with restarts, APGD, Square, transfer from the other method's model,
+an epsilon sweep, obfuscation checks), the error of early-terminated inference at
+``t = 0.25`` and ``0.5`` (Section 5.3), the dopri5 NFE to ``t = 1`` and the training
+seconds per epoch (Table 2). Results go to ``vision_<dataset>.json`` and ``.md``.
+
+Appendix C: Nero with learning rate 0.01, batch size 64 for LyaNet and 128 for
+backpropagation, 120 epochs; PGD of torchattacks with 10 steps of 2/255 (here
+``alpha = 2.5 * eps / steps``, the same 2/255 at 8/255). The paper's rates were kappa = 5
+(LyaNet) and a discrete per-step factor of 0.999955 (Continuous LyaNet); this script uses
+the trainer's default ``kappa`` unless ``--kappa`` is given (the path-integral trainer
+turns ``kappa`` into the per-step factor ``1 - exp(-kappa / path_steps)``).
+
+    python -m examples.vision --dataset cifar10 --data-root data --download       # Table 1 row set
+    python -m examples.vision --dataset fashionmnist --fake --epochs 1 --limit 64  # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, nfe_to_end
+from lyapunov_plugin.diagnostics import states_along
+
+from .common.data import VISION_SETS, as_tensors, vision_dataset
+from .common.models import dopri5
+from .common.report import markdown_table, mean_std, write_outputs
+from .common.robustness import evaluate_robustness
+from .common.vision_models import (
+    RESNET18_WIDTH,
+    TRAIN_STEPS,
+    StaticFlow,
+    assemble,
+    continuous_parts,
+    node_parts,
+    resnet18_classifier,
+)
+
+RESULTS_DIR = Path("results")
+DATASETS = tuple(VISION_SETS)
+MODELS = ("resnet18", "node", "continuous")
+METHODS = ("standard", "lyanet")
+OPTIMIZERS = ("adam", "nero")
+GRADIENTS = ("backprop", "adjoint")
+#: Row labels of paper Table 1.
+LABELS = {
+    ("resnet18", "standard"): "ResNet18",
+    ("node", "standard"): "Neural ODE",
+    ("node", "lyanet"): "LyaNet",
+    ("continuous", "standard"): "Continuous",
+    ("continuous", "lyanet"): "Continuous LyaNet",
+}
+#: LyaNet training per model class: Monte Carlo (Algorithm 1) for the class-sized state,
+#: the discrete path integral (Algorithm 2, Eq. 16-17) for the feature-map state.
+LYANET_MODES = {"node": "monte_carlo", "continuous": "path_integral"}
+#: Appendix C: Nero with learning rate 0.01; Adam gets the library's default 1e-3.
+DEFAULT_LR = {"nero": 0.01, "adam": 1e-3}
+#: Appendix C: batch size 64 for LyaNet, 128 for backpropagation.
+PAPER_BATCH_SIZE = {"lyanet": 64, "standard": 128}
+#: Appendix C: every model was trained for 120 epochs.
+PAPER_EPOCHS = 120
+#: Table 1's radii, in pixel units of [0, 1] images, for every dataset.
+PAPER_LINF_EPS = 8 / 255
+PAPER_L2_EPS = 127 / 255
+#: The l_inf radius of the digits protocol (examples.compare_digits), used for FashionMNIST, and its l2
+#: radius for every dataset.
+FASHIONMNIST_LINF_EPS = 0.1
+PROTOCOL_L2_EPS = 0.5
+#: Early-termination times of Section 5.3 (inference stopped before t = 1).
+EARLY_TIMES = (0.25, 0.5)
+#: Every model is scored (and attacked) through the solver it was trained with.
+EVAL_SOLVER = FixedStepSolver(method="rk4", steps=TRAIN_STEPS)
+#: dopri5 controls one step size for a whole batch, so its NFE depends on the batch:
+#: it is measured on this many test images.
+NFE_BATCH = 128
+#: Examples per forward pass when scoring and attacking.
+EVAL_BATCH = 256
+#: FakeData training images when no ``limit`` is given (the test split gets half).
+FAKE_SIZE = 256
+#: Test images attacked by default from the command line: the standard error of an error
+#: rate near 50% is then about 1.6 points, and attacking through RK4 stays affordable.
+CLI_ATTACK_EXAMPLES = 1000
+#: Pixel levels of an 8-bit image, the unit of the paper's radii (8/255, 127/255).
+PIXEL_LEVELS = 255
+#: Radii are compared as floats read back from the robustness report; they are the same
+#: Python floats, so only rounding noise has to be tolerated.
+EPS_MATCH = 1e-12
+
+
+@dataclass(frozen=True)
+class Threat:
+    """Attack radii in pixel units: ``linf`` (the largest is the protocol's main radius),
+    ``l2``, and the sweep that must drive the error towards 100% (obfuscation check)."""
+
+    linf: tuple[float, ...]
+    l2: tuple[float, ...]
+    sweep: tuple[float, ...]
+
+
+#: Sweep radii: large enough that every model's error must approach 100% (the first
+#: obfuscation check of the protocol), on FashionMNIST up to the protocol's 0.5 as on digits.
+THREATS = {
+    "fashionmnist": Threat(linf=(PAPER_LINF_EPS, FASHIONMNIST_LINF_EPS), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS),
+                           sweep=(0.2, 0.3, 0.5)),
+    "cifar10": Threat(linf=(PAPER_LINF_EPS,), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS),
+                      sweep=(16 / 255, 32 / 255, 64 / 255)),
+    "cifar100": Threat(linf=(PAPER_LINF_EPS,), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS),
+                       sweep=(16 / 255, 32 / 255, 64 / 255)),
+}
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """How hard the robustness protocol attacks (see ``evaluate_robustness``).
+
+    ``examples`` test images are attacked (``None``: all); ``transfer`` adds PGD
+    transferred from the other method's model of the same class.
+    """
+
+    steps: int
+    strong_steps: int
+    strong_restarts: int
+    apgd_steps: int
+    square_queries: int
+    examples: Optional[int]
+    transfer: bool
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Widths: ResNet-18's first-stage channels (64 is ResNet-18), the Neural ODE's
+    context size and MLP width, and the continuous net's channels and conv width."""
+
+    width: int
+    context_dim: int
+    hidden: int
+
+
+@dataclass(frozen=True)
+class VisionData:
+    """Train and test tensors in [0, 1] with a sentence saying how they were made."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    image_shape: tuple[int, ...]
+    description: str
+
+
+@dataclass
+class TrainedRow:
+    """One trained (model, method) pair; ``flow`` is its LyapunovModel view."""
+
+    model: str
+    method: str
+    flow: Any
+    history: list[dict[str, Any]]
+
+
+# ------------------------------------------------------------------ validation
+def _choices(name: str, values: Iterable[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if not values:
+        raise ValueError(f"{name} must name at least one of {list(allowed)}, got none")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"{name} must be among {list(allowed)}, got {unknown}")
+    return tuple(dict.fromkeys(values))
+
+
+def _positive_int(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be >= {0 if allow_zero else 1}, got {value}")
+    return value
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``device``, or CUDA when available and the CPU otherwise."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be a torch device string such as 'cpu' or 'cuda:0', got {device!r}") from err
+
+
+# ------------------------------------------------------------------------ data
+def load_data(dataset: str, *, root: str, download: bool, fake: bool, limit: Optional[int],
+              test_limit: Optional[int]) -> VisionData:
+    """The first ``limit`` training and ``test_limit`` test images as [0, 1] tensors."""
+    fake_size = max(limit or FAKE_SIZE, 2 * (test_limit or FAKE_SIZE // 2))
+    train, test, classes, shape = vision_dataset(dataset, root=root, download=download, fake=fake,
+                                                 fake_size=fake_size)
+    x_train, y_train = as_tensors(train, limit)
+    x_test, y_test = as_tensors(test, test_limit)
+    source = "torchvision FakeData of the same shape and classes" if fake else f"torchvision {dataset}"
+    description = (f"{dataset}: {source}, pixels in [0, 1], first {len(y_train)} training and first "
+                   f"{len(y_test)} test images")
+    return VisionData(x_train, y_train, x_test, y_test, classes, tuple(shape), description)
+
+
+def train_loader(data: VisionData, batch_size: int, seed: int) -> DataLoader:
+    return DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------- models
+def optimizer_factory(name: str, lr: float) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
+    """``params -> optimizer`` for every row alike (Nero: paper Appendix C)."""
+    if name == "nero":
+        from pytorch_optimizer import Nero
+
+        return lambda params: Nero(params, lr=lr)
+    return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+def build(model: str, data: VisionData, dataset: str, arch: Architecture, *, adjoint: bool) -> nn.Module:
+    """A fresh model of class ``model``: the ResNet-18 classifier or a LyapunovModel."""
+    channels = data.image_shape[0]
+    if model == "resnet18":
+        return resnet18_classifier(dataset, channels, data.num_classes, width=arch.width)
+    if model == "node":
+        parts = node_parts(dataset, channels, data.num_classes, width=arch.width, context_dim=arch.context_dim,
+                           hidden=arch.hidden)
+    else:
+        parts = continuous_parts(dataset, channels, data.num_classes, width=arch.width, hidden=arch.hidden)
+    return assemble(parts, adjoint=adjoint)
+
+
+# -------------------------------------------------------------------- training
+def train_classifier(net: nn.Module, loader: DataLoader, *, epochs: int, make_optimizer: Callable[..., Any],
+                     device: torch.device) -> list[dict[str, Any]]:
+    """The ResNet-18 row: cross entropy, a plain loop; one record per epoch."""
+    net.to(device)
+    optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad])
+    history = []
+    for epoch in range(1, epochs + 1):
+        net.train()
+        started = time.perf_counter()
+        total, count = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = nn.functional.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        history.append({"epoch": epoch, "mode": "classifier", "train_loss": total / max(count, 1),
+                        "train_seconds": time.perf_counter() - started})
+    return history
+
+
+def train_flow(model: nn.Module, model_name: str, method: str, loader: DataLoader, *, epochs: int,
+               make_optimizer: Callable[..., Any], lr: float, kappa: Optional[float], seed: int,
+               device: torch.device, progress: bool) -> list[dict[str, Any]]:
+    """A Neural ODE row with :class:`~lyapunov_plugin.LyapunovTrainer`: ``mode="standard"``
+    (the supervised loss at ``t = 1`` through the solver), or LyaNet with the trainer's
+    defaults in the mode of ``LYANET_MODES`` (Algorithm 1 or 2)."""
+    extra: dict[str, Any] = {}
+    if method == "lyanet" and kappa is not None:
+        extra["kappa"] = kappa
+    mode = "standard" if method == "standard" else LYANET_MODES[model_name]
+    trainer = LyapunovTrainer(model, mode=mode, optimizer=make_optimizer, lr=lr, seed=seed, device=device,
+                              progress=progress, **extra)
+    return trainer.fit(loader, epochs=epochs)
+
+
+def train_row(model_name: str, method: str, data: VisionData, *, dataset: str, arch: Architecture, seed: int,
+              epochs: int, batch_size: Optional[int], optimizer: str, lr: float, kappa: Optional[float],
+              adjoint: bool, device: torch.device, progress: bool) -> TrainedRow:
+    """Build (seeded, so both methods of a class start from the same weights) and train one row."""
+    torch.manual_seed(seed)
+    net = build(model_name, data, dataset, arch, adjoint=adjoint and method == "standard")
+    loader = train_loader(data, batch_size or PAPER_BATCH_SIZE[method], seed)
+    make_optimizer = optimizer_factory(optimizer, lr)
+    if model_name == "resnet18":
+        history = train_classifier(net, loader, epochs=epochs, make_optimizer=make_optimizer, device=device)
+        return TrainedRow(model_name, method, StaticFlow(net), history)
+    history = train_flow(net, model_name, method, loader, epochs=epochs, make_optimizer=make_optimizer, lr=lr,
+                         kappa=kappa, seed=seed, device=device, progress=progress)
+    return TrainedRow(model_name, method, net, history)
+
+
+# ------------------------------------------------------------------ evaluation
+def error_at(flow: Any, x: Tensor, y: Tensor, *, t_end: float, device: torch.device,
+             solver: Any = EVAL_SOLVER) -> float:
+    """Error of ``psi(eta(t_end))`` (paper Eq. 3) with ``solver`` on ``[0, t_end]``;
+    ``t_end < 1`` is early termination (Section 5.3)."""
+    ts = torch.tensor([0.0, t_end], device=device)
+    wrong = 0
+    flow.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), EVAL_BATCH):
+            xb, yb = x[i:i + EVAL_BATCH].to(device), y[i:i + EVAL_BATCH].to(device)
+            final = states_along(flow, xb, ts, solver=solver)[-1]
+            wrong += int((flow.readout(final).argmax(-1) != yb).sum())
+    return wrong / len(x)
+
+
+def ode_metrics(flow: Any, data: VisionData, device: torch.device) -> dict[str, float]:
+    """The numbers only a Neural ODE has: dopri5 error and NFE, early-termination error."""
+    out = {"clean_error_dopri5": error_at(flow, data.x_test, data.y_test, t_end=1.0, device=device,
+                                          solver=dopri5())}
+    for t in EARLY_TIMES:
+        out[f"error_t{t}"] = error_at(flow, data.x_test, data.y_test, t_end=t, device=device)
+    out["nfe_dopri5"] = nfe_to_end(flow, data.x_test[:NFE_BATCH].to(device), solver=dopri5())
+    return out
+
+
+def measure(row: TrainedRow, data: VisionData, *, partner: Any, threat: Threat, budget: AttackBudget,
+            sweep: tuple[float, ...], seed: int, device: torch.device) -> dict[str, Any]:
+    """Every per-model number of Table 1 and Sections 5.3 / 5.5 for one trained row."""
+    is_ode = row.model != "resnet18"
+    out: dict[str, Any] = {"model": row.model, "method": row.method, "label": LABELS[(row.model, row.method)],
+                           "seed": seed, "history": row.history}
+    out["train_seconds_per_epoch"] = sum(r["train_seconds"] for r in row.history) / len(row.history)
+    out["clean_error_rk4"] = error_at(row.flow, data.x_test, data.y_test, t_end=1.0, device=device)
+    not_applicable = {"clean_error_dopri5": math.nan, "nfe_dopri5": math.nan,
+                      **{f"error_t{t}": math.nan for t in EARLY_TIMES}}
+    out.update(ode_metrics(row.flow, data, device) if is_ode else not_applicable)
+    n = len(data.y_test) if budget.examples is None else min(budget.examples, len(data.y_test))
+    x_att, y_att = data.x_test[:n].to(device), data.y_test[:n].to(device)
+    report = evaluate_robustness(
+        row.flow, x_att, y_att, linf_eps=threat.linf, l2_eps=threat.l2, sweep_eps=sweep,
+        attack_steps=budget.steps, strong_steps=budget.strong_steps, strong_restarts=budget.strong_restarts,
+        apgd_steps=budget.apgd_steps, square_queries=budget.square_queries, attack_solver=EVAL_SOLVER,
+        inference_solver=dopri5() if is_ode else None, transfer_from=partner if budget.transfer else None,
+        seed=seed, batch_size=EVAL_BATCH,
+    )
+    out["robustness"] = report.as_dict()
+    out["attacked_examples"] = n
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def eps_label(eps: float) -> str:
+    """``8/255`` for radii on the 8-bit pixel grid, ``0.1`` otherwise."""
+    levels = eps * PIXEL_LEVELS
+    on_grid = abs(levels - round(levels)) < PIXEL_LEVELS * EPS_MATCH
+    return f"{round(levels)}/{PIXEL_LEVELS}" if on_grid else f"{eps:g}"
+
+
+def _attack(run: dict[str, Any], name: str, eps: float) -> float:
+    for a in run["robustness"]["attacks"]:
+        if a["name"] == name and abs(a["eps"] - eps) < EPS_MATCH:
+            return a["error_attack_view"]
+    return math.nan
+
+
+def summary_rows(threat: Threat, budget: AttackBudget, sweep: tuple[float, ...]) -> dict[str, Callable]:
+    """Metric name -> function of one run, in percent where it is an error rate."""
+    main_eps = max(threat.linf)
+    rows: dict[str, Callable] = {
+        "clean error, RK4 (%)": lambda r: 100 * r["clean_error_rk4"],
+        "clean error, dopri5 (%)": lambda r: 100 * r["clean_error_dopri5"],
+    }
+    for eps in threat.linf:
+        rows[f"PGD-{budget.steps} l_inf {eps_label(eps)} (%)"] = (
+            lambda r, eps=eps: 100 * _attack(r, f"pgd{budget.steps}_linf", eps))
+    for eps in threat.l2:
+        rows[f"PGD-{budget.steps} l2 {eps_label(eps)} (%)"] = (
+            lambda r, eps=eps: 100 * _attack(r, f"pgd{budget.steps}_l2", eps))
+    strong = f"pgd{budget.strong_steps}x{budget.strong_restarts}_linf"
+    rows[f"PGD-{budget.strong_steps} x {budget.strong_restarts} l_inf {eps_label(main_eps)} (%)"] = (
+        lambda r: 100 * _attack(r, strong, main_eps))
+    if budget.apgd_steps > 0:
+        for loss in ("ce", "dlr"):
+            rows[f"APGD-{loss.upper()} l_inf {eps_label(main_eps)} (%)"] = (
+                lambda r, loss=loss: 100 * _attack(r, f"apgd{budget.apgd_steps}_{loss}_linf", main_eps))
+    if budget.square_queries > 0:
+        rows[f"Square l_inf {eps_label(main_eps)} (%)"] = lambda r: 100 * _attack(r, "square_linf", main_eps)
+    if budget.transfer:
+        rows[f"transfer PGD l_inf {eps_label(main_eps)} (%)"] = (
+            lambda r: 100 * _attack(r, "transfer_pgd_linf", main_eps))
+    rows[f"worst case over l_inf {eps_label(main_eps)} attacks (%)"] = (
+        lambda r: 100 * r["robustness"]["worst_case_error"])
+    if sweep:
+        rows[f"PGD-{budget.steps} l_inf {eps_label(max(sweep))} (sweep) (%)"] = (
+            lambda r: 100 * _attack(r, f"pgd{budget.steps}_linf_sweep", max(sweep)))
+    for t in EARLY_TIMES:
+        rows[f"error at t={t} (%)"] = lambda r, t=t: 100 * r[f"error_t{t}"]
+    rows["dopri5 NFE to t=1"] = lambda r: r["nfe_dopri5"]
+    rows["training time per epoch, s"] = lambda r: r["train_seconds_per_epoch"]
+    rows["sanity checks passed"] = lambda r: float(r["robustness"]["sanity"]["all_ok"])
+    return rows
+
+
+def summarise(runs: list[dict[str, Any]], rows: dict[str, Callable]) -> dict[str, Any]:
+    """Mean and spread over seeds per Table-1 row (keyed ``model/method``)."""
+    summary: dict[str, Any] = {}
+    for key in LABELS:
+        mine = [r for r in runs if (r["model"], r["method"]) == key]
+        if mine:
+            summary["/".join(key)] = {name: mean_std([fn(r) for r in mine]) for name, fn in rows.items()}
+    return summary
+
+
+def pairs_to_run(models: Sequence[str], methods: Sequence[str]) -> list[tuple[str, str]]:
+    """The Table-1 rows among ``models`` x ``methods`` (ResNet-18 has no LyaNet row)."""
+    pairs = [(m, k) for m in models for k in methods if (m, k) in LABELS]
+    if not pairs:
+        raise ValueError(f"models={list(models)} with methods={list(methods)} select no row of Table 1 "
+                         "(resnet18 is trained with method 'standard' only)")
+    return pairs
+
+
+def run_seed(seed: int, pairs: Sequence[tuple[str, str]], data: VisionData, *, dataset: str, arch: Architecture,
+             training: dict[str, Any], threat: Threat, budget: AttackBudget, sweep: tuple[float, ...],
+             device: torch.device) -> list[dict[str, Any]]:
+    """Train every selected row of Table 1 for one seed, then measure each (the transfer
+    attack needs the other method's model of the same class, hence two passes)."""
+    trained = {pair: train_row(*pair, data, dataset=dataset, arch=arch, seed=seed, device=device, **training)
+               for pair in pairs}
+    results = []
+    for (model_name, method), row in trained.items():
+        other = trained.get((model_name, "lyanet" if method == "standard" else "standard"))
+        result = measure(row, data, partner=other.flow if other is not None else None, threat=threat,
+                         budget=budget, sweep=sweep, seed=seed, device=device)
+        results.append(result)
+        print(f"[seed {seed}] {result['label']}: clean error {result['clean_error_rk4']:.4f}, "
+              f"worst-case l_inf {eps_label(max(threat.linf))} error "
+              f"{result['robustness']['worst_case_error']:.4f}", flush=True)
+    return results
+
+
+def _check_sizes(**sizes: Optional[int]) -> None:
+    """Every size must be an int >= 1; ``batch_size``, ``limit`` and ``test_limit`` may be ``None``."""
+    optional = ("batch_size", "limit", "test_limit")
+    for key, value in sizes.items():
+        _positive_int(key, value, allow_none=key in optional)
+
+
+def attack_budget(*, steps: int, strong_steps: int, strong_restarts: int, apgd_steps: int, square_queries: int,
+                  examples: Optional[int], transfer: bool) -> AttackBudget:
+    """A checked :class:`AttackBudget` (``apgd_steps`` and ``square_queries`` may be 0)."""
+    for key, value in (("attack_steps", steps), ("strong_steps", strong_steps), ("strong_restarts", strong_restarts)):
+        _positive_int(key, value)
+    for key, value in (("apgd_steps", apgd_steps), ("square_queries", square_queries)):
+        _positive_int(key, value, allow_zero=True)
+    _positive_int("attack_examples", examples, allow_none=True)
+    return AttackBudget(steps, strong_steps, strong_restarts, apgd_steps, square_queries, examples, bool(transfer))
+
+
+def report(runs: list[dict[str, Any]], setup: dict[str, Any], rows: dict[str, Callable], *, out_dir: Path,
+           name: str) -> dict[str, Any]:
+    """Write ``<name>.json`` (setup, summary, every run) and ``<name>.md`` (Table 1 layout,
+    transposed: one column per row of the paper's table); return the JSON payload."""
+    summary = summarise(runs, rows)
+    payload = {"setup": setup, "summary": summary, "runs": runs}
+    columns = list(summary)
+    table = markdown_table(summary, columns=columns, headers=[LABELS[tuple(c.split("/"))] for c in columns])
+    caveat = " FakeData: the numbers only show that the pipeline runs." if setup["fake"] else ""
+    markdown = (f"{table}\n\nPaper Table 1 rows, mean ± std over seeds {setup['seeds']}; {setup['data']}; "
+                f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}; attacks through "
+                f"RK4-{TRAIN_STEPS} on the first {setup['attacked_examples']} test images. "
+                f"Device: {setup['device']}.{caveat}\n")
+    write_outputs(out_dir, name, payload, markdown)
+    print(markdown)
+    return payload
+
+
+# ------------------------------------------------------------------------ main
+def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bool = False, fake: bool = False,
+         epochs: int = 1, batch_size: Optional[int] = None, seeds: Sequence[int] = (0,),
+         models: Sequence[str] = MODELS, methods: Sequence[str] = METHODS, optimizer: str = "nero",
+         lr: Optional[float] = None, kappa: Optional[float] = None, gradient: str = "backprop",
+         device: Optional[str] = None, out_dir: Path | str = RESULTS_DIR, limit: Optional[int] = 512,
+         test_limit: Optional[int] = 256, width: int = RESNET18_WIDTH, context_dim: int = 64, hidden: int = 64,
+         attack_examples: Optional[int] = 64, attack_steps: int = 10, strong_steps: int = 20,
+         strong_restarts: int = 1, apgd_steps: int = 0, square_queries: int = 50,
+         sweep_eps: Optional[Sequence[float]] = None, transfer: bool = True, progress: bool = False,
+         name: Optional[str] = None) -> dict[str, Any]:
+    """Train and evaluate the rows of paper Table 1 on one dataset; write
+    ``vision_<dataset>.json`` and ``.md`` (``vision_<dataset>_fake`` for FakeData).
+
+    The defaults are a quick budget (one epoch, 512 images, small attacks); the command
+    line defaults are the paper's (see ``--help``).
+
+    Arguments:
+        dataset: ``"fashionmnist"``, ``"cifar10"`` or ``"cifar100"``.
+        data_root, download, fake: passed to :func:`examples.common.data.vision_dataset`.
+        epochs, seeds: training epochs per model; one run of each row per seed.
+        batch_size: for every row (``None``: Appendix C's 64 for LyaNet, 128 otherwise).
+        models, methods: which rows of Table 1 to run.
+        optimizer, lr: ``"nero"`` (Appendix C, lr 0.01) or ``"adam"`` (lr 1e-3); ``lr``
+            overrides.
+        kappa: LyaNet's rate (``None``: the trainer's default).
+        gradient: standard training of the ODE rows by ``"backprop"`` through RK4 or
+            by the ``"adjoint"`` (torchdiffeq ``odeint_adjoint``, same RK4 steps).
+        device: ``None`` picks CUDA when available, else the CPU.
+        limit, test_limit: first images of the training / test split (``None``: all).
+        width, context_dim, hidden: see :class:`Architecture` (64 is ResNet-18).
+        attack_examples: test images attacked (``None``: all ``test_limit``).
+        attack_steps, strong_steps, strong_restarts, apgd_steps, square_queries: attack
+            budgets of :func:`examples.common.robustness.evaluate_robustness` (0 skips
+            APGD / Square).
+        sweep_eps: l_inf radii of the sweep (``None``: the dataset's).
+        transfer: also attack each ODE model with PGD transferred from the other method's.
+        name: output file stem.
+    """
+    dataset = _choices("dataset", (dataset,), DATASETS)[0]
+    optimizer = _choices("optimizer", (optimizer,), OPTIMIZERS)[0]
+    gradient = _choices("gradient", (gradient,), GRADIENTS)[0]
+    epochs = _positive_int("epochs", epochs)
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, got none")
+    _check_sizes(batch_size=batch_size, limit=limit, test_limit=test_limit, width=width, context_dim=context_dim,
+                 hidden=hidden)
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if kappa is not None and not kappa > 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}")
+    budget = attack_budget(steps=attack_steps, strong_steps=strong_steps, strong_restarts=strong_restarts,
+                           apgd_steps=apgd_steps, square_queries=square_queries, examples=attack_examples,
+                           transfer=transfer)
+    pairs = pairs_to_run(_choices("models", models, MODELS), _choices("methods", methods, METHODS))
+    target = resolve_device(device)
+    threat = THREATS[dataset]
+    sweep = tuple(sweep_eps) if sweep_eps is not None else threat.sweep
+    arch = Architecture(width, context_dim, hidden)
+    data = load_data(dataset, root=data_root, download=download, fake=fake, limit=limit, test_limit=test_limit)
+
+    started = time.time()
+    training = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "kappa": kappa,
+                "adjoint": gradient == "adjoint", "progress": progress}
+    runs = [result for seed in seeds
+            for result in run_seed(seed, pairs, data, dataset=dataset, arch=arch, training=training, threat=threat,
+                                   budget=budget, sweep=sweep, device=target)]
+    setup = {
+        "data": data.description, "dataset": dataset, "fake": fake, "epochs": epochs, "seeds": list(seeds),
+        "rows": ["/".join(p) for p in pairs], "optimizer": optimizer, "lr": lr,
+        "batch_size": batch_size if batch_size is not None else PAPER_BATCH_SIZE,
+        "kappa": kappa if kappa is not None else "LyapunovTrainer default",
+        "lyanet_modes": LYANET_MODES, "standard_gradient": gradient, "architecture": asdict(arch),
+        "threat": asdict(threat), "sweep_eps": list(sweep), "attack_budget": asdict(budget),
+        "attacked_examples": runs[0]["attacked_examples"],
+        "solver": f"RK4, {TRAIN_STEPS} steps on [0, 1] (training, scoring, attacks); dopri5 rtol=atol=1e-3",
+        "device": str(target),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                   f"torch {torch.__version__}",
+        "wall_clock_seconds": round(time.time() - started, 1),
+    }
+    return report(runs, setup, summary_rows(threat, budget, sweep), out_dir=Path(out_dir),
+                  name=name or f"vision_{dataset}{'_fake' if fake else ''}")
+
+
+def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--download", action="store_true", help="download the dataset with torchvision")
+    parser.add_argument("--fake", action="store_true", help="torchvision FakeData of the same shape")
+    parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="for every row (default: Appendix C, 64 for LyaNet and 128 otherwise)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="nero")
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for Nero, 1e-3 for Adam")
+    parser.add_argument("--kappa", type=float, default=None, help="LyaNet rate (default: the trainer's)")
+    parser.add_argument("--gradient", choices=GRADIENTS, default="backprop",
+                        help="standard training of the ODE rows: backprop through RK4 or the adjoint")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--limit", type=int, default=None, help="training images (default: all)")
+    parser.add_argument("--test-limit", type=int, default=None, help="test images scored (default: all)")
+    parser.add_argument("--width", type=int, default=RESNET18_WIDTH, help="64 is ResNet-18")
+    parser.add_argument("--context-dim", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--attack-examples", type=int, default=CLI_ATTACK_EXAMPLES, help="test images attacked")
+    parser.add_argument("--attack-steps", type=int, default=10, help="PGD steps (Appendix C: 10)")
+    parser.add_argument("--strong-steps", type=int, default=50)
+    parser.add_argument("--strong-restarts", type=int, default=3)
+    parser.add_argument("--apgd-steps", type=int, default=100, help="0 skips APGD")
+    parser.add_argument("--square-queries", type=int, default=1000, help="0 skips Square")
+    parser.add_argument("--sweep-eps", type=float, nargs="+", default=None)
+    parser.add_argument("--no-transfer", action="store_true", help="skip the transfer attack")
+    parser.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = _parse()
+    main(dataset=args.dataset, data_root=args.data_root, download=args.download, fake=args.fake, epochs=args.epochs,
+         batch_size=args.batch_size, seeds=args.seeds, models=args.models, methods=args.methods,
+         optimizer=args.optimizer, lr=args.lr, kappa=args.kappa, gradient=args.gradient, device=args.device,
+         out_dir=args.out_dir, limit=args.limit, test_limit=args.test_limit, width=args.width,
+         context_dim=args.context_dim, hidden=args.hidden, attack_examples=args.attack_examples,
+         attack_steps=args.attack_steps, strong_steps=args.strong_steps, strong_restarts=args.strong_restarts,
+         apgd_steps=args.apgd_steps, square_queries=args.square_queries, sweep_eps=args.sweep_eps,
+         transfer=not args.no_transfer, progress=args.progress)

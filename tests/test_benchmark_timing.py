@@ -1,0 +1,51 @@
+"""Smoke test of benchmarks/timing.py (paper Table 2 and Section 5.5 as ratios).
+
+Runs the benchmark at a tiny budget and checks the shape of its output only: numbers from
+two repeats say nothing about speed, so nothing here compares timings.
+"""
+
+import json
+import math
+
+from benchmarks import timing
+
+METHODS = (
+    "lyanet_mc_default",
+    "lyanet_mc_fixed",
+    "lyanet_path_integral",
+    "backprop_rk4",
+    "backprop_dopri5",
+    "adjoint_dopri5",
+)
+
+
+def _positive_finite(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_timing_main_writes_every_method_and_ratio(tmp_path):
+    # One thread: on a shared 2-core machine more threads than free cores stall tiny ops.
+    payload = timing.main(repeats=2, warmup=1, batch_size=16, num_samples=4, out_dir=tmp_path, threads=1)
+
+    written = json.loads((tmp_path / "timing.json").read_text())
+    assert (tmp_path / "timing.md").is_file()
+    assert written["methods"].keys() == payload["methods"].keys() == set(METHODS)
+    for key in METHODS:
+        entry = written["methods"][key]
+        assert _positive_finite(entry["median_s"]), key
+        assert len(entry["samples_s"]) == 2, key
+        assert set(entry["ratios"]) == set(timing.REFERENCES), key
+        for reference in timing.REFERENCES:
+            assert _positive_finite(entry["ratios"][reference]["ratio"]), (key, reference)
+    for reference in timing.REFERENCES:
+        assert written["methods"][reference]["ratios"][reference]["ratio"] == 1.0
+    overhead = written["loss_overhead"]
+    assert _positive_finite(overhead["lyapunov_loss"]["median_s"])
+    assert _positive_finite(overhead["vector_field"]["median_s"])
+    assert _positive_finite(overhead["ratio"]["ratio"])
+    assert written["machine"]["device"] == str(timing.default_device())
+    assert written["machine"]["threads"] == 1
+    assert "torch" in written["machine"]
+    markdown = (tmp_path / "timing.md").read_text()
+    assert "Machine:" in markdown
+    assert all(written["methods"][key]["label"] in markdown for key in METHODS)

@@ -1,0 +1,66 @@
+"""Every example and benchmark runs end to end at a tiny budget (numbers not meaningful)."""
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("torchattacks")
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_compare_digits_quick(tmp_path):
+    from examples.compare_digits import main
+
+    payload = main(epochs=1, seeds=(0,), quick=True, out_dir=tmp_path)
+    assert (tmp_path / "digits_comparison.md").read_text().startswith("| metric | standard Neural ODE | LyaNet |")
+    saved = json.loads((tmp_path / "digits_comparison.json").read_text())
+    assert {r["method"] for r in saved["runs"]} == {"standard", "lyanet"}
+    for method in ("standard", "lyanet"):
+        row = payload["summary"][method]
+        assert _finite(row["clean error, RK4-10 (%)"]["mean"])
+        assert _finite(row["worst case over all l_inf 0.1 attacks (%)"]["mean"])
+    assert set(payload["goals"]) >= {"clean within 0.5 pt of standard", "PGD l_inf 0.1 >= 10 pt lower"}
+    sanity = saved["runs"][0]["robustness"]["sanity"]
+    assert {"sweep_reaches_high_error", "more_steps_never_help", "square_not_stronger_than_pgd",
+            "transfer_not_stronger_than_direct", "all_ok"} <= set(sanity)
+
+
+def test_circles(tmp_path):
+    from examples.circles import main
+
+    results = main(epochs=2, n=64, resolution=16, out_dir=tmp_path)
+    assert (tmp_path / "circles.png").stat().st_size > 0
+    for name in ("mlp_test_error", "Neural ODE_test_error", "LyaNet_test_error"):
+        assert 0.0 <= results[name] <= 1.0
+
+
+def test_early_termination(tmp_path):
+    from examples.early_termination import main
+
+    payload = main(epochs=1, seeds=(0,), grid=5, quick=True, out_dir=tmp_path)
+    assert (tmp_path / "early_termination.png").exists()
+    for method in ("standard", "lyanet"):
+        assert len(payload["summary"][method]["mean_error"]) == 5
+        assert set(payload["summary"][method]["mean_nfe_dopri5"]) == {"0.25", "0.5", "1.0"}
+
+
+def test_kappa_ablation(tmp_path):
+    from examples.kappa_ablation import main
+
+    payload = main(kappas=(5.0,), seeds=(0,), epochs=1, quick=True, out_dir=tmp_path)
+    assert "| 5 |" in (tmp_path / "kappa_ablation.md").read_text()
+    assert _finite(payload["summary"]["5"]["clean error (%)"]["mean"])
+
+
+def test_lever_study_subset_and_merge(tmp_path):
+    from benchmarks.lever_study import VARIANTS, main, merge
+
+    main(seeds=(0,), epochs=1, only=[1], quick=True, out_dir=tmp_path, name="a")
+    main(seeds=(0,), epochs=1, only=[15], quick=True, out_dir=tmp_path, name="b")
+    merged = merge([tmp_path / "b.json", tmp_path / "a.json"], out_dir=tmp_path, name="merged")
+    assert list(merged["summary"]) == [VARIANTS[1].name, VARIANTS[15].name]  # the order of VARIANTS
