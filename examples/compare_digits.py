@@ -43,19 +43,22 @@ from lyapunov_plugin.diagnostics import theorem3_certificate
 
 from .common.data import digits
 from .common.models import TRAIN_SOLVER, digits_node, dopri5
-from .common.report import embed_in_readme, markdown_table, mean_std, write_outputs
+from .common.report import embed_markdown, markdown_table, mean_std, write_outputs
 from .common.robustness import evaluate_robustness
 
 RESULTS_DIR = Path("results")
 #: Attack budgets of the robustness protocol: the paper's PGD-10, and stronger settings.
 FULL_BUDGET = {"attack_steps": 10, "strong_steps": 50, "strong_restarts": 3, "apgd_steps": 100,
-               "square_queries": 1000, "sweep_eps": (0.2, 0.3, 0.5)}
+               "square_queries": 1000, "sweep_eps": (0.2, 0.3, 0.5), "autoattack": True}
 #: Smoke-test budgets (numbers meaningless; the code path is the same).
 QUICK_BUDGET = {"attack_steps": 10, "strong_steps": 5, "strong_restarts": 1, "apgd_steps": 5,
-                "square_queries": 10, "sweep_eps": (0.5,)}
+                "square_queries": 10, "sweep_eps": (0.5,), "autoattack": False}
 #: Both methods share this architecture: an l2-Lipschitz-controlled encoder (the
 #: Lipschitz lever of the real-data study, docs/real_data.md).
 ENCODER_LIPSCHITZ = 2.0
+#: dopri5's automatic first step from eta(0) = 0 is 1e-6 (docs/real_data.md); NFE are
+#: also reported from this first step, to show what the dynamics themselves cost.
+DOPRI5_FIRST_STEP = 0.05
 #: l2 norm of an l_inf perturbation of size 1 on an 8x8 digit: sqrt(64).
 LINF_TO_L2 = 8.0
 
@@ -120,6 +123,7 @@ def measure(trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, se
     for t in (0.25, 0.5):
         out[f"error_t{t}"] = trainer.evaluate(test, t_end=t)["error"]
     out["nfe_dopri5"] = trainer.nfe(xt, solver=dopri5())
+    out["nfe_dopri5_first_step"] = trainer.nfe(xt, solver=dopri5(first_step=DOPRI5_FIRST_STEP))
     decay = decay_statistics(model, test, potential=CrossEntropyPotential(), kappa=kappa,
                              ts=torch.linspace(0, 1, 21))
     out["v_monotone_fraction"] = decay.monotone_fraction
@@ -130,6 +134,7 @@ def measure(trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, se
         inference_solver=dopri5(), transfer_from=other, seed=seed, **budget,
     )
     out["attack_names"] = attack_names(budget)
+    out["attack_budget"] = budget
     out["robustness"] = report.as_dict()
     out["certificate"] = certificate(trainer, xt, yt, kappa=kappa, seed=seed, num_samples=16 if quick else 256)
     return out
@@ -142,6 +147,8 @@ def attack_names(budget: dict[str, Any]) -> dict[str, str]:
         "pgd_strong": f"pgd{budget['strong_steps']}x{budget['strong_restarts']}_linf",
         "apgd_ce": f"apgd{budget['apgd_steps']}_ce_linf",
         "apgd_dlr": f"apgd{budget['apgd_steps']}_dlr_linf",
+        "apgd_t": f"apgd{budget['apgd_steps']}_t_linf",
+        "autoattack": "autoattack_linf",
         "pgd_l2": f"pgd{budget['attack_steps']}_l2",
         "apgd_dlr_l2": f"apgd{budget['apgd_steps']}_dlr_l2",
         "sweep": f"pgd{budget['attack_steps']}_linf_sweep",
@@ -168,6 +175,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "strong PGD (more steps, restarts) l_inf 0.1 (%)": lambda r: 100 * attack(r, "pgd_strong", 0.1),
         "APGD-CE l_inf 0.1 (%)": lambda r: 100 * attack(r, "apgd_ce", 0.1),
         "APGD-DLR l_inf 0.1 (%)": lambda r: 100 * attack(r, "apgd_dlr", 0.1),
+        "APGD-T (targeted DLR) l_inf 0.1 (%)": lambda r: 100 * attack(r, "apgd_t", 0.1),
+        "AutoAttack (standard) l_inf 0.1 (%)": lambda r: (100 * attack(r, "autoattack", 0.1)
+                                                         if r["attack_budget"]["autoattack"] else math.nan),
         "PGD-10 l2 0.5 (%)": lambda r: 100 * attack(r, "pgd_l2", 0.5),
         "APGD-DLR l2 0.5 (%)": lambda r: 100 * attack(r, "apgd_dlr_l2", 0.5),
         "Square l_inf 0.1 (%)": lambda r: 100 * attack(r, "square", 0.1),
@@ -178,6 +188,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "error at t=0.5 (%)": lambda r: 100 * r["error_t0.5"],
         "V monotone on correct points (%)": lambda r: 100 * r["v_monotone_fraction"],
         "dopri5 NFE to t=1": lambda r: r["nfe_dopri5"],
+        f"dopri5 NFE to t=1, first step {DOPRI5_FIRST_STEP}": lambda r: r["nfe_dopri5_first_step"],
         "training time, s": lambda r: r["train_seconds"],
         "time to target error, s": lambda r: r["time_to_target"] if r["time_to_target"] is not None else math.nan,
         "certified radius l2 (Thm 3, conditional)": lambda r: r["certificate"]["radius_l2"],
@@ -256,7 +267,8 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
             "lyanet": describe(trained["lyanet"][0]), "encoder_lipschitz": ENCODER_LIPSCHITZ,
             "standard": "cross entropy at t=1, backprop through RK4-10, Adam lr 1e-3",
             "attack": "torchattacks through RK4-10: PGD/PGDL2 (random start, alpha=2.5*eps/steps), strong PGD "
-                      "with restarts, APGD-CE/DLR (l_inf) and APGD-DLR (l2), Square, transfer from the other model",
+                      "with restarts, APGD-CE/DLR/T (l_inf) and APGD-DLR (l2), Square, AutoAttack (standard), "
+                      "transfer from the other model",
             "attack_budget": QUICK_BUDGET if quick else FULL_BUDGET,
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                        f"torch {torch.__version__}",
@@ -270,11 +282,11 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
     markdown = (f"{table}\n\nMean ± std over seeds {list(seeds)}; {split.description}; {epochs} epochs. "
                 f"Attacks through RK4 (10 steps), pixel-space epsilon; strong PGD = {budget['strong_steps']} steps x "
                 f"{budget['strong_restarts']} restarts, APGD {budget['apgd_steps']} steps, Square "
-                f"{budget['square_queries']} queries. Machine: {payload['setup']['machine']}; wall clock "
+                f"{budget['square_queries']} queries, AutoAttack {'on' if budget['autoattack'] else 'off'}. Machine: {payload['setup']['machine']}; wall clock "
                 f"{payload['setup']['wall_clock_seconds']:.0f} s.\n\nGoals (issue 4):\n{goal_lines}\n")
     write_outputs(Path(out_dir), name, payload, markdown)
     if update_readme:
-        embed_in_readme(Path(__file__).resolve().parents[1] / "README.md", "digits-results", markdown)
+        embed_markdown(Path(__file__).resolve().parents[1] / "README.md", "digits-results", markdown)
     print(markdown)
     return payload
 

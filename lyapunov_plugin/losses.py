@@ -23,6 +23,7 @@ from ._typing import PerSample, State, Trajectory
 from ._validation import (
     check_batch,
     check_finite,
+    check_non_negative,
     check_open_unit,
     check_positive,
     check_positive_int,
@@ -220,6 +221,7 @@ def monte_carlo_lyapunov_loss(
     trajectory: Optional[Trajectory] = None,
     generator: Optional[torch.Generator] = None,
     counterexamples: Optional[CounterexampleSearch] = None,
+    velocity_penalty: float = 0.0,
 ) -> LyapunovLossOutput:
     """Monte Carlo Lyapunov objective, Algorithm 1 / Eq. (45): no ODE solve.
 
@@ -240,6 +242,10 @@ def monte_carlo_lyapunov_loss(
         generator: optional ``torch.Generator`` for the draws.
         counterexamples: optionally move part of the samples towards violations first
             (:class:`CounterexampleSearch`).
+        velocity_penalty: weight ``lambda >= 0`` of ``lambda * mean |f|^2 / k`` added to the
+            objective: among dynamics that satisfy Eq. (10), prefer slow ones (the
+            min-norm control Lyapunov controller of control theory), which settle once
+            ``V`` is small and are cheaper for adaptive solvers.
 
     Returns:
         :class:`LyapunovLossOutput` over the ``B * Gamma`` points.
@@ -247,6 +253,7 @@ def monte_carlo_lyapunov_loss(
     _check_potential(potential)
     kappa = check_positive("kappa", kappa)
     num_samples = check_positive_int("num_samples", num_samples)
+    velocity_penalty = check_non_negative("velocity_penalty", velocity_penalty)
     if not isinstance(state_sampler, StateSampler):
         raise TypeError(f"state_sampler must be a StateSampler, got {type(state_sampler).__name__}")
     if not isinstance(time_sampler, TimeSampler):
@@ -275,7 +282,10 @@ def monte_carlo_lyapunov_loss(
     pointwise, v, v_dot = _pointwise(
         eta, velocity, flat_target, potential, model.readout, kappa, detach_v, validate=True
     )
-    return LyapunovLossOutput(pointwise.mean(), pointwise, v.detach(), v_dot.detach())
+    loss = pointwise.mean()
+    if velocity_penalty > 0:
+        loss = loss + velocity_penalty * velocity.pow(2).flatten(1).mean()
+    return LyapunovLossOutput(loss, pointwise, v.detach(), v_dot.detach())
 
 
 def discrete_path_lyapunov_loss(

@@ -31,6 +31,7 @@ from ._typing import Solver
 from ._validation import (
     check_choice,
     check_finite,
+    check_non_negative,
     check_positive,
     check_positive_int,
     check_tensor,
@@ -147,6 +148,8 @@ class LyapunovTrainer:
         num_samples: ``Gamma``, Monte Carlo samples per example.
         counterexamples: optional hard-state mining for Monte Carlo training
             (:class:`~lyapunov_plugin.losses.CounterexampleSearch`).
+        velocity_penalty: weight of the ``mean |f|^2`` term of Monte Carlo training
+            (see :func:`~lyapunov_plugin.monte_carlo_lyapunov_loss`).
         detach_v: stop the gradient through ``kappa V`` (see :mod:`lyapunov_plugin.losses`).
         path_steps: grid intervals for path-integral training.
         path_loss: ``"discrete"`` (Eq. 16-17, with per-step rate
@@ -182,6 +185,7 @@ class LyapunovTrainer:
         time_sampler: Optional[TimeSampler] = None,
         num_samples: int = 32,
         counterexamples: Optional[CounterexampleSearch] = None,
+        velocity_penalty: float = 0.0,
         detach_v: bool = False,
         path_steps: int = 10,
         path_loss: str = "discrete",
@@ -227,6 +231,7 @@ class LyapunovTrainer:
         if counterexamples is not None and not isinstance(counterexamples, CounterexampleSearch):
             raise TypeError(f"counterexamples must be a CounterexampleSearch, got {type(counterexamples).__name__}")
         self.counterexamples = counterexamples
+        self.velocity_penalty = check_non_negative("velocity_penalty", velocity_penalty)
         self.detach_v = bool(detach_v)
         self.path_steps = check_positive_int("path_steps", path_steps)
         self.path_loss = check_choice("path_loss", path_loss, _PATH_LOSSES)
@@ -360,6 +365,7 @@ class LyapunovTrainer:
                 self.model, x, y, potential=self.potential, kappa=kappa, state_sampler=self.state_sampler,
                 time_sampler=self.time_sampler, num_samples=self.num_samples, detach_v=self.detach_v,
                 trajectory=trajectory, generator=self.generator, counterexamples=self.counterexamples,
+                velocity_penalty=self.velocity_penalty,
             )
         ts = torch.linspace(0.0, self.t_end, self.path_steps + 1, device=self.device)
         if self.mode == "path_integral":

@@ -64,3 +64,25 @@ def test_lever_study_subset_and_merge(tmp_path):
     main(seeds=(0,), epochs=1, only=[15], quick=True, out_dir=tmp_path, name="b")
     merged = merge([tmp_path / "b.json", tmp_path / "a.json"], out_dir=tmp_path, name="merged")
     assert list(merged["summary"]) == [VARIANTS[1].name, VARIANTS[15].name]  # the order of VARIANTS
+
+
+def test_region_coverage(tmp_path):
+    from benchmarks.region_coverage import main
+
+    payload = main(seeds=(0,), epochs=1, quick=True, out_dir=tmp_path)
+    assert set(payload["summary"]) == {"fixed Appendix-B cube", "covering cube (default)"}
+    assert (tmp_path / "region_coverage.md").exists()
+
+
+def test_embed_markdown(tmp_path):
+    from examples.common.report import embed_markdown, main
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- t -->\nold\n<!-- /t -->\nb\n")
+    embed_markdown(doc, "t", "| x |\n")
+    assert doc.read_text() == "a\n<!-- t -->\n| x |\n<!-- /t -->\nb\n"
+    (tmp_path / "table.md").write_text("new")
+    main([str(doc), f"t={tmp_path / 'table.md'}"])
+    assert "new" in doc.read_text()
+    with pytest.raises(ValueError, match="has no <!-- u --> ... <!-- /u --> block"):
+        embed_markdown(doc, "u", "x")

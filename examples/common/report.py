@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 
 def mean_std(values: Sequence[float]) -> dict[str, Any]:
@@ -51,12 +51,32 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def embed_in_readme(readme: Path, marker: str, markdown: str) -> None:
-    """Replace the text between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``readme``."""
-    text = readme.read_text()
+def embed_markdown(document: Path, marker: str, markdown: str) -> None:
+    """Replace the text between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``document``
+    (how generated tables get into the README and the docs)."""
+    text = document.read_text()
     start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     if start not in text or end not in text:
-        raise ValueError(f"{readme} has no {start} ... {end} block")
+        raise ValueError(f"{document} has no {start} ... {end} block")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{markdown.strip()}\n{end}{tail}")
+    document.write_text(f"{head}{start}\n{markdown.strip()}\n{end}{tail}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m examples.common.report DOC marker=result.md ...``: embed generated tables."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("document", type=Path)
+    parser.add_argument("pairs", nargs="+", help="marker=path/to/table.md")
+    args = parser.parse_args(argv)
+    for pair in args.pairs:
+        marker, _, path = pair.partition("=")
+        if not path:
+            raise ValueError(f"pairs must look like marker=path, got {pair!r}")
+        embed_markdown(args.document, marker, Path(path).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -181,6 +181,7 @@ def evaluate_robustness(
         record(*run_attack(f"pgd{strong_steps}x{strong_restarts}_linf", pgd(eps, strong_steps), attack_view,
                            inference_view, x, y, eps=eps, norm="linf", restarts=strong_restarts, seed=seed + 1,
                            batch_size=batch_size))
+    classes = int(model.readout(model.encode(x[:1])[1]).shape[-1])
     if apgd_steps > 0:
         # Margin (DLR) and cross-entropy APGD: DLR is immune to softmax saturation, which
         # can starve cross-entropy PGD of gradient when logits are very large.
@@ -190,6 +191,13 @@ def evaluate_robustness(
                                                                       loss=loss, seed=seed),
                                attack_view, inference_view, x, y, eps=main_eps, norm="linf", seed=seed,
                                batch_size=batch_size))
+        # Targeted DLR against every other class (AutoAttack's APGD-T): on LyaNet models it
+        # finds markedly more than the untargeted attacks.
+        record(*run_attack(f"apgd{apgd_steps}_t_linf",
+                           lambda m: torchattacks.APGDT(m, norm="Linf", eps=main_eps, steps=apgd_steps,
+                                                        n_classes=classes, seed=seed),
+                           attack_view, inference_view, x, y, eps=main_eps, norm="linf", seed=seed,
+                           batch_size=batch_size))
     for eps in l2_eps:
         record(*run_attack(f"pgd{attack_steps}_l2", pgdl2(eps, attack_steps), attack_view, inference_view, x, y,
                            eps=eps, norm="l2", seed=seed, batch_size=batch_size))
@@ -211,7 +219,6 @@ def evaluate_robustness(
                            attack_view, inference_view, x, y, eps=main_eps, norm="linf", seed=seed,
                            batch_size=batch_size))
     if autoattack:
-        classes = int(model.readout(model.encode(x[:1])[1]).shape[-1])
         record(*run_attack("autoattack_linf",
                            lambda m: torchattacks.AutoAttack(m, norm="Linf", eps=main_eps, version="standard",
                                                              n_classes=classes, seed=seed),
