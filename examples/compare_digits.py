@@ -49,7 +49,7 @@ from .common.robustness import evaluate_robustness
 RESULTS_DIR = Path("results")
 #: Attack budgets of the robustness protocol: the paper's PGD-10, and stronger settings.
 FULL_BUDGET = {"attack_steps": 10, "strong_steps": 50, "strong_restarts": 3, "apgd_steps": 100,
-               "square_queries": 1000, "sweep_eps": (0.2, 0.3, 0.5), "autoattack": True}
+               "square_queries": 1000, "sweep_eps": (0.2, 0.3, 0.5), "autoattack": False}
 #: Smoke-test budgets (numbers meaningless; the code path is the same).
 QUICK_BUDGET = {"attack_steps": 10, "strong_steps": 5, "strong_restarts": 1, "apgd_steps": 5,
                 "square_queries": 10, "sweep_eps": (0.5,), "autoattack": False}
@@ -111,7 +111,7 @@ def certificate(trainer: LyapunovTrainer, x: torch.Tensor, y: torch.Tensor, *, k
 
 
 def measure(trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, seed: int,
-            kappa: float) -> dict[str, Any]:
+            kappa: float, autoattack: bool = False) -> dict[str, Any]:
     """Every per-model number of the comparison; ``kappa`` is the LyaNet rate, used for
     both models' certificate statistics so they are checked against the same condition."""
     model = trainer.model
@@ -128,7 +128,7 @@ def measure(trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, se
                              ts=torch.linspace(0, 1, 21))
     out["v_monotone_fraction"] = decay.monotone_fraction
     out["v_decay_rate_median"] = decay.median_rate
-    budget = QUICK_BUDGET if quick else FULL_BUDGET
+    budget = dict(QUICK_BUDGET if quick else FULL_BUDGET, autoattack=autoattack)
     report = evaluate_robustness(
         model, xt, yt, linf_eps=(0.05, 0.1), l2_eps=(0.5,), attack_solver=FixedStepSolver(method="rk4", steps=10),
         inference_solver=dopri5(), transfer_from=other, seed=seed, **budget,
@@ -227,7 +227,7 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
 
 def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = False,
          out_dir: Path | str = RESULTS_DIR, progress: bool = False, kappa: Optional[float] = None,
-         name: str = "digits_comparison", update_readme: bool = False) -> dict[str, Any]:
+         name: str = "digits_comparison", update_readme: bool = False, autoattack: bool = False) -> dict[str, Any]:
     """Train and evaluate both methods for each seed; write ``<name>.json`` and ``<name>.md``.
 
     Arguments:
@@ -237,6 +237,8 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
         out_dir: where the JSON and markdown go.
         kappa: override the trainer's default rate (for the kappa ablation).
         update_readme: put the markdown into README.md's ``digits-results`` block.
+        autoattack: add AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5000) to the
+            protocol; several minutes per model on a CPU.
     """
     # One intra-op thread: the models are tiny, and training times stay comparable on a
     # machine shared with other work (two threads stall under load).
@@ -251,7 +253,8 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
         lyanet_kappa = trained["lyanet"][0].kappa_schedule.final
         for method, (trainer, history) in trained.items():
             other = trained["lyanet" if method == "standard" else "standard"][0].model
-            result = measure(trainer, split, other=other, quick=quick, seed=seed, kappa=lyanet_kappa)
+            result = measure(trainer, split, other=other, quick=quick, seed=seed, kappa=lyanet_kappa,
+                             autoattack=autoattack)
             result.update(method=method, seed=seed, history=history,
                           train_seconds=sum(r["train_seconds"] for r in history),
                           time_to_target=time_to_error(history, target), target_error=target)
@@ -269,7 +272,7 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
             "attack": "torchattacks through RK4-10: PGD/PGDL2 (random start, alpha=2.5*eps/steps), strong PGD "
                       "with restarts, APGD-CE/DLR/T (l_inf) and APGD-DLR (l2), Square, AutoAttack (standard), "
                       "transfer from the other model",
-            "attack_budget": QUICK_BUDGET if quick else FULL_BUDGET,
+            "attack_budget": dict(QUICK_BUDGET if quick else FULL_BUDGET, autoattack=autoattack),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                        f"torch {torch.__version__}",
             "wall_clock_seconds": round(time.time() - started, 1),
@@ -305,10 +308,11 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--autoattack", action="store_true", help="add AutoAttack (slow on a CPU)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = _parse()
     main(epochs=args.epochs, seeds=args.seeds, quick=args.quick, out_dir=args.out_dir, progress=args.progress,
-         update_readme=args.update_readme)
+         update_readme=args.update_readme, autoattack=args.autoattack)

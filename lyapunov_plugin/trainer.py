@@ -411,7 +411,10 @@ class LyapunovTrainer:
         self.optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
-        return out.metrics()
+        metrics = out.metrics()
+        if self.mode == "standard":  # no Lyapunov condition is evaluated: only the loss is meaningful
+            metrics = {"loss": metrics["loss"]}
+        return metrics
 
     def _run_epoch(self, loader: Iterable[Any], epoch: int, total: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -429,7 +432,10 @@ class LyapunovTrainer:
                 sums[key] = sums.get(key, 0.0) + value * n
             weight += n
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", viol=f"{metrics['violation']:.3f}")
+                shown = {"loss": f"{metrics['loss']:.4f}"}
+                if "violation" in metrics:
+                    shown["viol"] = f"{metrics['violation']:.3f}"
+                bar.set_postfix(**shown)
         record: dict[str, Any] = {"epoch": epoch, "mode": self.mode, "kappa": self.kappa_at(epoch)}
         record.update({f"train_{k}": v / max(weight, 1) for k, v in sums.items()})
         record["skipped_steps"] = self.skipped_steps - skipped_before
