@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lyapunov_plugin._validation import check_choice, check_finite, check_positive, check_tensor
-from lyapunov_plugin.model import check_velocity, expand_to_batch
+from lyapunov_plugin.model import check_model, check_velocity, expand_to_batch, readout_at
 
 from ._time import PerSampleTime, select_rows
 
@@ -222,18 +222,9 @@ class TorchdiffeqModel(nn.Module):
 
     def check(self, x: Tensor) -> None:
         """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
-        context, eta0 = self.encode(x[:2])
-        t = torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device)
-        self.vector_field(eta0, context, t)
-        out = self.readout(eta0)
-        if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
-            raise ValueError(
-                f"readout must map states {tuple(eta0.shape)} to one output per example, "
-                f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
-            )
+        check_model(self, x, source="func")
 
     def forward(self, x: Tensor) -> Tensor:
         """``psi(eta(t_end))`` with the configured torchdiffeq solver."""
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
-        return self.readout(self.trajectory(x, ts)[-1])
+        return readout_at(self, x, self.t_end)
 

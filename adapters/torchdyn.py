@@ -28,11 +28,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-import torch
 from torch import Tensor, nn
 
 from lyapunov_plugin._validation import check_finite, check_tensor
-from lyapunov_plugin.model import check_velocity, expand_to_batch
+from lyapunov_plugin.model import check_model, check_velocity, expand_to_batch, readout_at
 
 from ._time import PerSampleTime, select_rows
 
@@ -158,19 +157,9 @@ class TorchdynModel(nn.Module):
         return states
 
     def check(self, x: Tensor) -> None:
-        """Run the wrapped model once on two examples of ``x``; raise a precise error on mismatch."""
-        probe = x[:2]
-        context, eta0 = self.encode(probe)
-        velocity = self.vector_field(eta0, context, torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device))
-        check_velocity(velocity, eta0, source="the torchdyn vector field")
-        out = self.readout(eta0)
-        if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
-            raise ValueError(
-                f"the layers after the NeuralODE must map states {tuple(eta0.shape)} to one output per example, "
-                f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
-            )
+        """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
+        check_model(self, x, source="the torchdyn vector field")
 
     def forward(self, x: Tensor) -> Tensor:
         """``psi(eta(t_end))`` through torchdyn's solver: an ordinary classifier."""
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
-        return self.readout(self.trajectory(x, ts)[-1])
+        return readout_at(self, x, self.t_end)

@@ -63,6 +63,18 @@ def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optiona
     return integrate(model, x, ts, solver=solver)
 
 
+def _outputs_along(model: LyapunovModel, data: Any, ts: Tensor, solver: Optional[Solver]) -> Iterable[tuple[Tensor, Tensor]]:
+    """Per batch: readout outputs ``(T, B, m)`` along the trajectories, and the labels."""
+    device = _model_device(model)
+    for x, y in iter_batches(data):
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        states = states_along(model, x, ts, solver=solver)
+        steps, batch = states.shape[0], states.shape[1]
+        out = model.readout(states.reshape(steps * batch, *states.shape[2:]))
+        yield out.reshape(steps, batch, *out.shape[1:]), y
+
+
 @dataclass(frozen=True)
 class InferenceCurve:
     """Loss and error of ``psi(eta(t))`` over a time grid (paper Fig. 3).
@@ -104,18 +116,12 @@ def loss_error_curve(
     """
     check_tensor("ts", ts, min_ndim=1, floating=True)
     potential = potential if potential is not None else CrossEntropyPotential()
-    device = _model_device(model)
     loss_sum = torch.zeros(ts.numel(), dtype=torch.float64)
     err_sum = torch.zeros(ts.numel(), dtype=torch.float64)
     count = 0
+    steps = ts.numel()
     with torch.no_grad():
-        for x, y in iter_batches(data):
-            if device is not None:
-                x, y = x.to(device), y.to(device)
-            states = states_along(model, x, ts, solver=solver)
-            steps, batch = states.shape[0], states.shape[1]
-            out = model.readout(states.reshape(steps * batch, *states.shape[2:]))
-            out = out.reshape(steps, batch, *out.shape[1:])
+        for out, y in _outputs_along(model, data, ts, solver):
             keep = out[-1].argmax(-1) == y if only_correct else torch.ones_like(y, dtype=torch.bool)
             if not bool(keep.any()):
                 continue
@@ -237,17 +243,12 @@ def decay_statistics(
     """
     kappa = check_positive("kappa", kappa)
     tolerance = check_non_negative("tolerance", tolerance)
-    device = _model_device(model)
     monotone, rates = [], []
     with torch.no_grad():
-        for x, y in iter_batches(data):
-            if device is not None:
-                x, y = x.to(device), y.to(device)
-            states = states_along(model, x, ts, solver=solver)
-            steps, batch = states.shape[0], states.shape[1]
-            out = model.readout(states.reshape(steps * batch, *states.shape[2:]))
-            v = potential.value(out, y.repeat(steps)).reshape(steps, batch)
-            keep = out.reshape(steps, batch, -1)[-1].argmax(-1) == y if only_correct else torch.ones_like(y).bool()
+        for out, y in _outputs_along(model, data, ts, solver):
+            steps, batch = out.shape[0], out.shape[1]
+            v = potential.value(out.reshape(steps * batch, *out.shape[2:]), y.repeat(steps)).reshape(steps, batch)
+            keep = out[-1].argmax(-1) == y if only_correct else torch.ones_like(y, dtype=torch.bool)
             v = v[:, keep].double()
             monotone.append((v[1:] <= v[:-1] + tolerance).all(0).cpu())
             span = float(ts[-1] - ts[0])

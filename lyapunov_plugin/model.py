@@ -22,7 +22,7 @@ from ._typing import Context, Output, Solver, State, Times, Trajectory
 from ._validation import check_finite, check_positive, check_tensor
 from .solvers import FixedStepSolver
 
-__all__ = ["LyapunovModel", "ODEModel", "integrate", "check_velocity", "is_lyapunov_model"]
+__all__ = ["LyapunovModel", "ODEModel", "integrate", "check_velocity", "check_model", "readout_at", "is_lyapunov_model"]
 
 
 @runtime_checkable
@@ -79,6 +79,24 @@ def check_velocity(velocity: Any, eta: Tensor, *, source: str = "the vector fiel
             f"dtype={eta.dtype}, device={eta.device}; they must match"
         )
     return velocity
+
+
+def check_model(model: "LyapunovModel", x: Tensor, *, source: str = "the vector field") -> None:
+    """Run ``model`` once on two examples of ``x`` (encode, ``f`` at ``t = 0``, readout) and
+    raise a precise ``ValueError``/``TypeError`` if the shapes disagree (paper Eq. 1-3)."""
+    context, eta0 = model.encode(x[:2])
+    t = torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device)
+    check_velocity(model.vector_field(eta0, context, t), eta0, source=source)
+    out = model.readout(eta0)
+    if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the readout must map states {tuple(eta0.shape)} to one output per example, got {got}")
+
+
+def readout_at(model: "LyapunovModel", x: Tensor, t_end: float) -> Tensor:
+    """``psi(eta(t_end))`` with the model's own solver (Eq. 3): a model's ``forward``."""
+    ts = torch.tensor([0.0, t_end], device=x.device)
+    return model.readout(model.trajectory(x, ts)[-1])
 
 
 def expand_to_batch(t: Tensor, batch: int, like: Tensor) -> Tensor:
@@ -211,7 +229,10 @@ class ODEModel(nn.Module):
         self.last_nfe = nfe
         return states
 
+    def check(self, x: Tensor) -> None:
+        """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
+        check_model(self, x, source="dynamics")
+
     def forward(self, x: Tensor) -> Output:
         """``psi(eta(t_end))``: the prediction, usable as an ordinary classifier."""
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
-        return self.readout(self.trajectory(x, ts)[-1])
+        return readout_at(self, x, self.t_end)

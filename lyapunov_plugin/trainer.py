@@ -54,7 +54,7 @@ from .losses import (
     monte_carlo_lyapunov_loss,
     path_lyapunov_loss,
 )
-from .model import LyapunovModel, integrate
+from .model import LyapunovModel, check_model, integrate
 from .potentials import CrossEntropyPotential, Potential
 from .samplers import (
     HypercubeSampler,
@@ -255,6 +255,7 @@ class LyapunovTrainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.skipped_steps = 0
+        self._model_checked = False
 
     # ----------------------------------------------------------------- set-up
     def _parameter_device(self) -> torch.device:
@@ -424,6 +425,12 @@ class LyapunovTrainer:
         bar = _progress(loader, self.progress, f"epoch {epoch}/{total} [{self.mode}]")
         for step, batch in enumerate(bar):
             x, y = self._check_batch(batch)
+            if not self._model_checked:
+                # Once, on two examples, before any update: shape errors surface with a precise
+                # message. Eval mode and no gradient, so no RNG draw and no buffer update.
+                with self._eval_mode(), torch.no_grad():
+                    check_model(self.model, x, source="the model's vector field")
+                self._model_checked = True
             metrics = self._train_step(x, y, epoch, step)
             if metrics is None:
                 continue

@@ -261,3 +261,20 @@ class TestValidation:
             trainer.fit([torch.zeros(4, 2)], epochs=1)
         with pytest.raises(ValueError, match=r"target must lie in \[0, 1\] for 2 classes, got values in \[0, 5\]"):
             trainer.fit([(torch.zeros(4, 2), torch.tensor([0, 1, 5, 0]))], epochs=1)
+
+
+def test_fit_checks_the_model_once_before_any_update():
+    class WrongShape(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, eta, x, t):
+            return self.lin(torch.cat([eta, x], 1))  # 3 outputs for a 2-dimensional state
+
+    model = ODEModel(WrongShape(), state_shape=(2,))
+    trainer = make_trainer(model)
+    before = params(model)
+    with pytest.raises(ValueError, match=r"returned shape \(2, 3\) for states of shape \(2, 2\)"):
+        trainer.fit(loader(*blobs(16, seed=1)), epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, params(model)))
