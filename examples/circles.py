@@ -25,6 +25,7 @@ from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, ODEModel
 from lyapunov_plugin.blocks import MLPDynamics
 
 from .common.data import circles
+from .common.report import pyplot, write_json
 
 
 class _Classifier(nn.Module):
@@ -97,14 +98,9 @@ def main(*, epochs: int = 200, hidden: int = 16, seed: int = 0, n: int = 512, ou
         results[f"{name}_entropy_between_circles"] = float(-(p * p.log()).sum(-1).mean())
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "circles.json").write_text(json.dumps(results, indent=1))
+    write_json(out, "circles", results)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, axes = plt.subplots(2, 3, figsize=(10, 6.5))
         for col, (name, predict) in enumerate(predictors.items()):
             for row, extent in enumerate((1.5, 6.0)):

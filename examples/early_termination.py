@@ -22,6 +22,7 @@ from lyapunov_plugin import CrossEntropyPotential, loss_error_curve, nfe_to_end
 
 from .common.data import digits
 from .common.models import dopri5
+from .common.report import pyplot, write_json
 from .compare_digits import train
 
 METHODS = ("standard", "lyanet")
@@ -58,14 +59,9 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), grid: int = 21, 
     payload = {"data": split.description, "epochs": epochs, "seeds": list(seeds), "ts": ts.tolist(),
                "summary": summary, "runs": curves}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "early_termination.json").write_text(json.dumps(payload, indent=1))
+    write_json(out, "early_termination", payload)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         for method, label in zip(METHODS, ("standard Neural ODE", "LyaNet")):
             axes[0].plot(ts, summary[method]["mean_loss"], label=label)

@@ -35,12 +35,30 @@ def markdown_table(summary: dict[str, dict[str, Any]], *, columns: Sequence[str]
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
+    """``<out_dir>/<name>.json`` (folder created as needed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    return path
+
+
+def write_outputs(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """``<name>.json`` and ``<name>.md`` in ``out_dir``."""
+    json_path = write_json(out_dir, name, payload)
+    md_path = out_dir / f"{name}.md"
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (examples run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _jsonable(value: Any) -> Any:
