@@ -57,10 +57,6 @@ class FixedStepSolver:
         check_choice("method", self.method, _METHODS)
         check_positive_int("steps", self.steps)
 
-    @property
-    def evaluations_per_step(self) -> int:
-        return {"euler": 1, "midpoint": 2, "rk4": 4}[self.method]
-
     def __call__(self, func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, ts: Tensor) -> Tensor:
         """Integrate ``dy/dt = func(t, y)`` from ``y0`` at ``ts[0]``.
 

@@ -329,6 +329,14 @@ class LyapunovTrainer:
         half_width = appendix_b_half_width(self.kappa_schedule.final, eta0.shape[1]) if identity else 1.0
         return HypercubeSampler(half_width=half_width, cover=DEFAULT_COVER)
 
+    def _default_sampler_for(self, x: Tensor) -> StateSampler:
+        """:meth:`_default_state_sampler` for the states of ``x``; the state shape is probed
+        in eval mode without gradient, so no buffer (BatchNorm statistics, spectral-norm
+        iterates) changes."""
+        with self._eval_mode(), torch.no_grad():
+            _, eta0 = self.model.encode(x[:1].to(self.device))
+            return self._default_state_sampler(eta0)
+
     # ------------------------------------------------------------------ steps
     def _check_batch(self, batch: Any) -> tuple[Tensor, Tensor]:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -354,11 +362,7 @@ class LyapunovTrainer:
         if self.mode == "monte_carlo":
             trajectory = None
             if self.state_sampler is None:
-                # Probe the state shape in eval mode without gradient, so building the
-                # default sampler updates no buffer (BatchNorm statistics, spectral norms).
-                with self._eval_mode(), torch.no_grad():
-                    _, eta0 = self.model.encode(x[:1])
-                    self.state_sampler = self._default_state_sampler(eta0)
+                self.state_sampler = self._default_sampler_for(x)
                 logger.info("default state sampler: %s", self.state_sampler)
             if self.state_sampler.requires_trajectory:
                 trajectory = self._rollout(x)
@@ -654,9 +658,7 @@ class LyapunovTrainer:
         with self._eval_mode():
             if sampler is None:
                 x0, _ = next(iter(iter_batches(loader)))
-                with torch.no_grad():
-                    _, eta0 = self.model.encode(x0[:1].to(self.device))
-                sampler = self._default_state_sampler(eta0)
+                sampler = self._default_sampler_for(x0)
             rate = lyapunov_condition_rate(
                 self.model, loader, potential=self.potential, kappa=kappa, state_sampler=sampler,
                 time_sampler=self.time_sampler, num_samples=num_samples,

@@ -63,3 +63,13 @@ class PlainField(nn.Module):
 
     def forward(self, t, y):
         return self.net(y)
+
+
+def assert_training_improves(trainer, train, test, *, epochs=8, max_error=0.1):
+    """Fit ``trainer`` on the blobs ``train`` and check that its training loss and its test
+    error on ``test`` both fall (the integration tests' "learns a separable problem")."""
+    before = trainer.evaluate(loader(*test))["error"]
+    trainer.fit(loader(*train), epochs=epochs)
+    after = trainer.evaluate(loader(*test))["error"]
+    assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
+    assert after < max_error and after <= before

@@ -114,6 +114,3 @@ def as_tensors(dataset: Dataset, limit: Optional[int] = None) -> tuple[torch.Ten
     xs, ys = zip(*(dataset[i] for i in range(n)))
     return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
 
-
-def tensor_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool) -> DataLoader:
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
