@@ -17,7 +17,7 @@ from lyapunov_plugin import (  # noqa: E402
 )
 from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel  # noqa: E402
 
-from .models import assert_training_improves, ConditionedField, PlainField, blobs, loader  # noqa: E402
+from .models import ConditionedField, PlainField, assert_training_improves, blobs  # noqa: E402
 
 
 def test_signature_decides_conditioning():
