@@ -37,7 +37,8 @@ class PerSampleTime:
         self.mode: Optional[str] = None  # None (undecided), "batched" or "grouped"
 
     def __call__(self, field: RowField, eta: Tensor, t: Tensor) -> Tensor:
-        if t.ndim == 0 or bool((t == t[0]).all()):
+        # An expanded scalar (stride 0, what a solver's shared time becomes) needs no comparison.
+        if t.ndim == 0 or t.stride(0) == 0 or bool((t == t[0]).all()):
             return field(t.reshape(-1)[0], None)
         if self.mode != "grouped":
             t_batched = t.reshape(t.shape[0], *([1] * (eta.ndim - 1)))

@@ -167,6 +167,13 @@ class TorchdiffeqModel(nn.Module):
         self.last_nfe: Optional[int] = None
         self._time = PerSampleTime("the torchdiffeq func")
 
+    @property
+    def initial_state_trainable(self) -> bool:
+        """``eta(0)`` is zeros of ``state_shape``, or ``encoder(x)``: trainable with the encoder."""
+        if self.state_shape is not None:
+            return False
+        return isinstance(self.encoder, nn.Module) and any(p.requires_grad for p in self.encoder.parameters())
+
     def _call(self, t: Tensor, eta: Tensor, context: Optional[Tensor]) -> Tensor:
         if self.conditioned_on_input:
             return self.func(t, eta, context)

@@ -108,6 +108,20 @@ class TorchdynModel(nn.Module):
             return x
         return self.model[: self._index](x)
 
+    @property
+    def initial_state_trainable(self) -> bool:
+        """Whether the layers before the ``NeuralODE`` (the input layer) have trainable parameters."""
+        if self._index <= 0:
+            return False
+        return any(p.requires_grad for p in self.model[: self._index].parameters())
+
+    @property
+    def readout_module(self) -> nn.Module:
+        """``psi``: the layers after the ``NeuralODE`` (``nn.Identity`` if there are none)."""
+        if self._index == -1 or self._index == len(self.model) - 1:
+            return nn.Identity()
+        return self.model[self._index + 1 :]
+
     def readout(self, eta: Tensor) -> Tensor:
         if self._index == -1 or self._index == len(self.model) - 1:
             return eta

@@ -9,20 +9,30 @@ same starting parameters, after warm-up, as the median of repeats.
 
 Part 1, one optimisation step (``zero_grad`` + loss + ``backward`` + optimiser step) of:
 
-- ``lyanet_mc_default``: Monte Carlo LyaNet (Algorithm 1) with the ``LyapunovTrainer``
-  defaults, including the cheap gradient-free rollouts of its covering sampler;
+- ``lyanet_mc_default``: Monte Carlo LyaNet (Algorithm 1), the ``LyapunovTrainer`` default
+  for this model (:class:`~lyapunov_plugin.MonteCarloObjective`), including the cheap
+  gradient-free rollout of its sampler;
 - ``lyanet_mc_fixed``: Monte Carlo LyaNet with a fixed Appendix-B hypercube, no rollouts
   (Algorithm 1 as written: no solver at all);
-- ``lyanet_path_integral``: path-integral LyaNet (Algorithm 2, discrete Eq. 16-17);
+- ``lyanet_path_default``: path-integral LyaNet as the default recipe runs it for models
+  with a trainable readout (Algorithm 2, Eq. 12 along an RK4-4 rollout that carries gradients);
+- ``lyanet_path_integral``: path-integral LyaNet (Algorithm 2, discrete Eq. 16-17) through
+  the model's own RK4-10, the grid of ``backprop_rk4``;
 - ``backprop_rk4``: cross entropy at ``t = 1`` backpropagated through RK4 with 10 steps
   (the ResNet view of Eq. 4);
 - ``backprop_dopri5``: the same through torchdiffeq's ``odeint`` (dopri5, rtol = atol = 1e-3);
 - ``adjoint_dopri5``: the same with ``odeint_adjoint`` (dopri5, rtol = atol = 1e-3).
 
-Every method is reported as a ratio to ``lyanet_mc_fixed`` and to ``backprop_rk4``. All six
-share one step function around the public ``LyapunovTrainer.loss`` (the loss of the
-trainer's mode), so they differ only in the objective; ``fit`` adds finiteness checks and
-a gradient-norm computation to every method alike, which are not timed here.
+Every method is reported as a ratio to ``lyanet_mc_fixed`` and to ``backprop_rk4``. All
+share one step function around the public ``LyapunovTrainer.loss`` (the trainer's
+objective), so they differ only in the objective; ``fit`` adds finiteness checks and a
+gradient-norm computation to every method alike, which are not timed here.
+
+Part 3, wrapped models: one epoch of ``LyapunovTrainer.fit`` on digits for each model
+pattern of the suite that the default recipe trains with the path integral (torchdyn
+``DataControl``, plain, augmented and encoder/readout ``NeuralODE``, a torchdiffeq field),
+wrapped unchanged: the default objective against standard training through the same RK4-4
+grid (``SupervisedObjective(solver=...)``) and through the model's own dopri5.
 
 Part 2, the loss overhead of Algorithm 1: forward + backward of
 :func:`~lyapunov_plugin.monte_carlo_lyapunov_loss` versus forward + backward of the
@@ -59,17 +69,21 @@ from examples.common.report import write_outputs
 from examples.compare_digits import ENCODER_LIPSCHITZ
 from lyapunov_plugin import (
     CrossEntropyPotential,
+    FixedStepSolver,
     HypercubeSampler,
     LyapunovTrainer,
+    MonteCarloObjective,
     ODEModel,
+    PathIntegralObjective,
     SamplingContext,
+    SupervisedObjective,
     UniformTimeSampler,
     appendix_b_half_width,
     monte_carlo_lyapunov_loss,
 )
 from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel
 from lyapunov_plugin.model import expand_to_batch
-from lyapunov_plugin.trainer import DEFAULT_KAPPA
+from lyapunov_plugin.objectives import DEFAULT_KAPPA
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_NAME = "timing"
@@ -77,8 +91,8 @@ DEFAULT_REPEATS = 30
 DEFAULT_WARMUP = 5
 #: Batch size of the digits comparison (examples/compare_digits.py).
 DEFAULT_BATCH_SIZE = 64
-#: ``Gamma``, Monte Carlo samples per example: the trainer's default.
-DEFAULT_NUM_SAMPLES = 32
+#: ``Gamma``, Monte Carlo samples per example: the default objective's.
+DEFAULT_NUM_SAMPLES = MonteCarloObjective().num_samples
 #: Tolerances of the adaptive baselines (the protocol's dopri5 settings).
 DOPRI5_TOLERANCE = 1e-3
 NUM_CLASSES = 10
@@ -203,28 +217,31 @@ def restorer(model: nn.Module) -> Callable[[], None]:
 
 
 def step_case(key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device,
-              num_samples: int, **trainer_options: Any) -> Case:
-    """A timed optimisation step of a ``LyapunovTrainer`` (Adam) in one mode."""
+              **trainer_options: Any) -> Case:
+    """A timed optimisation step of a ``LyapunovTrainer`` (Adam) with one objective."""
     x, y = batch
-    trainer = LyapunovTrainer(model, lr=LEARNING_RATE, seed=SEED, progress=False, device=device,
-                              num_samples=num_samples, **trainer_options)
+    trainer = LyapunovTrainer(model, lr=LEARNING_RATE, seed=SEED, progress=False, device=device, **trainer_options)
     trainer.model.train()
     return Case(key, label, restorer(trainer.model), lambda: optimisation_step(trainer, x, y), trainer.model)
 
 
 def step_cases(base: ODEModel, batch: tuple[Tensor, Tensor], device: torch.device, num_samples: int) -> list[Case]:
-    """The six methods of part 1, each on its own copy of ``base`` (same parameters)."""
+    """The methods of part 1, each on its own copy of ``base`` (same parameters)."""
     def fresh() -> ODEModel:
         return copy.deepcopy(base)
 
-    common = (batch, device, num_samples)
+    common = (batch, device)
     cases = [
-        step_case("lyanet_mc_default", "LyaNet Monte Carlo, trainer defaults (covering rollouts)",
-                  fresh(), *common),
+        step_case("lyanet_mc_default", "LyaNet Monte Carlo, default objective (rollout sampler)",
+                  fresh(), *common, objective=MonteCarloObjective(num_samples=num_samples)),
         step_case("lyanet_mc_fixed", "LyaNet Monte Carlo, fixed hypercube (Algorithm 1)",
-                  fresh(), *common, state_sampler=fixed_hypercube()),
-        step_case("lyanet_path_integral", "LyaNet path integral (Algorithm 2), RK4-10",
-                  fresh(), *common, mode="path_integral"),
+                  fresh(), *common, objective=MonteCarloObjective(state_sampler=fixed_hypercube(),
+                                                                  time_sampler=UniformTimeSampler(),
+                                                                  num_samples=num_samples)),
+        step_case("lyanet_path_default", "LyaNet path integral, default objective (RK4-4, Eq. 12)",
+                  fresh(), *common, objective=PathIntegralObjective()),
+        step_case("lyanet_path_integral", "LyaNet path integral (Algorithm 2, Eq. 16-17), RK4-10",
+                  fresh(), *common, objective=PathIntegralObjective(steps=10, form="discrete", solver="model")),
         step_case("backprop_rk4", "standard, backprop through RK4-10",
                   fresh(), *common, mode="standard"),
         step_case("backprop_dopri5", "standard, backprop through dopri5 (odeint)",
@@ -234,6 +251,61 @@ def step_cases(base: ODEModel, batch: tuple[Tensor, Tensor], device: torch.devic
     ]
     check_same_parameters([case.model for case in cases])
     return cases
+
+
+# ------------------------------------------------------- part 3: wrapped models
+WRAPPED_PATTERNS = ("dc", "plain", "augmented", "enc_dc", "torchdiffeq")
+
+
+def wrapped_epochs(*, repeats: int, device: torch.device, problem_name: str = "digits") -> dict[str, Any]:
+    """Part 3: seconds per epoch of ``fit`` on digits for each wrapped pattern, default
+    (path-integral) objective against standard training on the same RK4-4 grid and through
+    the model's own dopri5; epochs are timed round-robin, ``repeats`` each."""
+    from benchmarks.suite.patterns import build
+    from benchmarks.suite.problems import load_problem
+    from benchmarks.suite.runner import Batches, budget
+
+    problem = load_problem(problem_name)
+    batch_size, _ = budget(len(problem.y_train))
+    grid = FixedStepSolver(method="rk4", steps=PathIntegralObjective().steps)
+    objectives = {
+        "path_default": None,
+        "standard_same_grid": SupervisedObjective(solver=grid),
+        "standard_own_solver": SupervisedObjective(),
+    }
+    out: dict[str, Any] = {}
+    for pattern in WRAPPED_PATTERNS:
+        trainers = {}
+        for key, objective in objectives.items():
+            model = build(pattern, problem.num_features, problem.num_classes, seed=SEED)
+            extra = {"objective": objective} if objective is not None else {}
+            trainers[key] = LyapunovTrainer(model, seed=SEED, progress=False, device=device, **extra)
+        data = {key: Batches(problem.x_train.to(device), problem.y_train.to(device), batch_size, SEED)
+                for key in objectives}
+        seconds: dict[str, list[float]] = {key: [] for key in objectives}
+        for epoch in range(1, repeats + 2):  # the first epoch of each is warm-up
+            for key, trainer in trainers.items():
+                record = trainer.fit(data[key], epochs=epoch)[-1]
+                if epoch > 1:
+                    seconds[key].append(record["train_seconds"])
+        if trainers["path_default"].mode != "path_integral":
+            raise RuntimeError(f"the default recipe for pattern {pattern!r} is {trainers['path_default'].mode!r}, "
+                               "not the path integral this part measures")
+        out[pattern] = {key: summary(v) for key, v in seconds.items()}
+        out[pattern]["ratio_same_grid"] = ratio(seconds["path_default"], seconds["standard_same_grid"])
+        out[pattern]["ratio_own_solver"] = ratio(seconds["path_default"], seconds["standard_own_solver"])
+    return out
+
+
+def wrapped_markdown(wrapped: dict[str, Any]) -> str:
+    lines = ["| pattern (digits, wrapped unchanged) | path integral s/epoch | standard, same RK4-4 grid | "
+             "x same grid | standard, own dopri5 | x own solver |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for pattern, entry in wrapped.items():
+        lines.append(f"| {pattern} | {entry['path_default']['median_s']:.3f} | "
+                     f"{entry['standard_same_grid']['median_s']:.3f} | {ratio_cell(entry['ratio_same_grid'])} | "
+                     f"{entry['standard_own_solver']['median_s']:.3f} | {ratio_cell(entry['ratio_own_solver'])} |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------- part 2: loss overhead
@@ -371,6 +443,10 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{ratio_cell(ratios[REFERENCES[1]])} |"
         )
     overhead = payload["loss_overhead"]
+    if payload.get("wrapped"):
+        lines += ["", wrapped_markdown(payload["wrapped"]), "",
+                  "Seconds per epoch of `LyapunovTrainer.fit` (median over epochs after one warm-up epoch, "
+                  "epochs of the three trainers interleaved) for the suite's model patterns on digits."]
     lines += [
         "",
         (f"Loss overhead of Algorithm 1: Lyapunov loss forward + backward "
@@ -399,8 +475,9 @@ def main(
     out_dir: Path | str = RESULTS_DIR,
     device: Optional[str | torch.device] = None,
     threads: Optional[int] = None,
+    wrapped_models: bool = True,
 ) -> dict[str, Any]:
-    """Time parts 1 and 2 (module docstring); write ``timing.json`` and ``timing.md``.
+    """Time parts 1-3 (module docstring); write ``timing.json`` and ``timing.md``.
 
     Arguments:
         repeats: timed rounds (each times every method once), ``>= 1``.
@@ -411,6 +488,7 @@ def main(
         device: default CUDA when available, else the CPU.
         threads: torch intra-op threads during the run (restored afterwards); default
             torch's current setting.
+        wrapped_models: also time part 3 (epochs of the wrapped model patterns).
 
     Returns:
         The JSON payload.
@@ -423,7 +501,7 @@ def main(
         torch.set_num_threads(threads)
     try:
         payload = measure(repeats=repeats, warmup=warmup, batch_size=batch_size, num_samples=num_samples,
-                          device=device)
+                          device=device, wrapped_models=wrapped_models)
     finally:
         torch.set_num_threads(previous_threads)
     table = markdown(payload)
@@ -432,7 +510,8 @@ def main(
     return payload
 
 
-def measure(*, repeats: int, warmup: int, batch_size: int, num_samples: int, device: torch.device) -> dict[str, Any]:
+def measure(*, repeats: int, warmup: int, batch_size: int, num_samples: int, device: torch.device,
+            wrapped_models: bool = True) -> dict[str, Any]:
     """Build the cases, time both parts and assemble the JSON payload."""
     started = time.perf_counter()
     base, x, y, data = base_model_and_batch(batch_size, device)
@@ -440,8 +519,10 @@ def measure(*, repeats: int, warmup: int, batch_size: int, num_samples: int, dev
     step_samples = time_round_robin(steps, repeats=repeats, warmup=warmup, device=device)
     losses = overhead_cases(base, x, y, num_samples, device)
     loss_samples = time_round_robin(losses, repeats=repeats, warmup=warmup, device=device)
+    wrapped = wrapped_epochs(repeats=max(3, repeats // 5), device=device) if wrapped_models else {}
     payload: dict[str, Any] = {
         "machine": machine_description(device),
+        "wrapped": wrapped,
         "setup": {
             "data": data, "batch_size": batch_size, "num_samples": num_samples, "kappa": DEFAULT_KAPPA,
             "repeats": repeats, "warmup": warmup, "encoder_lipschitz": ENCODER_LIPSCHITZ,

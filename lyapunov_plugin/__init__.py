@@ -14,6 +14,7 @@ from .diagnostics import lyapunov_condition_rate as lyapunov_condition_rate
 from .diagnostics import nfe_to_end as nfe_to_end
 from .diagnostics import spectral_lipschitz_bound as spectral_lipschitz_bound
 from .diagnostics import theorem3_radius as theorem3_radius
+from .diagnostics import trajectory_violation_rate as trajectory_violation_rate
 from .dispatch import as_lyapunov_model as as_lyapunov_model
 from .losses import CounterexampleSearch as CounterexampleSearch
 from .losses import LyapunovLossOutput as LyapunovLossOutput
@@ -24,6 +25,11 @@ from .losses import path_lyapunov_loss as path_lyapunov_loss
 from .model import LyapunovModel as LyapunovModel
 from .model import ODEModel as ODEModel
 from .model import integrate as integrate
+from .objectives import MonteCarloObjective as MonteCarloObjective
+from .objectives import Objective as Objective
+from .objectives import PathIntegralObjective as PathIntegralObjective
+from .objectives import SupervisedObjective as SupervisedObjective
+from .objectives import default_objective as default_objective
 from .potentials import CrossEntropyPotential as CrossEntropyPotential
 from .potentials import MarginPotential as MarginPotential
 from .potentials import MSEPotential as MSEPotential
@@ -31,6 +37,7 @@ from .potentials import Potential as Potential
 from .samplers import HypercubeSampler as HypercubeSampler
 from .samplers import HypersphereSampler as HypersphereSampler
 from .samplers import MixtureSampler as MixtureSampler
+from .samplers import RolloutSampler as RolloutSampler
 from .samplers import SamplingContext as SamplingContext
 from .samplers import StateSampler as StateSampler
 from .samplers import StratifiedTimeSampler as StratifiedTimeSampler
@@ -64,18 +71,24 @@ __all__ = [
     "MSEPotential",
     "MarginPotential",
     "MixtureSampler",
+    "MonteCarloObjective",
     "NonFiniteLossError",
     "ODEModel",
+    "Objective",
+    "PathIntegralObjective",
     "Potential",
+    "RolloutSampler",
     "SamplingContext",
     "StateSampler",
     "StratifiedTimeSampler",
+    "SupervisedObjective",
     "TimeSampler",
     "TrajectorySampler",
     "UniformTimeSampler",
     "appendix_b_half_width",
     "as_lyapunov_model",
     "decay_statistics",
+    "default_objective",
     "discrete_path_lyapunov_loss",
     "empirical_lipschitz",
     "integrate",
@@ -87,4 +100,5 @@ __all__ = [
     "path_lyapunov_loss",
     "spectral_lipschitz_bound",
     "theorem3_radius",
+    "trajectory_violation_rate",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "loss_error_curve",
     "nfe_to_end",
     "lyapunov_condition_rate",
+    "trajectory_violation_rate",
     "decay_statistics",
     "theorem3_radius",
     "spectral_lipschitz_bound",
@@ -186,7 +187,10 @@ def lyapunov_condition_rate(
     Arguments:
         trajectory_ts: grid for rollouts when ``state_sampler`` needs trajectories.
     """
-    time_sampler = time_sampler if time_sampler is not None else UniformTimeSampler()
+    if state_sampler.provides_times:
+        time_sampler = None
+    elif time_sampler is None:
+        time_sampler = UniformTimeSampler()
     device = _model_device(model)
     holds, total = 0.0, 0
     with torch.no_grad():
@@ -200,11 +204,50 @@ def lyapunov_condition_rate(
                 trajectory = model.trajectory(x, trajectory_ts.to(x.device))
             out = monte_carlo_lyapunov_loss(
                 model, x, y, potential=potential, kappa=kappa, state_sampler=state_sampler,
-                time_sampler=time_sampler, num_samples=num_samples, trajectory=trajectory, generator=generator,
+                time_sampler=time_sampler, num_samples=num_samples, trajectory=trajectory,
+                trajectory_times=trajectory_ts.to(x.device) if trajectory is not None else None, generator=generator,
             )
             holds += float((out.pointwise <= 0).sum())
             total += out.pointwise.numel()
     return holds / max(total, 1)
+
+
+def trajectory_violation_rate(
+    model: LyapunovModel,
+    data: Any,
+    *,
+    potential: Optional[Potential] = None,
+    kappa: float,
+    ts: Tensor,
+    solver: Optional[Solver] = None,
+) -> float:
+    """Fraction of states *on inference trajectories* where Eq. (10) fails,
+    ``dV/deta . f + kappa V > 0``: the violation rate at test time.
+
+    Unlike :func:`lyapunov_condition_rate` nothing is sampled: the states are those the
+    model's own solver (or ``solver``) visits at ``ts``, each checked at its own time.
+    """
+    kappa = check_positive("kappa", kappa)
+    check_tensor("ts", ts, min_ndim=1, floating=True)
+    potential = potential if potential is not None else CrossEntropyPotential()
+    device = _model_device(model)
+    violated, total = 0.0, 0
+    with torch.no_grad():
+        for x, y in iter_batches(data):
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            context, _ = model.encode(x)
+            grid = ts.to(x.device)
+            states = states_along(model, x, grid, solver=solver)
+            steps, batch = states.shape[0], states.shape[1]
+            eta = states.reshape(steps * batch, *states.shape[2:])
+            t = grid.to(eta.dtype).repeat_interleave(batch)
+            flat_context = context.repeat(steps, *([1] * (context.ndim - 1))) if isinstance(context, Tensor) else context
+            v, v_dot = potential.evaluate(eta, model.vector_field(eta, flat_context, t), y.repeat(steps),
+                                          readout=model.readout)
+            violated += float((v_dot + kappa * v > 0).sum())
+            total += int(v.numel())
+    return violated / max(total, 1)
 
 
 @dataclass(frozen=True)

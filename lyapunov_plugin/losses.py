@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._typing import PerSample, State, Trajectory
+from ._typing import PerSample, Solver, State, Trajectory
 from ._validation import (
     check_batch,
     check_finite,
@@ -29,7 +29,8 @@ from ._validation import (
     check_positive_int,
     check_tensor,
 )
-from .model import LyapunovModel, expand_to_batch
+from .model import LyapunovModel, expand_to_batch, solve, solve_with_slopes
+from .solvers import FixedStepSolver
 from .potentials import Potential, Readout
 from .samplers import SamplingContext, StateSampler, TimeSampler
 
@@ -215,10 +216,11 @@ def monte_carlo_lyapunov_loss(
     potential: Potential,
     kappa: float,
     state_sampler: StateSampler,
-    time_sampler: TimeSampler,
+    time_sampler: Optional[TimeSampler] = None,
     num_samples: int,
     detach_v: bool = False,
     trajectory: Optional[Trajectory] = None,
+    trajectory_times: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     counterexamples: Optional[CounterexampleSearch] = None,
     velocity_penalty: float = 0.0,
@@ -236,9 +238,12 @@ def monte_carlo_lyapunov_loss(
         target: labels ``(B,)`` (or per-example targets of the potential).
         potential, kappa, detach_v: as in :func:`lyapunov_loss`.
         state_sampler: ``mu_H``.
-        time_sampler: ``mu_[0,1]``.
+        time_sampler: ``mu_[0,1]``; required unless ``state_sampler.provides_times`` (a
+            sampler of states along rollouts pairs each state with its own time, and
+            then a separate time measure does not apply).
         num_samples: ``Gamma``.
         trajectory: rollout states ``(T, B, *S)`` for samplers that need them.
+        trajectory_times: the times ``(T,)`` of ``trajectory`` (samplers that provide times).
         generator: optional ``torch.Generator`` for the draws.
         counterexamples: optionally move part of the samples towards violations first
             (:class:`CounterexampleSearch`).
@@ -256,7 +261,13 @@ def monte_carlo_lyapunov_loss(
     velocity_penalty = check_non_negative("velocity_penalty", velocity_penalty)
     if not isinstance(state_sampler, StateSampler):
         raise TypeError(f"state_sampler must be a StateSampler, got {type(state_sampler).__name__}")
-    if not isinstance(time_sampler, TimeSampler):
+    if state_sampler.provides_times:
+        if time_sampler is not None:
+            raise ValueError(
+                f"time_sampler does not apply: {type(state_sampler).__name__} pairs each state with its own "
+                f"time; got time_sampler={time_sampler!r} (pass None)"
+            )
+    elif not isinstance(time_sampler, TimeSampler):
         raise TypeError(f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}")
     check_tensor("x", x, min_ndim=1)
     check_finite("x", x)
@@ -265,9 +276,13 @@ def monte_carlo_lyapunov_loss(
 
     context, eta0 = model.encode(x)
     batch = eta0.shape[0]
-    sampling = SamplingContext(eta0=eta0.detach(), target=target, trajectory=trajectory)
-    states = state_sampler.sample(sampling, num_samples, generator=generator)
-    times = time_sampler.sample((batch, num_samples), like=eta0, generator=generator)
+    sampling = SamplingContext(eta0=eta0.detach(), target=target, trajectory=trajectory,
+                               trajectory_times=trajectory_times)
+    if state_sampler.provides_times:
+        states, times = state_sampler.sample_with_times(sampling, num_samples, generator=generator)
+    else:
+        states = state_sampler.sample(sampling, num_samples, generator=generator)
+        times = time_sampler.sample((batch, num_samples), like=eta0, generator=generator)
 
     eta = states.reshape(batch * num_samples, *eta0.shape[1:])
     t = times.reshape(batch * num_samples)
@@ -342,6 +357,7 @@ def path_lyapunov_loss(
     potential: Potential,
     kappa: float,
     trajectory: Optional[Trajectory] = None,
+    solver: Optional[Solver] = None,
     detach_states: bool = False,
     detach_v: bool = False,
 ) -> LyapunovLossOutput:
@@ -357,8 +373,11 @@ def path_lyapunov_loss(
         x, target: a batch.
         ts: times ``(T,)`` of the trajectory.
         potential, kappa, detach_v: as in :func:`lyapunov_loss`.
-        trajectory: states ``(T, B, *S)`` at ``ts``; computed with ``model.trajectory``
-            when omitted.
+        trajectory: states ``(T, B, *S)`` at ``ts``; when omitted, integrated from the
+            input layer's output with ``solver`` (gradients flow through the solve), or
+            with the model's own ``model.trajectory`` if ``solver`` is ``None``.
+        solver: ``solver(func, y0, ts)`` for that rollout, e.g. a cheap
+            :class:`~lyapunov_plugin.FixedStepSolver`.
         detach_states: treat the visited states as data (no gradient through the rollout).
 
     Returns:
@@ -371,9 +390,17 @@ def path_lyapunov_loss(
     check_finite("x", x)
     check_tensor("target", target, min_ndim=1)
     check_batch("target", target, "x", x.shape[0])
+    if trajectory is not None and solver is not None:
+        raise ValueError("pass trajectory or solver, not both: solver only computes a missing trajectory")
     context, eta0 = model.encode(x)
+    slopes: Optional[Tensor] = None
     if trajectory is None:
-        trajectory = model.trajectory(x, ts)
+        if isinstance(solver, FixedStepSolver) and not detach_states:
+            # The solver's first stages are f at the grid states: reuse them (same values,
+            # same graph) and evaluate f only at the final state below.
+            trajectory, slopes = solve_with_slopes(model, context, eta0, ts, solver=solver)
+        else:
+            trajectory = model.trajectory(x, ts) if solver is None else solve(model, context, eta0, ts, solver=solver)
     check_tensor("trajectory", trajectory, min_ndim=2, floating=True)
     if trajectory.shape[0] != ts.shape[0] or tuple(trajectory.shape[1:]) != tuple(eta0.shape):
         raise ValueError(
@@ -386,7 +413,11 @@ def path_lyapunov_loss(
     eta = trajectory.reshape(steps * batch, *trajectory.shape[2:])
     t = expand_to_batch(ts.to(eta.dtype).to(eta.device), steps, eta).repeat_interleave(batch)
     flat_context = _tile(context, steps) if isinstance(context, Tensor) else context
-    velocity = model.vector_field(eta, flat_context, t)
+    if slopes is not None and slopes.shape[0] == steps - 1:
+        last = model.vector_field(trajectory[-1], context, t[-batch:])
+        velocity = torch.cat([slopes.reshape((steps - 1) * batch, *trajectory.shape[2:]), last])
+    else:
+        velocity = model.vector_field(eta, flat_context, t)
     pointwise, v, v_dot = _pointwise(
         eta, velocity, _tile(target, steps), potential, model.readout, kappa, detach_v, validate=True
     )

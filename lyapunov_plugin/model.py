@@ -22,7 +22,18 @@ from ._typing import Context, Output, Solver, State, Times, Trajectory
 from ._validation import check_finite, check_positive, check_tensor
 from .solvers import FixedStepSolver
 
-__all__ = ["LyapunovModel", "ODEModel", "integrate", "check_velocity", "check_model", "readout_at", "is_lyapunov_model"]
+__all__ = [
+    "LyapunovModel",
+    "ODEModel",
+    "integrate",
+    "solve",
+    "solve_with_slopes",
+    "horizon",
+    "check_velocity",
+    "check_model",
+    "readout_at",
+    "is_lyapunov_model",
+]
 
 
 @runtime_checkable
@@ -45,6 +56,13 @@ class LyapunovModel(Protocol):
       examples, so region sampling is ill-posed and the trainer defaults to
       trajectory-based training.
     - ``last_nfe`` (int): vector-field evaluations of the last ``trajectory`` call.
+    - ``readout_module`` (``nn.Module``): the readout as a module, with
+      ``readout(eta) == readout_module(eta)``. It lets the default recipe see whether the
+      readout has trainable parameters without running the model, and identity or linear
+      readouts get closed-form derivatives.
+    - ``initial_state_trainable`` (bool): whether ``eta(0)`` depends on trainable
+      parameters (the default recipe samples states only for models where it does not).
+    - ``t_end`` (float, default 1): the inference horizon.
     """
 
     def encode(self, x: Tensor) -> tuple[Context, State]: ...
@@ -142,9 +160,51 @@ def integrate(
     """
     check_tensor("ts", ts, min_ndim=1, floating=True)
     context, eta0 = model.encode(x)
+    return solve(model, context, eta0, ts, solver=solver, return_nfe=return_nfe)
+
+
+def solve(
+    model: LyapunovModel,
+    context: Context,
+    eta0: State,
+    ts: Tensor,
+    *,
+    solver: Solver,
+    return_nfe: bool = False,
+) -> Trajectory | tuple[Trajectory, int]:
+    """:func:`integrate` from an encoded input ``(context, eta0) = model.encode(x)``, so a
+    caller that already ran the input layer does not run it twice.
+
+    Returns:
+        States ``(T, B, *S)`` at ``ts`` (and the NFE if asked).
+    """
+    check_tensor("ts", ts, min_ndim=1, floating=True)
     field = _CountingField(model, context)
     states = solver(field, eta0, ts.to(dtype=eta0.dtype, device=eta0.device))
     return (states, field.nfe) if return_nfe else states
+
+
+def solve_with_slopes(
+    model: LyapunovModel,
+    context: Context,
+    eta0: State,
+    ts: Tensor,
+    *,
+    solver: FixedStepSolver,
+) -> tuple[Trajectory, Tensor]:
+    """:func:`solve` with a :class:`~lyapunov_plugin.FixedStepSolver`, also returning
+    ``f(eta(ts[i]), x, ts[i])`` for ``i < len(ts) - 1`` (the first stage of each step), see
+    :meth:`FixedStepSolver.solve_with_slopes`."""
+    check_tensor("ts", ts, min_ndim=1, floating=True)
+    field = _CountingField(model, context)
+    return solver.solve_with_slopes(field, eta0, ts.to(dtype=eta0.dtype, device=eta0.device))
+
+
+def horizon(model: Any) -> float:
+    """The model's inference horizon ``t_end`` (its ``t_end`` attribute; 1, the paper's, if
+    it has none). Objectives and the trainer read it here, so it has one owner: the model."""
+    t_end = getattr(model, "t_end", None)
+    return 1.0 if t_end is None else check_positive("the model's t_end", t_end)
 
 
 class ODEModel(nn.Module):
@@ -205,6 +265,16 @@ class ODEModel(nn.Module):
         self.solver = solver if solver is not None else FixedStepSolver(method="rk4", steps=20)
         self.t_end = check_positive("t_end", t_end)
         self.last_nfe: Optional[int] = None
+
+    @property
+    def initial_state_trainable(self) -> bool:
+        """Whether ``eta(0)`` depends on trainable parameters: never for the zero initial
+        state; otherwise conservatively whenever the encoder or ``initial_state`` has any."""
+        if self.initial_state is None:
+            return False
+        modules = [m for m in (self.encoder, self.initial_state) if isinstance(m, nn.Module)]
+        return any(p.requires_grad for m in modules for p in m.parameters()) or not isinstance(
+            self.initial_state, nn.Module)
 
     def encode(self, x: Tensor) -> tuple[Context, State]:
         check_tensor("x", x, min_ndim=1)

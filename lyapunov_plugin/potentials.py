@@ -42,6 +42,7 @@ __all__ = [
     "MarginPotential",
     "MSEPotential",
     "readout_jvp",
+    "readout_of",
 ]
 
 
@@ -59,11 +60,29 @@ def readout_jvp(readout: Readout, eta: State, velocity: State) -> tuple[Output, 
     Returns:
         ``(output, output_velocity)``, both ``(B, m)``.
     """
+    readout = readout_of(readout)
     if readout is None or isinstance(readout, nn.Identity):
         return eta, velocity
     if isinstance(readout, nn.Linear):
         return readout(eta), F.linear(velocity, readout.weight)
     return _forward_jvp(readout, eta, velocity)
+
+
+def readout_of(readout: Readout) -> Readout:
+    """The readout with the least indirection, so that identity and linear readouts get
+    their closed forms: a model's bound ``readout`` method becomes its ``readout_module``
+    (the protocol's contract: when a model has one, ``readout(eta) == readout_module(eta)``),
+    an ``nn.Sequential`` of one layer is unwrapped and an empty one is the identity."""
+    owner = getattr(readout, "__self__", None)
+    module = getattr(owner, "readout_module", None)
+    if isinstance(module, nn.Module) and getattr(readout, "__name__", "") == "readout":
+        readout = module
+    if isinstance(readout, nn.Sequential):
+        if len(readout) == 0:
+            return None
+        if len(readout) == 1:
+            return readout_of(readout[0])
+    return readout
 
 
 def _forward_jvp(func: Callable[[Tensor], Tensor], primal: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ __all__ = [
     "HypercubeSampler",
     "HypersphereSampler",
     "TrajectorySampler",
+    "RolloutSampler",
     "MixtureSampler",
     "TimeSampler",
     "UniformTimeSampler",
@@ -69,12 +70,15 @@ class SamplingContext:
             shape, dtype and device of the samples.
         target: labels ``(B,)`` (for class-aware samplers), optional.
         trajectory: states along rollouts, ``(T, B, *S)`` (for
-            :class:`TrajectorySampler`), optional.
+            :class:`TrajectorySampler` and :class:`RolloutSampler`), optional.
+        trajectory_times: the times ``(T,)`` of ``trajectory`` (for samplers that pair each
+            state with its time, :class:`RolloutSampler`), optional.
     """
 
     eta0: Tensor
     target: Optional[Tensor] = None
     trajectory: Optional[Tensor] = None
+    trajectory_times: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         check_tensor("eta0", self.eta0, min_ndim=1, floating=True)
@@ -89,6 +93,14 @@ class SamplingContext:
                     "trajectory must have shape (T, *eta0.shape) = "
                     f"(T, {', '.join(map(str, self.eta0.shape))}), got {tuple(self.trajectory.shape)}"
                 )
+        if self.trajectory_times is not None:
+            check_tensor("trajectory_times", self.trajectory_times, min_ndim=1, floating=True)
+            steps = self.trajectory.shape[0] if self.trajectory is not None else None
+            if self.trajectory_times.ndim != 1 or (steps is not None and self.trajectory_times.shape[0] != steps):
+                raise ValueError(
+                    f"trajectory_times must have shape (T,) = ({steps},) (one time per trajectory point), "
+                    f"got {tuple(self.trajectory_times.shape)}"
+                )
 
     @property
     def batch_size(self) -> int:
@@ -102,11 +114,21 @@ class SamplingContext:
 class StateSampler(ABC):
     """Abstract state measure ``mu_H`` of Algorithm 1.
 
-    Subclasses implement :meth:`sample`. ``requires_trajectory`` tells a trainer to
-    put rollouts into the :class:`SamplingContext` before sampling.
+    Subclasses implement :meth:`sample`. ``requires_trajectory`` tells a caller to put
+    rollouts into the :class:`SamplingContext` before sampling. ``provides_times`` marks a
+    sampler whose states belong to definite times (states along rollouts): it implements
+    :meth:`sample_with_times`, and a separate time measure does not apply to it.
     """
 
     requires_trajectory: bool = False
+    provides_times: bool = False
+
+    def sample_with_times(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``num_samples`` ``(state, time)`` pairs per example (samplers with
+        ``provides_times``): ``(B, G, *S)`` states and ``(B, G)`` times."""
+        raise NotImplementedError(f"{type(self).__name__} draws states only; pair it with a TimeSampler")
 
     @abstractmethod
     def sample(
@@ -259,6 +281,83 @@ class TrajectorySampler(StateSampler):
         if self.noise_std > 0:
             states = states + self.noise_std * _random("normal", states.shape, context.eta0, generator)
         return states
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSampler(StateSampler):
+    """States where inference goes, at scale-free distances from it: the default ``mu_H``.
+
+    Each example's ``Gamma`` samples lie on its own rollout at times uniform on the
+    rollout's span (linear interpolation between the rollout points), each moved by
+    Gaussian noise of a scale drawn from ``noise_scales``. The scales are relative to the
+    spread of the batch's rollout states (per state coordinate), so the same setting fits
+    inputs in [0, 1], standardised features and logits that grow during training.
+
+    Appendix B asks that the sampling region contain the states inference visits; a fixed
+    region does not track them as training changes the dynamics (they leave it, or the
+    region outgrows the data), whereas rollouts from the current model always do. Each
+    state comes with its own time, so time-dependent dynamics ``f(eta, x, t)`` are checked
+    where they are used (``provides_times``).
+
+    Arguments:
+        noise_scales: non-negative relative noise levels, drawn uniformly per sample;
+            ``0`` puts the sample on the rollout.
+    """
+
+    noise_scales: tuple[float, ...] = (0.0, 0.1, 0.3)
+    requires_trajectory: bool = field(default=True, init=False)
+    provides_times: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        scales = tuple(self.noise_scales) if isinstance(self.noise_scales, (tuple, list)) else None
+        if not scales:
+            raise ValueError(f"noise_scales must be a non-empty tuple of non-negative floats, got {self.noise_scales!r}")
+        object.__setattr__(
+            self, "noise_scales", tuple(check_non_negative(f"noise_scales[{i}]", v) for i, v in enumerate(scales))
+        )
+
+    def sample(self, context, num_samples, *, generator=None):
+        return self.sample_with_times(context, num_samples, generator=generator)[0]
+
+    def sample_with_times(self, context, num_samples, *, generator=None):
+        check_positive_int("num_samples", num_samples)
+        if context.trajectory is None or context.trajectory_times is None:
+            raise ValueError(
+                "RolloutSampler needs SamplingContext.trajectory (states (T, B, *S)) and trajectory_times ((T,)); "
+                f"got trajectory={'set' if context.trajectory is not None else None}, "
+                f"trajectory_times={'set' if context.trajectory_times is not None else None}"
+            )
+        traj = context.trajectory.detach().to(context.eta0.dtype)
+        ts = context.trajectory_times.detach().to(dtype=traj.dtype, device=traj.device)
+        steps, batch = traj.shape[0], traj.shape[1]
+        state_dims = len(context.state_shape)
+        u = _random("uniform", (batch, num_samples), context.eta0, generator)
+        if steps == 1:
+            states = traj[0][:, None].expand(batch, num_samples, *context.state_shape)
+            times = ts[0].expand(batch, num_samples)
+        else:
+            position = u * (steps - 1)
+            lower = position.floor().long().clamp_(max=steps - 2)
+            weight = (position - lower).reshape(batch, num_samples, *([1] * state_dims))
+            per_example = traj.transpose(0, 1)  # (B, T, *S)
+
+            def at(index: Tensor) -> Tensor:
+                gather = index.reshape(batch, num_samples, *([1] * state_dims)).expand(
+                    batch, num_samples, *context.state_shape)
+                return per_example.gather(1, gather)
+
+            states = (1 - weight) * at(lower) + weight * at(lower + 1)
+            w = weight.reshape(batch, num_samples)
+            times = (1 - w) * ts[lower] + w * ts[lower + 1]
+        if any(s > 0 for s in self.noise_scales):
+            spread = traj.reshape(steps * batch, *context.state_shape).std(0, unbiased=False) if steps * batch > 1 \
+                else torch.zeros(context.state_shape, dtype=traj.dtype, device=traj.device)
+            levels = torch.tensor(self.noise_scales, dtype=traj.dtype, device=traj.device)
+            pick = (_random("uniform", (batch, num_samples), context.eta0, generator) * len(self.noise_scales)).long()
+            scale = levels[pick.clamp_(max=len(self.noise_scales) - 1)].reshape(batch, num_samples, *([1] * state_dims))
+            noise = _random("normal", (batch, num_samples, *context.state_shape), context.eta0, generator)
+            states = states + scale * spread * noise
+        return states, times
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,19 @@ class FixedStepSolver:
         Returns:
             ``(len(ts), *y0.shape)`` states at ``ts`` (``ts[0]`` gives ``y0``).
         """
+        return self.solve_with_slopes(func, y0, ts)[0]
+
+    def solve_with_slopes(
+        self, func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, ts: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`__call__`, also returning ``func(ts[i], y(ts[i]))`` for ``i < len(ts) - 1``:
+        the first stage of each step that starts on the grid, which every method computes
+        anyway. A caller that needs ``dy/dt`` at the grid states (the path-integral loss,
+        Eq. 12 along the trajectory) then evaluates ``func`` once more only at the end.
+
+        Returns:
+            ``(states, slopes)``: ``(len(ts), *y0.shape)`` and ``(len(ts) - 1, *y0.shape)``.
+        """
         check_tensor("ts", ts, min_ndim=1, floating=True)
         if ts.ndim != 1:
             raise ValueError(f"ts must be one-dimensional, got shape {tuple(ts.shape)}")
@@ -71,7 +84,7 @@ class FixedStepSolver:
             raise ValueError(f"ts must be strictly monotonic, got {ts.tolist()}")
         ts = ts.to(dtype=y0.dtype, device=y0.device)
         span = float(ts[-1] - ts[0]) if ts.numel() > 1 else 0.0
-        states = [y0]
+        states, slopes = [y0], []
         y = y0
         for i in range(ts.numel() - 1):
             t0, t1 = ts[i], ts[i + 1]
@@ -79,17 +92,19 @@ class FixedStepSolver:
             substeps = _substeps(self.steps * share)
             h = (t1 - t0) / substeps
             for k in range(substeps):
-                y = self._step(func, t0 + k * h, y, h)
+                k1 = func(t0 + k * h, y)
+                if k == 0:
+                    slopes.append(k1)
+                y = self._step(func, t0 + k * h, y, h, k1)
             states.append(y)
-        return torch.stack(states)
+        empty = y0.new_empty((0, *y0.shape))
+        return torch.stack(states), (torch.stack(slopes) if slopes else empty)
 
-    def _step(self, func, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+    def _step(self, func, t: Tensor, y: Tensor, h: Tensor, k1: Tensor) -> Tensor:
         if self.method == "euler":
-            return y + h * func(t, y)
+            return y + h * k1
         if self.method == "midpoint":
-            k1 = func(t, y)
             return y + h * func(t + h / 2, y + (h / 2) * k1)
-        k1 = func(t, y)
         k2 = func(t + h / 2, y + (h / 2) * k1)
         k3 = func(t + h / 2, y + (h / 2) * k2)
         k4 = func(t + h, y + h * k3)

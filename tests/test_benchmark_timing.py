@@ -12,6 +12,7 @@ from benchmarks import timing
 METHODS = (
     "lyanet_mc_default",
     "lyanet_mc_fixed",
+    "lyanet_path_default",
     "lyanet_path_integral",
     "backprop_rk4",
     "backprop_dopri5",
@@ -25,7 +26,8 @@ def _positive_finite(value: float) -> bool:
 
 def test_timing_main_writes_every_method_and_ratio(tmp_path):
     # One thread: on a shared 2-core machine more threads than free cores stall tiny ops.
-    payload = timing.main(repeats=2, warmup=1, batch_size=16, num_samples=4, out_dir=tmp_path, threads=1)
+    payload = timing.main(repeats=2, warmup=1, batch_size=16, num_samples=4, out_dir=tmp_path, threads=1,
+                          wrapped_models=False)
 
     written = json.loads((tmp_path / "timing.json").read_text())
     assert (tmp_path / "timing.md").is_file()
@@ -49,3 +51,15 @@ def test_timing_main_writes_every_method_and_ratio(tmp_path):
     markdown = (tmp_path / "timing.md").read_text()
     assert "Machine:" in markdown
     assert all(written["methods"][key]["label"] in markdown for key in METHODS)
+
+
+def test_wrapped_model_epochs_are_timed_against_standard_on_the_same_grid():
+    import torch
+
+    wrapped = timing.wrapped_epochs(repeats=1, device=torch.device("cpu"), problem_name="iris")
+    assert set(wrapped) == set(timing.WRAPPED_PATTERNS)
+    for entry in wrapped.values():
+        for key in ("path_default", "standard_same_grid", "standard_own_solver"):
+            assert _positive_finite(entry[key]["median_s"])
+        assert _positive_finite(entry["ratio_same_grid"]["ratio"])
+    assert "x same grid" in timing.wrapped_markdown(wrapped)

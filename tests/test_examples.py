@@ -17,14 +17,21 @@ def test_compare_digits_quick(tmp_path):
     from examples.compare_digits import main
 
     payload = main(epochs=1, seeds=(0,), quick=True, out_dir=tmp_path)
-    assert (tmp_path / "digits_comparison.md").read_text().startswith("| metric | standard Neural ODE | LyaNet |")
+    header = (tmp_path / "digits_comparison.md").read_text().splitlines()[0]
+    assert header == ("| metric | standard, plain encoder | LyaNet, plain encoder | standard, lipschitz encoder "
+                      "| LyaNet, lipschitz encoder |")
     saved = json.loads((tmp_path / "digits_comparison.json").read_text())
-    assert {r["method"] for r in saved["runs"]} == {"standard", "lyanet"}
-    for method in ("standard", "lyanet"):
-        row = payload["summary"][method]
+    assert {(r["method"], r["encoder"]) for r in saved["runs"]} == {
+        (m, e) for m in ("standard", "lyanet") for e in ("plain", "lipschitz")}
+    lyanet = next(r for r in saved["runs"] if r["method"] == "lyanet")
+    assert lyanet["lr"] == 1e-2  # LyapunovTrainer(model) defaults
+    assert saved["setup"]["standard_lr"]["plain"]["lr"] in (1e-3, 1e-2)  # tuned on a validation split
+    for column in payload["summary"]:
+        row = payload["summary"][column]
         assert _finite(row["clean error, RK4-10 (%)"]["mean"])
         assert _finite(row["worst case over all l_inf 0.1 attacks (%)"]["mean"])
-    assert set(payload["goals"]) >= {"clean within 0.5 pt of standard", "PGD l_inf 0.1 >= 10 pt lower"}
+    assert {"plain encoder: clean within 0.5 pt of standard",
+            "lipschitz encoder: worst-case l_inf 0.1 >= 10 pt lower"} <= set(payload["goals"])
     sanity = saved["runs"][0]["robustness"]["sanity"]
     assert {"sweep_reaches_high_error", "more_steps_never_help", "square_not_stronger_than_pgd",
             "transfer_not_stronger_than_direct", "all_ok"} <= set(sanity)

@@ -23,7 +23,7 @@ from lyapunov_plugin import (
 )
 from lyapunov_plugin.blocks import LipschitzMLP, MLPDynamics, SimplexDynamics, Standardize, simplex_corners
 from lyapunov_plugin.diagnostics import empirical_lipschitz, theorem3_certificate
-from lyapunov_plugin.trainer import DEFAULT_COVER, DEFAULT_KAPPA
+from lyapunov_plugin.trainer import DEFAULT_KAPPA, DEFAULT_LR
 
 
 def _model(seed=0, state=3, context=4):
@@ -49,16 +49,15 @@ def test_covering_cube_contains_every_rollout_state():
 
 
 def test_trainer_defaults_are_the_documented_recipe():
-    trainer = LyapunovTrainer(_model(), progress=False)
-    assert trainer.mode == "monte_carlo" and trainer.kappa_schedule.final == DEFAULT_KAPPA
-    x, y = torch.randn(8, 2), torch.randint(0, 3, (8,))
-    trainer.loss(x, y)
-    sampler = trainer.state_sampler
-    assert isinstance(sampler, HypercubeSampler) and sampler.cover == DEFAULT_COVER
-    # identity readout with 3 classes: Appendix B's half-width for kappa = 10
-    from lyapunov_plugin import appendix_b_half_width
+    from lyapunov_plugin import MonteCarloObjective, RolloutSampler
 
-    assert math.isclose(sampler.half_width, appendix_b_half_width(DEFAULT_KAPPA, 3))
+    trainer = LyapunovTrainer(_model(), progress=False)
+    assert trainer.kappa_schedule.final == DEFAULT_KAPPA == 10.0
+    assert trainer.optimizer.param_groups[0]["lr"] == DEFAULT_LR == 1e-2
+    # data-controlled dynamics and an identity readout: Monte Carlo along rollouts
+    assert trainer.mode == "monte_carlo"
+    assert trainer.objective == MonteCarloObjective()
+    assert isinstance(trainer.state_sampler, RolloutSampler)
 
 
 def test_counterexample_search_moves_states_towards_violation_and_spares_parameters():

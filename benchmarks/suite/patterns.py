@@ -1,0 +1,110 @@
+"""The model patterns users already have (issue 7), each built as its own library would.
+
+Every builder returns the *user's* model, not a protocol object: the suite hands it to
+``LyapunovTrainer`` unchanged, exactly as a user would. Construction is seeded, so both
+training methods start from the same weights.
+
+- ``dc``: torchdyn ``NeuralODE`` whose field starts with ``DataControl`` (``eta(0) = x``),
+  followed by a linear readout;
+- ``plain``: torchdyn ``NeuralODE(f)`` on the input itself, linear readout;
+- ``augmented``: ``nn.Sequential(Augmenter(1, 8), NeuralODE(f), nn.Linear)`` (ANODE);
+- ``enc_dc``: ``nn.Sequential(nn.Linear, NeuralODE(DataControl field), nn.Linear)``;
+- ``torchdiffeq``: a torchdiffeq ``func(t, y)`` between a linear encoder and readout;
+- ``paper``: the paper's data-controlled model (``ODEModel``): MLP encoder, MLP dynamics
+  ``f(eta, c, t)``, ``eta(0) = 0``, identity readout (state = logits).
+
+torchdyn and torchdiffeq models integrate with dopri5 (rtol = atol = 1e-3), the
+``ODEModel`` with its default RK4 (20 steps).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+HIDDEN = 64
+LATENT = 32
+AUGMENT = 8
+TOLERANCE = 1e-3
+
+
+def _mlp(n_in: int, n_out: int, hidden: int = HIDDEN) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+
+
+def _node(field: nn.Module):
+    from torchdyn.core import NeuralODE
+
+    return NeuralODE(field, solver="dopri5", atol=TOLERANCE, rtol=TOLERANCE, return_t_eval=False)
+
+
+def data_control(d: int, m: int) -> nn.Module:
+    from torchdyn.nn import DataControl
+
+    field = nn.Sequential(DataControl(), _mlp(2 * d, d))
+    return nn.Sequential(_node(field), nn.Linear(d, m))
+
+
+def plain(d: int, m: int) -> nn.Module:
+    return nn.Sequential(_node(_mlp(d, d)), nn.Linear(d, m))
+
+
+def augmented(d: int, m: int) -> nn.Module:
+    from torchdyn.nn import Augmenter
+
+    width = d + AUGMENT
+    return nn.Sequential(Augmenter(1, AUGMENT), _node(_mlp(width, width)), nn.Linear(width, m))
+
+
+def encoder_data_control(d: int, m: int) -> nn.Module:
+    from torchdyn.nn import DataControl
+
+    field = nn.Sequential(DataControl(), _mlp(2 * LATENT, LATENT))
+    return nn.Sequential(nn.Linear(d, LATENT), _node(field), nn.Linear(LATENT, m))
+
+
+class _Func(nn.Module):
+    """A torchdiffeq vector field, ``forward(t, y)``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = _mlp(width, width)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def torchdiffeq_func(d: int, m: int) -> nn.Module:
+    from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel
+
+    return TorchdiffeqModel(_Func(LATENT), encoder=nn.Linear(d, LATENT), readout=nn.Linear(LATENT, m),
+                            method="dopri5", rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def paper(d: int, m: int) -> nn.Module:
+    from lyapunov_plugin import ODEModel
+    from lyapunov_plugin.blocks import MLPDynamics
+
+    encoder = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, LATENT))
+    return ODEModel(MLPDynamics(m, LATENT, hidden=(HIDDEN,)), state_shape=(m,), encoder=encoder)
+
+
+BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "dc": data_control,
+    "plain": plain,
+    "augmented": augmented,
+    "enc_dc": encoder_data_control,
+    "torchdiffeq": torchdiffeq_func,
+    "paper": paper,
+}
+PATTERNS: tuple[str, ...] = tuple(BUILDERS)
+
+
+def build(pattern: str, d: int, m: int, *, seed: int) -> nn.Module:
+    """The user's model for ``pattern`` on ``d`` features and ``m`` classes, seeded."""
+    if pattern not in BUILDERS:
+        raise ValueError(f"pattern must be one of {list(PATTERNS)}, got {pattern!r}")
+    torch.manual_seed(seed)
+    return BUILDERS[pattern](d, m)

@@ -1,0 +1,148 @@
+"""One training run of the suite: a problem, a model pattern, a method, a seed.
+
+Both methods go through ``LyapunovTrainer``, so they share the loop, the data order and
+the optimiser (Adam); they differ only in the objective: the LyaNet recipe (the trainer's
+defaults, or a named variant of the lever study) or ``mode="standard"`` (the supervised
+loss at ``t = 1`` backpropagated through the model's own solver). Test accuracy is
+measured after every epoch with the model's own solver; the clock counts training only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from lyapunov_plugin import (
+    CrossEntropyPotential,
+    LyapunovTrainer,
+    decay_statistics,
+    nfe_to_end,
+    trajectory_violation_rate,
+)
+
+from .patterns import build
+from .problems import Problem
+
+#: Steps the budget aims at; epochs are clamped to [MIN_EPOCHS, MAX_EPOCHS].
+TARGET_STEPS = 300
+MIN_EPOCHS, MAX_EPOCHS = 20, 100
+#: Rate at which test-time violations of Eq. (10) are counted, for both methods.
+CHECK_KAPPA = 10.0
+EARLY_TIMES = (0.25, 0.5)
+
+
+def budget(num_train: int) -> tuple[int, int]:
+    """``(batch_size, epochs)`` for a training set of ``num_train`` examples: about
+    ``TARGET_STEPS`` optimisation steps, the same for every method."""
+    batch = 32 if num_train < 500 else 64
+    steps_per_epoch = math.ceil(num_train / batch)
+    return batch, max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+
+
+class Batches:
+    """``(x, y)`` batches of in-memory tensors, reshuffled every epoch by a seeded generator."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(len(self.y), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.x[index], self.y[index]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a run trains: ``trainer_kwargs(problem, pattern)`` are passed to ``LyapunovTrainer``."""
+
+    name: str
+    trainer_kwargs: Callable[[Problem, str], dict[str, Any]]
+    lyanet: bool = True
+    #: Patterns the method differs from the defaults on (``None``: all); on the others the
+    #: lever study reuses the default runs instead of repeating them.
+    patterns: Optional[tuple[str, ...]] = None
+
+
+def _accuracy(trainer: LyapunovTrainer, x: Tensor, y: Tensor, t_end: Optional[float] = None) -> float:
+    return float((trainer.predict(x, t_end=t_end).argmax(-1) == y).double().mean())
+
+
+def run(problem: Problem, pattern: str, method: Method, *, seed: int, lr: Optional[float] = None,
+        schedule: Optional[str] = None, epochs: Optional[int] = None, keep: Optional[dict[str, Any]] = None
+        ) -> dict[str, Any]:
+    """Train ``pattern`` on ``problem`` with ``method``; return curves and final metrics.
+
+    ``lr`` and ``schedule`` (``"cosine"`` or ``"constant"``) override the method's (the
+    baseline's tuning grid). If ``keep`` is a dict, the trained trainer is put in it
+    (``keep["trainer"]``), for pictures."""
+    torch.manual_seed(seed)
+    batch_size, default_epochs = budget(len(problem.y_train))
+    epochs = default_epochs if epochs is None else epochs
+    user_model = build(pattern, problem.num_features, problem.num_classes, seed=seed)
+    kwargs = dict(method.trainer_kwargs(problem, pattern))
+    if lr is not None:
+        kwargs["lr"] = lr
+    if schedule is not None:
+        kwargs["scheduler"] = schedule
+    trainer = LyapunovTrainer(user_model, progress=False, seed=seed, **kwargs)
+    data = Batches(problem.x_train, problem.y_train, batch_size, seed)
+    started = time.perf_counter()
+    # The test set as the trainer's validation data: scored after every epoch, outside the
+    # training clock (train_seconds counts the optimisation steps only).
+    history = trainer.fit(data, epochs=epochs, val_loader=[(problem.x_test, problem.y_test)])
+    curve: list[tuple[int, float, float]] = []
+    seconds = 0.0
+    for record in history:
+        seconds += record["train_seconds"]
+        curve.append((record["epoch"], seconds, 1.0 - record["val_error"]))
+    if keep is not None:
+        keep["trainer"] = trainer
+    x, y = problem.x_test, problem.y_test
+    ts = torch.linspace(0.0, trainer.t_end, 11)
+    potential = CrossEntropyPotential()
+    with torch.no_grad():
+        monotone = decay_statistics(trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts,
+                                    only_correct=False).monotone_fraction
+        violation = trajectory_violation_rate(trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts)
+        nfe = nfe_to_end(trainer.model, x, t_end=trainer.t_end)
+    return {
+        "problem": problem.name,
+        "pattern": pattern,
+        "method": method.name,
+        "lyanet": method.lyanet,
+        "objective": trainer.mode,
+        "seed": seed,
+        "lr": float(trainer.base_lrs[0]),
+        "schedule": "cosine" if trainer.cosine else ("constant" if trainer.scheduler is None else "custom"),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "train_seconds": seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "curve": curve,
+        "test_acc": curve[-1][2],
+        "val_acc": _accuracy(trainer, problem.x_val, problem.y_val),
+        "val_loss": float(potential.value(trainer.predict(problem.x_val), problem.y_val).mean()),
+        **{f"test_acc_t{t}": _accuracy(trainer, x, y, t) for t in EARLY_TIMES},
+        "nfe": nfe,
+        "v_monotone": monotone,
+        "test_violation": violation,
+        "skipped_steps": sum(r["skipped_steps"] for r in trainer.history),
+    }
+
+
+def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
+    """Training seconds until the test accuracy first reaches ``target`` (``inf``: never)."""
+    for _, seconds, accuracy in curve:
+        if accuracy >= target - 1e-12:
+            return seconds
+    return math.inf

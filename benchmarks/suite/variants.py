@@ -1,0 +1,69 @@
+"""The training methods the suite compares: the standard baseline, LyaNet's defaults, and
+the levers tried while the defaults were chosen (docs/defaults.md, "Every lever").
+
+Each variant changes one thing relative to the defaults, so its suite numbers say what
+that one lever does.
+"""
+
+from __future__ import annotations
+
+from lyapunov_plugin import (
+    HypercubeSampler,
+    MonteCarloObjective,
+    PathIntegralObjective,
+    RolloutSampler,
+    UniformTimeSampler,
+    appendix_b_half_width,
+)
+
+from .runner import Method
+
+#: Patterns the default recipe trains with Monte Carlo / with the path integral.
+MC_PATTERNS = ("paper",)
+PATH_PATTERNS = ("dc", "plain", "augmented", "enc_dc", "torchdiffeq")
+
+STANDARD = Method("standard", lambda problem, pattern: {"mode": "standard"}, lyanet=False)
+DEFAULT = Method("lyanet", lambda problem, pattern: {})
+
+
+def _previous_default(problem, pattern):
+    """The recipe before this work: Monte Carlo on a hypercube grown to cover twice the
+    rollouts (Appendix B's half-width for an identity readout), 32 samples, Adam 1e-3;
+    path integral through the model's own solver where the field does not see the input."""
+    if pattern in ("plain", "augmented", "torchdiffeq"):
+        return {"objective": PathIntegralObjective(steps=10, form="discrete", solver="model"), "lr": 1e-3,
+                "scheduler": "constant"}
+    half_width = appendix_b_half_width(10.0, problem.num_classes) if pattern == "paper" else 1.0
+    sampler = HypercubeSampler(half_width=half_width, cover=2.0)
+    return {"objective": MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(),
+                                             num_samples=32), "lr": 1e-3, "scheduler": "constant"}
+
+
+VARIANTS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        DEFAULT,
+        Method("previous_default", _previous_default),
+        Method("lr_1e-3", lambda problem, pattern: {"lr": 1e-3}),
+        Method("kappa_1", lambda problem, pattern: {"kappa": 1.0}),
+        Method("kappa_5", lambda problem, pattern: {"kappa": 5.0}),
+        Method("lr_3e-3", lambda problem, pattern: {"lr": 3e-3}),
+        Method("grad_clip_1", lambda problem, pattern: {"grad_clip": 1.0}),
+        Method("constant_lr", lambda problem, pattern: {"scheduler": "constant"}),
+        Method("monte_carlo_everywhere", lambda problem, pattern: {"objective": MonteCarloObjective()},
+               patterns=PATH_PATTERNS),
+        Method("path_everywhere", lambda problem, pattern: {"objective": PathIntegralObjective()},
+               patterns=MC_PATTERNS),
+        Method("path_discrete", lambda problem, pattern: {"objective": PathIntegralObjective(form="discrete")},
+               patterns=PATH_PATTERNS),
+        Method("path_model_solver", lambda problem, pattern: {"objective": PathIntegralObjective(solver="model")},
+               patterns=PATH_PATTERNS),
+        Method("path_steps_8", lambda problem, pattern: {"objective": PathIntegralObjective(steps=8)},
+               patterns=PATH_PATTERNS),
+        Method("mc_no_noise", lambda problem, pattern: {
+            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))},
+               patterns=MC_PATTERNS),
+        Method("mc_32_samples", lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
+               patterns=MC_PATTERNS),
+    )
+}

@@ -1,0 +1,413 @@
+"""Objectives: *what* is minimised, as small frozen configurations (paper Algorithms 1-2).
+
+An :class:`Objective` is called as ``objective(model, x, y, kappa=..., generator=...)`` and
+returns a :class:`~lyapunov_plugin.LyapunovLossOutput`. It is pure (no state, no mutation of
+the model), so ``LyapunovTrainer``, a plain loop and a Lightning ``training_step`` compute
+the same thing from the same object:
+
+    objective = default_objective(model, x_example)     # the trainer's default recipe
+    out = objective(model, x, y)                         # out.loss.backward()
+
+- :class:`MonteCarloObjective`: Algorithm 1, Eq. (45). No differentiable solve: states and
+  times are sampled (by default along cheap, gradient-free rollouts of the current model).
+- :class:`PathIntegralObjective`: Algorithm 2. Eq. (12) at the states of a rollout that
+  carries gradients (``"continuous"``), or Eq. (16)-(17) between its steps (``"discrete"``).
+- :class:`SupervisedObjective`: the standard baseline, the potential at ``t_end`` through
+  the model's own solver.
+
+:func:`default_objective` is the recipe ``LyapunovTrainer(model)`` uses (docs/defaults.md).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._typing import Solver
+from ._validation import check_choice, check_non_negative, check_positive, check_positive_int, check_tensor
+from .dispatch import as_lyapunov_model
+from .losses import (
+    CounterexampleSearch,
+    LyapunovLossOutput,
+    discrete_path_lyapunov_loss,
+    monte_carlo_lyapunov_loss,
+    path_lyapunov_loss,
+)
+from .model import LyapunovModel, horizon, solve
+from .potentials import CrossEntropyPotential, Potential
+from .samplers import RolloutSampler, StateSampler, TimeSampler, UniformTimeSampler
+from .solvers import FixedStepSolver
+
+__all__ = [
+    "DEFAULT_KAPPA",
+    "Objective",
+    "MonteCarloObjective",
+    "PathIntegralObjective",
+    "SupervisedObjective",
+    "default_objective",
+    "readout_is_trainable",
+    "initial_state_is_trainable",
+]
+
+#: Default rate of Eq. (10). With ``kappa = 10`` the potential must fall by ``e^-10`` over
+#: ``[0, 1]`` (by ``e^-2.5`` by ``t = 0.25``), which is what makes early-terminated
+#: predictions as good as final ones; on the suite (docs/defaults.md) ``kappa = 1`` was
+#: less accurate in most cells and left the error at ``t = 0.25`` far above that at ``t = 1``.
+DEFAULT_KAPPA = 10.0
+_PATH_FORMS = ("continuous", "discrete")
+
+
+def _check_potential(potential: Any) -> Potential:
+    if not isinstance(potential, Potential):
+        raise TypeError(f"potential must be a lyapunov_plugin.Potential, got {type(potential).__name__}")
+    return potential
+
+
+def _check_solver(name: str, solver: Any) -> None:
+    if not callable(solver):
+        raise TypeError(f"{name} must be callable as solver(func, y0, ts), got {type(solver).__name__}")
+
+
+def _check_call(model: Any, x: Any, y: Any, kappa: Any, generator: Any) -> tuple[LyapunovModel, float]:
+    model = as_lyapunov_model(model)
+    check_tensor("x", x, min_ndim=1)
+    check_tensor("y", y, min_ndim=1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return model, check_positive("kappa", kappa)
+
+
+class _EvalMode:
+    """Model in eval mode inside the block (rollouts must not update BatchNorm statistics
+    or draw dropout masks), restored afterwards."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model if isinstance(model, nn.Module) else None
+        self.was_training = bool(self.model.training) if self.model is not None else False
+
+    def __enter__(self) -> None:
+        if self.model is not None:
+            self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.model is not None:
+            self.model.train(self.was_training)
+
+
+class Objective(ABC):
+    """What a training step minimises: ``objective(model, x, y, *, kappa, generator)``, a
+    Lyapunov loss of Eq. (12)-(17) (or the supervised baseline).
+
+    Implementations are frozen, keyword-only dataclasses that hold only the settings that
+    apply to them and check them when built. Calls are pure: they neither store anything
+    nor change the model (rollouts run in eval mode and restore the mode).
+    """
+
+    #: Whether a step backpropagates through an ODE solve.
+    uses_solver: ClassVar[bool] = True
+    #: Short name for logs and history records.
+    name: ClassVar[str] = "objective"
+
+    @abstractmethod
+    def __call__(
+        self,
+        model: Any,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float = DEFAULT_KAPPA,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
+        """The objective on one batch.
+
+        Arguments:
+            model: a :class:`~lyapunov_plugin.LyapunovModel`, or a model the dispatcher
+                wraps (torchdyn ``NeuralODE``, torchdiffeq field).
+            x, y: inputs and targets.
+            kappa: the rate of Eq. (10) for this step (schedules live with the caller).
+            generator: ``torch.Generator`` for the Monte Carlo draws (reproducible runs).
+
+        Returns:
+            :class:`~lyapunov_plugin.LyapunovLossOutput` (``loss`` carries gradient).
+        """
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonteCarloObjective(Objective):
+    """Algorithm 1 / Eq. (45): the Lyapunov loss (Eq. 12) at sampled states and times.
+
+    No step backpropagates through a solver. With the default
+    :class:`~lyapunov_plugin.RolloutSampler`, each batch first takes a cheap,
+    gradient-free rollout of the current model (``rollout_solver`` on ``rollout_points``
+    times over ``[0, t_end]``, eval mode) and samples states along and around it.
+
+    Arguments:
+        potential: ``V_y`` (default cross entropy, Eq. 11).
+        state_sampler: ``mu_H`` (default :class:`~lyapunov_plugin.RolloutSampler`).
+        time_sampler: ``mu_[0,1]``, for state samplers that do not pair states with
+            times; ``None`` then means uniform on ``[0, t_end]``. Must be ``None`` for
+            samplers that provide times.
+        num_samples: ``Gamma``, samples per example.
+        rollout_solver: solver of the gradient-free rollouts (default RK4, 4 steps).
+        rollout_points: time points of those rollouts, ``>= 2``.
+        detach_v: stop the gradient through ``kappa V`` (see :mod:`lyapunov_plugin.losses`).
+        counterexamples: optional hard-state mining (:class:`~lyapunov_plugin.CounterexampleSearch`).
+        velocity_penalty: weight of ``mean |f|^2`` (see :func:`~lyapunov_plugin.monte_carlo_lyapunov_loss`).
+    """
+
+    uses_solver: ClassVar[bool] = False
+    name: ClassVar[str] = "monte_carlo"
+
+    potential: Potential = field(default_factory=CrossEntropyPotential)
+    state_sampler: StateSampler = field(default_factory=RolloutSampler)
+    time_sampler: Optional[TimeSampler] = None
+    num_samples: int = 16
+    rollout_solver: Solver = field(default_factory=lambda: FixedStepSolver(method="rk4", steps=4))
+    rollout_points: int = 5
+    detach_v: bool = False
+    counterexamples: Optional[CounterexampleSearch] = None
+    velocity_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_potential(self.potential)
+        if not isinstance(self.state_sampler, StateSampler):
+            raise TypeError(f"state_sampler must be a StateSampler, got {type(self.state_sampler).__name__}")
+        if self.time_sampler is not None:
+            if not isinstance(self.time_sampler, TimeSampler):
+                raise TypeError(f"time_sampler must be a TimeSampler or None, got {type(self.time_sampler).__name__}")
+            if self.state_sampler.provides_times:
+                raise ValueError(
+                    f"time_sampler does not apply: {type(self.state_sampler).__name__} pairs each state with its "
+                    "own time (leave time_sampler=None)"
+                )
+        check_positive_int("num_samples", self.num_samples)
+        _check_solver("rollout_solver", self.rollout_solver)
+        if check_positive_int("rollout_points", self.rollout_points) < 2:
+            raise ValueError(f"rollout_points must be >= 2, got {self.rollout_points}")
+        if not isinstance(self.detach_v, bool):
+            raise TypeError(f"detach_v must be a bool, got {type(self.detach_v).__name__}")
+        if self.counterexamples is not None and not isinstance(self.counterexamples, CounterexampleSearch):
+            raise TypeError(
+                f"counterexamples must be a CounterexampleSearch or None, got {type(self.counterexamples).__name__}"
+            )
+        check_non_negative("velocity_penalty", self.velocity_penalty)
+
+    def rollout(self, model: LyapunovModel, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Gradient-free rollout of the current model in eval mode: ``(states (T, B, *S), ts (T,))``."""
+        t_end = horizon(model)
+        with _EvalMode(model), torch.no_grad():
+            context, eta0 = model.encode(x)
+            ts = torch.linspace(0.0, t_end, self.rollout_points, dtype=eta0.dtype, device=eta0.device)
+            return solve(model, context, eta0, ts, solver=self.rollout_solver), ts
+
+    def __call__(self, model, x, y, *, kappa=DEFAULT_KAPPA, generator=None):
+        model, kappa = _check_call(model, x, y, kappa, generator)
+        trajectory = ts = None
+        if self.state_sampler.requires_trajectory:
+            trajectory, ts = self.rollout(model, x)
+        time_sampler = self.time_sampler
+        if time_sampler is None and not self.state_sampler.provides_times:
+            time_sampler = UniformTimeSampler(t_end=horizon(model))
+        return monte_carlo_lyapunov_loss(
+            model, x, y, potential=self.potential, kappa=kappa, state_sampler=self.state_sampler,
+            time_sampler=time_sampler, num_samples=self.num_samples, detach_v=self.detach_v,
+            trajectory=trajectory, trajectory_times=ts, generator=generator,
+            counterexamples=self.counterexamples, velocity_penalty=self.velocity_penalty,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathIntegralObjective(Objective):
+    """Algorithm 2: the Lyapunov condition along a rollout that carries gradients.
+
+    ``form="continuous"`` evaluates Eq. (12) (the true derivative ``dV/deta . f``) at the
+    ``steps + 1`` states of the rollout, so any ``kappa > 0`` is valid and the rollout
+    only decides *where* the condition is checked. ``form="discrete"`` is Eq. (16)-(17)
+    between consecutive states, with the per-step rate ``1 - exp(-kappa dt)`` so that
+    ``kappa`` keeps its continuous meaning.
+
+    Because gradients flow through the rollout, the input layer and a trainable readout
+    learn jointly with the dynamics, which sampled (detached) states cannot give them.
+
+    Arguments:
+        potential: ``V_y`` (default cross entropy).
+        steps: rollout intervals over ``[0, t_end]``.
+        form: ``"continuous"`` (default) or ``"discrete"``.
+        solver: ``None`` (default) for RK4 with ``steps`` steps through the protocol (cheap,
+            fixed cost), ``"model"`` for the model's own solver (``model.trajectory``), or
+            any ``solver(func, y0, ts)``.
+        detach_v: stop the gradient through ``kappa V`` (continuous) or ``V_{j-1}`` (discrete).
+    """
+
+    uses_solver: ClassVar[bool] = True
+    name: ClassVar[str] = "path_integral"
+
+    potential: Potential = field(default_factory=CrossEntropyPotential)
+    steps: int = 4
+    form: str = "continuous"
+    solver: Union[Solver, str, None] = None
+    detach_v: bool = False
+
+    def __post_init__(self) -> None:
+        _check_potential(self.potential)
+        check_positive_int("steps", self.steps)
+        check_choice("form", self.form, _PATH_FORMS)
+        if isinstance(self.solver, str):
+            if self.solver != "model":
+                raise ValueError(f"solver must be None, 'model' or a callable solver(func, y0, ts), got {self.solver!r}")
+        elif self.solver is not None:
+            _check_solver("solver", self.solver)
+        if not isinstance(self.detach_v, bool):
+            raise TypeError(f"detach_v must be a bool, got {type(self.detach_v).__name__}")
+
+    def _solver(self) -> Optional[Solver]:
+        if self.solver == "model":
+            return None
+        if self.solver is None:
+            return FixedStepSolver(method="rk4", steps=self.steps)
+        return self.solver  # type: ignore[return-value]
+
+    def __call__(self, model, x, y, *, kappa=DEFAULT_KAPPA, generator=None):
+        model, kappa = _check_call(model, x, y, kappa, generator)
+        t_end = horizon(model)
+        ts = torch.linspace(0.0, t_end, self.steps + 1, device=x.device)
+        if self.form == "continuous":
+            return path_lyapunov_loss(model, x, y, ts, potential=self.potential, kappa=kappa,
+                                      solver=self._solver(), detach_v=self.detach_v)
+        solver = self._solver()
+        if solver is None:
+            trajectory = model.trajectory(x, ts)
+        else:
+            context, eta0 = model.encode(x)
+            trajectory = solve(model, context, eta0, ts.to(eta0.dtype), solver=solver)
+        step_rate = -math.expm1(-kappa * t_end / self.steps)
+        return discrete_path_lyapunov_loss(trajectory, y, potential=self.potential, kappa=step_rate,
+                                           readout=model.readout, detach_v=self.detach_v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisedObjective(Objective):
+    """The standard baseline: the supervised loss ``V_y(eta(t_end))`` of Eq. (11) (cross
+    entropy by default), backpropagated (or adjoint) through the solve of ``eta(t_end)``.
+
+    No Lyapunov condition is evaluated: the output's ``v_dot`` is zero.
+
+    Arguments:
+        potential: the supervised loss (default cross entropy).
+        solver: ``None`` (default) for the model's own solver (``model.trajectory``), or any
+            ``solver(func, y0, ts)`` through the protocol, e.g. the fixed RK4 grid of a
+            path-integral objective, to compare the two at equal solver cost.
+    """
+
+    uses_solver: ClassVar[bool] = True
+    name: ClassVar[str] = "standard"
+
+    potential: Potential = field(default_factory=CrossEntropyPotential)
+    solver: Optional[Solver] = None
+
+    def __post_init__(self) -> None:
+        _check_potential(self.potential)
+        if self.solver is not None:
+            _check_solver("solver", self.solver)
+
+    def __call__(self, model, x, y, *, kappa=DEFAULT_KAPPA, generator=None):
+        model, _ = _check_call(model, x, y, kappa, generator)
+        ts = torch.tensor([0.0, horizon(model)], device=x.device)
+        if self.solver is None:
+            final = model.trajectory(x, ts)[-1]
+        else:
+            context, eta0 = model.encode(x)
+            final = solve(model, context, eta0, ts.to(eta0.dtype), solver=self.solver)[-1]
+        out = model.readout(final)
+        self.potential.validate(out, y)
+        values = self.potential.value(out, y)
+        return LyapunovLossOutput(values.mean(), values, values.detach(), torch.zeros_like(values.detach()))
+
+
+def readout_is_trainable(model: Any, x: Optional[Tensor] = None) -> bool:
+    """Whether ``psi`` has trainable parameters.
+
+    Read from the model's ``readout_module`` (the adapters and ``ODEModel`` have one);
+    otherwise probed on the states of two examples of ``x`` (eval mode, no gradient
+    through the input layer, no buffer changes): the readout's output requires grad
+    exactly when it has trainable parameters.
+
+    Raises:
+        ValueError: the model has no ``readout_module`` and no ``x`` was given.
+    """
+    model = as_lyapunov_model(model)
+    module = getattr(model, "readout_module", None)
+    if isinstance(module, nn.Module):
+        return any(p.requires_grad for p in module.parameters())
+    if x is None:
+        raise ValueError(
+            f"{type(model).__name__} has no readout_module: pass example inputs x so the readout can be probed"
+        )
+    check_tensor("x", x, min_ndim=1)
+    with _EvalMode(model):
+        with torch.no_grad():
+            _, eta0 = model.encode(x[:2])
+        with torch.enable_grad():
+            out = model.readout(eta0.detach())
+    return isinstance(out, Tensor) and out.requires_grad
+
+
+def initial_state_is_trainable(model: Any, x: Optional[Tensor] = None) -> bool:
+    """Whether ``eta(0) = phi(x)`` depends on trainable parameters (paper Section 4,
+    "Restriction on Initial State": Monte Carlo training assumes it does not).
+
+    Read from the model's ``initial_state_trainable`` attribute (the adapters and
+    ``ODEModel`` have one); otherwise probed on two examples of ``x``.
+
+    Raises:
+        ValueError: the model has no such attribute and no ``x`` was given.
+    """
+    model = as_lyapunov_model(model)
+    flag = getattr(model, "initial_state_trainable", None)
+    if isinstance(flag, bool):
+        return flag
+    if x is None:
+        raise ValueError(
+            f"{type(model).__name__} has no initial_state_trainable attribute: pass example inputs x so the "
+            "input layer can be probed"
+        )
+    check_tensor("x", x, min_ndim=1)
+    with _EvalMode(model), torch.enable_grad():
+        _, eta0 = model.encode(x[:2])
+    return isinstance(eta0, Tensor) and eta0.requires_grad
+
+
+def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
+    """The recipe ``LyapunovTrainer(model)`` trains with (docs/defaults.md), for a user's
+    own loop or Lightning ``training_step``: ``objective = default_objective(model, x)``.
+
+    - The paper's model: the dynamics see the input, ``eta(0)`` does not depend on
+      trainable parameters (Section 4, "Restriction on Initial State") and the readout
+      has none (e.g. a data-controlled field from ``eta(0) = 0`` whose state is the
+      logits): Monte Carlo training, Algorithm 1, with states sampled along and around
+      rollouts of the current model (:class:`MonteCarloObjective` defaults). No step
+      backpropagates through a solver.
+    - Otherwise (a trainable readout, a trainable input layer in front of ``eta(0)``, or
+      dynamics that see the input only through ``eta(0)``): path-integral training,
+      Algorithm 2, Eq. (12) along a cheap RK4 rollout that carries gradients
+      (:class:`PathIntegralObjective` defaults). Sampled states are detached from the
+      input layer, and with a trainable readout the loss can be lowered by reshaping ``V``
+      instead of steering the flow; both need gradients through the states, which only a
+      differentiable rollout gives.
+
+    Arguments:
+        model: the user's model (any form the trainer accepts).
+        x: a few example inputs, needed only for a model without ``readout_module`` or
+            ``initial_state_trainable`` (it is probed on them; nothing is trained).
+    """
+    protocol = as_lyapunov_model(model)
+    conditioned = bool(getattr(protocol, "conditioned_on_input", True))
+    if conditioned and not readout_is_trainable(protocol, x) and not initial_state_is_trainable(protocol, x):
+        return MonteCarloObjective()
+    return PathIntegralObjective()
+
