@@ -16,12 +16,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from lyapunov_plugin import CrossEntropyPotential, FixedStepSolver, decay_statistics
+from lyapunov_plugin import Classifier, CrossEntropyPotential, FixedStepSolver, decay_statistics
 
 from .common.data import digits
 from .common.models import dopri5
 from .common.report import mean_std, write_outputs
-from .common.robustness import InferenceView, run_attack
+from .common.robustness import run_attack
 from .compare_digits import train
 
 
@@ -30,7 +30,7 @@ def evaluate(trainer: Any, split: Any, *, kappa: float, seed: int) -> dict[str, 
     import torchattacks
 
     xt, yt = split.x_test, split.y_test
-    view = InferenceView(trainer.model, solver=FixedStepSolver(method="rk4", steps=10))
+    view = Classifier(trainer.model, solver=FixedStepSolver(method="rk4", steps=10))
     pgd, _ = run_attack("pgd10", lambda m: torchattacks.PGD(m, eps=0.1, alpha=0.025, steps=10), view, view,
                         xt, yt, eps=0.1, norm="linf", seed=seed)
     dlr, _ = run_attack("apgd_dlr", lambda m: torchattacks.APGD(m, norm="Linf", eps=0.1, steps=100, loss="dlr",

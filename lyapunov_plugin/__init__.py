@@ -22,6 +22,7 @@ from .losses import discrete_path_lyapunov_loss as discrete_path_lyapunov_loss
 from .losses import lyapunov_loss as lyapunov_loss
 from .losses import monte_carlo_lyapunov_loss as monte_carlo_lyapunov_loss
 from .losses import path_lyapunov_loss as path_lyapunov_loss
+from .model import Classifier as Classifier
 from .model import LyapunovModel as LyapunovModel
 from .model import ODEModel as ODEModel
 from .model import integrate as integrate
@@ -55,6 +56,7 @@ from .trainer import NonFiniteLossError as NonFiniteLossError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Classifier",
     "ConstantKappa",
     "CounterexampleSearch",
     "CrossEntropyPotential",

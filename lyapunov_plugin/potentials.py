@@ -134,13 +134,19 @@ class Potential(ABC):
     ) -> tuple[PerSample, PerSample]:
         """``V_y`` and its directional derivative ``dV_y/doutput . output_velocity``.
 
-        The default uses forward-mode autodiff on :meth:`value`; override with a
-        closed form where one exists.
+        The default uses forward-mode autodiff on :meth:`value` (``torch.func.jvp``, whose
+        result keeps the reverse-mode graph to the readout's parameters and the dynamics);
+        override with a closed form where one exists.
 
         Returns:
             ``(V, V_dot)``, each ``(B,)``.
         """
-        return _forward_jvp(lambda out: self.value(out, target), output, output_velocity)
+        # torch.func.jvp rather than the dual tensors of _forward_jvp: PyTorch's forward-mode
+        # rules for softmax / log_softmax / logsumexp modify exp() in place, which breaks the
+        # backward pass of a dual-tensor JVP whenever the output requires grad (a trainable
+        # readout, states that carry gradient); the functional transform is not affected.
+        value, derivative = torch.func.jvp(lambda out: self.value(out, target), (output,), (output_velocity,))
+        return value, derivative
 
     def validate(self, output: Output, target: Tensor) -> None:
         """Check ``target`` against ``output``; raise ``ValueError``/``TypeError``.

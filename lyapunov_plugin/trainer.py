@@ -25,6 +25,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -493,6 +494,7 @@ class LyapunovTrainer:
         weight = 0
         skipped_before = self.skipped_steps
         bar = _progress(loader, self.progress, f"epoch {epoch}/{total}")
+        step = -1
         for step, batch in enumerate(bar):
             x, y = self._check_batch(batch)
             if not self._model_checked:
@@ -517,6 +519,8 @@ class LyapunovTrainer:
                 bar.set_postfix(**shown)
         if hasattr(bar, "close"):
             bar.close()
+        if step < 0:
+            raise ValueError(f"train_loader yielded no batches in epoch {epoch}; it must yield (x, y) batches")
         record: dict[str, Any] = {"epoch": epoch, "mode": self.mode, "kappa": self.kappa_at(epoch)}
         record.update({f"train_{k}": v / max(weight, 1) for k, v in sums.items()})
         record["skipped_steps"] = self.skipped_steps - skipped_before
@@ -536,6 +540,10 @@ class LyapunovTrainer:
     ) -> list[dict[str, Any]]:
         """Train until ``epochs`` epochs are complete (counting epochs restored by :meth:`resume`).
 
+        ``epochs`` is the total: a call with ``epochs`` not above the epochs already done
+        warns and returns. The default cosine schedule anneals over the epochs of each call
+        (``lr`` at its first epoch, near zero at ``epochs``).
+
         Arguments:
             train_loader: iterable of ``(x, y)`` batches.
             epochs: total number of epochs.
@@ -548,6 +556,12 @@ class LyapunovTrainer:
             The history: one dict of metrics per epoch.
         """
         epochs = check_positive_int("epochs", epochs)
+        if epochs <= self.epoch:
+            message = (f"fit(epochs={epochs}) does nothing: epochs is the total, and {self.epoch} epoch(s) are "
+                       f"already done; pass epochs={self.epoch + epochs} to train {epochs} more")
+            warnings.warn(message, UserWarning, stacklevel=2)
+            logger.warning("%s", message)
+            return self.history
         checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
         metrics_file = Path(metrics_path) if metrics_path is not None else None
         if metrics_file is not None and metrics_file.suffix not in (".csv", ".json"):

@@ -77,7 +77,8 @@ def test_region_coverage(tmp_path):
     from benchmarks.region_coverage import main
 
     payload = main(seeds=(0,), epochs=1, quick=True, out_dir=tmp_path)
-    assert set(payload["summary"]) == {"fixed Appendix-B cube", "covering cube (default)"}
+    assert set(payload["summary"]) == {"fixed Appendix-B cube", "covering cube (issue-4 default)",
+                                       "rollout sampler (default sampler)"}
     assert (tmp_path / "region_coverage.md").exists()
 
 
@@ -93,3 +94,12 @@ def test_embed_markdown(tmp_path):
     assert "new" in doc.read_text()
     with pytest.raises(ValueError, match="has no <!-- u --> ... <!-- /u --> block"):
         embed_markdown(doc, "u", "x")
+
+
+def test_initial_state_benchmark(tmp_path):
+    pytest.importorskip("torchdyn")
+    from benchmarks.initial_state import main
+
+    payload = main(seeds=(0,), epochs=1, out_dir=tmp_path, limit=128)
+    assert [row["mode"] for row in payload["summary"].values()] == ["monte_carlo", "path_integral", "standard"]
+    assert (tmp_path / "initial_state.md").read_text().startswith("| method | test error (%)")

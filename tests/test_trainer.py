@@ -283,3 +283,17 @@ def test_fit_checks_the_model_once_before_any_update():
     with pytest.raises(ValueError, match=r"returned shape \(2, 3\) for states of shape \(2, 2\)"):
         trainer.fit(loader(*blobs(16, seed=1)), epochs=1)
     assert all(torch.equal(a, b) for a, b in zip(before, params(model)))
+
+
+def test_fit_says_when_it_would_do_nothing_and_refuses_an_empty_loader():
+    x, y = blobs(32, seed=1)
+    trainer = make_trainer()
+    trainer.fit(loader(x, y), epochs=1)
+    with pytest.warns(UserWarning, match=r"fit\(epochs=1\) does nothing: epochs is the total, and 1 epoch\(s\) are "
+                                         r"already done; pass epochs=2 to train 1 more"):
+        assert len(trainer.fit(loader(x, y), epochs=1)) == 1
+    fresh = make_trainer()
+    before = params(fresh.model)
+    with pytest.raises(ValueError, match="train_loader yielded no batches in epoch 1"):
+        fresh.fit([], epochs=2)
+    assert fresh.epoch == 0 and fresh.history == [] and all(torch.equal(a, b) for a, b in zip(before, params(fresh.model)))

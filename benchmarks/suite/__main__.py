@@ -104,11 +104,29 @@ def _majority(problem: Problem) -> float:
 
 def run_suite(problems: Sequence[str], patterns: Sequence[str], seeds: Sequence[int], variants: Sequence[str], *,
               jobs: int, epochs: Optional[int] = None, lrs: Sequence[float] = BASELINE_LRS,
-              schedules: Sequence[str] = BASELINE_SCHEDULES) -> dict[str, Any]:
+              schedules: Sequence[str] = BASELINE_SCHEDULES,
+              baseline: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run standard training (lr and schedule tuned on seed ``seeds[0]``) and each variant
-    on every cell."""
+    on every cell; ``baseline`` (the ``runs`` of an earlier suite JSON) reuses its standard
+    runs instead of training them again."""
     cells = [(p, q) for p in problems for q in patterns]
     first, rest = seeds[0], list(seeds[1:])
+    if baseline is not None:
+        keep = {(p, q) for p, q in cells}
+
+        def reused(kind: str, method: Optional[str] = None) -> list[dict[str, Any]]:
+            return [r for r in baseline[kind] if (r["problem"], r["pattern"]) in keep and r["seed"] in seeds
+                    and (method is None or r["method"] == method)]
+
+        tasks = [(p, q, name, s, {}, epochs) for name in variants if name != DEFAULT.name for p, q in cells
+                 for s in seeds if VARIANTS[name].patterns is None or q in VARIANTS[name].patterns]
+        pool = _Pool(jobs, len(tasks))
+        try:
+            lyanet_runs = pool.map(tasks)
+        finally:
+            pool.close()
+        return {"search": [r for r in baseline["search"] if (r["problem"], r["pattern"]) in keep],
+                "standard": reused("standard"), "lyanet": reused("lyanet", DEFAULT.name) + lyanet_runs}
     search = [(p, q, STANDARD.name, first, {"lr": lr, "schedule": sched}, epochs)
               for p, q in cells for lr in lrs for sched in schedules]
     lyanet = []
@@ -200,8 +218,9 @@ def _loaded(value: Any) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
+    """JSON-safe (``inf`` as a string) and compact (floats to 6 significant digits)."""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else float(f"{value:.6g}")
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -227,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="embed the tables in README.md and docs/defaults.md")
     parser.add_argument("--no-pictures", action="store_true", help="skip the per-problem pictures")
     parser.add_argument("--from-json", type=Path, help="re-render the markdown of an earlier run (no training)")
+    parser.add_argument("--baseline-from", type=Path,
+                        help="reuse the standard runs of an earlier suite JSON (same problems, patterns, seeds)")
     args = parser.parse_args(argv)
     if args.from_json is not None:
         payload = _loaded(json.loads(args.from_json.read_text()))
@@ -249,8 +270,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     name = args.name or ("suite_held_out" if args.held_out else "suite") + ("_quick" if args.quick else "")
     variants = [DEFAULT.name, *args.variants]
     started = time.perf_counter()
+    baseline = _loaded(json.loads(args.baseline_from.read_text()))["runs"] if args.baseline_from else None
     runs = run_suite(problems, patterns, seeds, variants, jobs=args.jobs, epochs=epochs, lrs=lrs,
-                     schedules=("cosine",) if args.quick else BASELINE_SCHEDULES)
+                     schedules=("cosine",) if args.quick else BASELINE_SCHEDULES, baseline=baseline)
     wall = time.perf_counter() - started
 
     cells = cells_of(runs, DEFAULT.name, problems, patterns)
@@ -259,7 +281,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         for variant in variants:
             vcells = cells_of(runs, variant, problems, patterns)
             lever_rows.append({"name": variant, "targets": report.targets(vcells),
-                               "deltas": [c["delta"] for c in vcells], "cells": vcells})
+                               "deltas": [c["delta"] for c in vcells],
+                               "cells": [{"problem": c["problem"], "pattern": c["pattern"], "delta": c["delta"],
+                                          "acc": c["lyanet"]["acc"], "time_ratio": c["time_ratio"]}
+                                         for c in vcells]})
     payload = {"problems": problems, "patterns": patterns, "seeds": seeds, "variants": variants,
                "held_out": bool(args.held_out), "jobs": args.jobs, "machine": report.machine(),
                "wall_seconds": wall, "cells": cells, "targets": report.targets(cells), "levers": lever_rows,
@@ -270,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload["pictures"] = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
                                    for p in pictures(runs, problems, args.out, name)]
-    (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), indent=1))
+    (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
     markdown, levers = render(payload)
     (args.out / f"{name}.md").write_text(markdown + "\n")
     if levers:

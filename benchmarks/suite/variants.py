@@ -58,10 +58,18 @@ VARIANTS: dict[str, Method] = {
                patterns=PATH_PATTERNS),
         Method("path_model_solver", lambda problem, pattern: {"objective": PathIntegralObjective(solver="model")},
                patterns=PATH_PATTERNS),
+        Method("path_detach_v", lambda problem, pattern: {"objective": PathIntegralObjective(detach_v=True)},
+               patterns=PATH_PATTERNS),
         Method("path_steps_8", lambda problem, pattern: {"objective": PathIntegralObjective(steps=8)},
                patterns=PATH_PATTERNS),
         Method("mc_no_noise", lambda problem, pattern: {
             "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))},
+               patterns=MC_PATTERNS),
+        Method("mc_wide_noise", lambda problem, pattern: {
+            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.3, 1.0, 3.0)))},
+               patterns=MC_PATTERNS),
+        Method("mc_noise_to_0.3", lambda problem, pattern: {
+            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3)))},
                patterns=MC_PATTERNS),
         Method("mc_32_samples", lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
                patterns=MC_PATTERNS),

@@ -20,26 +20,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from lyapunov_plugin import FixedStepSolver, LyapunovModel
-from lyapunov_plugin.diagnostics import states_along
+from lyapunov_plugin import Classifier, FixedStepSolver, LyapunovModel
 
 # Statistical slack for the sanity checks: a weaker setting may beat a stronger one by
 # chance on a few hundred test points; beyond this margin the check fails.
 SANITY_TOLERANCE = 0.02
-
-
-class InferenceView(nn.Module):
-    """``x -> psi(eta(t_end))`` with a chosen solver: the classifier the attack sees."""
-
-    def __init__(self, model: LyapunovModel, *, solver: Any = None, t_end: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.solver = solver
-        self.t_end = t_end
-
-    def forward(self, x: Tensor) -> Tensor:
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
-        return self.model.readout(states_along(self.model, x, ts, solver=self.solver)[-1])
 
 
 def error_rate(view: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
@@ -156,8 +141,8 @@ def evaluate_robustness(
     """
     import torchattacks
 
-    attack_view = InferenceView(model, solver=attack_solver or FixedStepSolver(method="rk4", steps=10))
-    inference_view = InferenceView(model, solver=inference_solver)
+    attack_view = Classifier(model, solver=attack_solver or FixedStepSolver(method="rk4", steps=10))
+    inference_view = Classifier(model, solver=inference_solver)
     attack_view.eval()
     report = RobustnessReport(error_rate(attack_view, x, y, batch_size), error_rate(inference_view, x, y, batch_size))
     main_eps = max(linf_eps)
@@ -225,7 +210,7 @@ def evaluate_robustness(
                            attack_view, inference_view, x, y, eps=main_eps, norm="linf", seed=seed,
                            batch_size=batch_size))
     if transfer_from is not None:
-        source_view = InferenceView(transfer_from, solver=attack_solver or FixedStepSolver(method="rk4", steps=10))
+        source_view = Classifier(transfer_from, solver=attack_solver or FixedStepSolver(method="rk4", steps=10))
         source_view.eval()
         _, adv_transfer = run_attack("source", pgd(main_eps, attack_steps), source_view, source_view, x, y,
                                      eps=main_eps, norm="linf", seed=seed, batch_size=batch_size)
