@@ -236,10 +236,10 @@ class CrossEntropyPotential(Potential):
         ce = -log_p.gather(-1, target[:, None])[:, 0]
         p_dot_dz = (log_p.exp() * output_velocity).sum(-1)
         dce = p_dot_dz - output_velocity.gather(-1, target[:, None])[:, 0]
-        active = ce > self.gamma
-        v = torch.where(active, ce - self.gamma, torch.zeros_like(ce))
-        v_dot = torch.where(active, dce, torch.zeros_like(dce))
-        return v, v_dot
+        # relu and a multiplicative mask (not torch.where) so that NaN/Inf states give a
+        # non-finite V and dV/dt, which training loops catch, instead of a silent 0.
+        active = (ce > self.gamma).to(ce.dtype)
+        return torch.relu(ce - self.gamma), dce * active
 
 
 @dataclass(frozen=True, kw_only=True)

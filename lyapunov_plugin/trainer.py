@@ -23,7 +23,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -51,6 +50,8 @@ from .diagnostics import (
     states_along,
     trajectory_violation_rate,
 )
+from .checkpoint import FORMAT as _CHECKPOINT_FORMAT
+from .checkpoint import atomic_write, check_compatible, load_checkpoint
 from .dispatch import as_lyapunov_model
 from .losses import CounterexampleSearch, LyapunovLossOutput
 from .model import LyapunovModel, check_model, horizon
@@ -77,7 +78,6 @@ _NONFINITE = ("raise", "skip")
 _OPTIMIZERS = ("adam", "adamw", "sgd", "nero")
 _SCHEDULER_INTERVALS = ("epoch", "step")
 _SCHEDULES = ("cosine", "constant")
-_CHECKPOINT_FORMAT = "lyapunov_plugin.checkpoint/1"
 #: Default Adam learning rate. The Lyapunov objectives converge within the suite's budget
 #: at 1e-2 and fall several points behind at 1e-3 (docs/defaults.md); the baseline in that
 #: comparison is standard training at its best of 1e-3, 3e-3 and 1e-2.
@@ -98,24 +98,6 @@ class NonFiniteLossError(FloatingPointError):
 
 
 OptimizerSpec = Union[str, torch.optim.Optimizer, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]]
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temporary file in the same folder and rename it into place, so a
-    crash or Ctrl-C leaves either the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    done = False
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        done = True
-    finally:
-        if not done and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
@@ -489,7 +471,7 @@ class LyapunovTrainer:
             factor = self.cosine_factor(epoch, total)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * factor
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         sums: dict[str, float] = {}
         weight = 0
         skipped_before = self.skipped_steps
@@ -526,6 +508,9 @@ class LyapunovTrainer:
         record["skipped_steps"] = self.skipped_steps - skipped_before
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["train_seconds"] = time.perf_counter() - started
+        # CPU time of this process: what the epoch cost on a CPU when other jobs share it
+        # (on a GPU the wall clock above is the measure).
+        record["train_cpu_seconds"] = time.process_time() - started_cpu
         return record
 
     # -------------------------------------------------------------------- fit
@@ -563,6 +548,8 @@ class LyapunovTrainer:
             logger.warning("%s", message)
             return self.history
         checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
+        if checkpoint is not None and checkpoint.is_dir():
+            raise ValueError(f"checkpoint_path must be a file name, got the directory {str(checkpoint)!r}")
         metrics_file = Path(metrics_path) if metrics_path is not None else None
         if metrics_file is not None and metrics_file.suffix not in (".csv", ".json"):
             raise ValueError(f"metrics_path must end in .csv or .json, got {str(metrics_file)!r}")
@@ -597,7 +584,7 @@ class LyapunovTrainer:
         """Write :attr:`history` to ``path`` (``.csv`` or ``.json``), atomically."""
         path = Path(path)
         if path.suffix == ".json":
-            _atomic_write(path, lambda f: f.write(json.dumps(self.history, indent=2)), mode="w")
+            atomic_write(path, lambda f: f.write(json.dumps(self.history, indent=2)), mode="w")
             return
         keys: list[str] = []
         for row in self.history:
@@ -608,12 +595,15 @@ class LyapunovTrainer:
             writer.writeheader()
             writer.writerows(self.history)
 
-        _atomic_write(path, write, mode="w")
+        atomic_write(path, write, mode="w")
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly: model, optimiser, scheduler,
-        RNG states (global CPU/CUDA, Python, the trainer's generator), epoch, history."""
+        RNG states (global CPU/CUDA, Python, the trainer's generator), epoch, history, and
+        the library version and classes that :meth:`resume` checks."""
+        from . import __version__
+
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
@@ -623,11 +613,14 @@ class LyapunovTrainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": _CHECKPOINT_FORMAT,
+            "library_version": __version__,
             "epoch": self.epoch,
             "mode": self.mode,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_class": type(self.optimizer).__name__,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scheduler_class": type(self.scheduler).__name__ if self.scheduler is not None else None,
             "base_lrs": list(self.base_lrs),
             "history": self.history,
             "skipped_steps": self.skipped_steps,
@@ -635,40 +628,34 @@ class LyapunovTrainer:
         }
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write a checkpoint atomically (temporary file + rename)."""
+        """Write a checkpoint atomically (temporary file + rename; :mod:`lyapunov_plugin.checkpoint`)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike checkpoint file name, got {type(path).__name__}")
         state = self.state_dict()
-        _atomic_write(Path(path), lambda f: torch.save(state, f))
+        atomic_write(Path(path), lambda f: torch.save(state, f))
 
     def resume(self, path: Union[str, Path]) -> int:
         """Restore a checkpoint written by :meth:`save`; returns the completed epoch.
 
-        Everything is checked before anything is loaded, so an incompatible checkpoint
-        raises ``ValueError`` and leaves the trainer as it was.
+        The file is loaded without running code (``weights_only``) and everything is checked
+        before anything is restored, so a corrupt, foreign or incompatible checkpoint raises
+        :class:`~lyapunov_plugin.checkpoint.CheckpointError` (a ``ValueError``) and leaves the
+        trainer as it was.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(f"{str(path)!r} is not a lyapunov_plugin checkpoint (format {_CHECKPOINT_FORMAT})")
-        if self.mode is not None and state["mode"] is not None and state["mode"] != self.mode:
-            raise ValueError(f"checkpoint was trained with mode={state['mode']!r}, this trainer uses {self.mode!r}")
-        current = self.model.state_dict()
-        saved = state["model"]
-        missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-        wrong = [k for k in current if tuple(current[k].shape) != tuple(saved[k].shape)]
-        if wrong:
-            raise ValueError(f"checkpoint shapes differ from the model for {wrong}")
-        if (state["scheduler"] is None) != (self.scheduler is None):
-            raise ValueError("checkpoint and trainer disagree on whether an LR scheduler is used")
-        self.model.load_state_dict(saved)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike checkpoint file name, got {type(path).__name__}")
+        state = load_checkpoint(path)
+        check_compatible(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, mode=self.mode)
+        from . import __version__
+
+        if state["library_version"] != __version__:
+            logger.warning("checkpoint written by lyapunov_plugin %s, resumed with %s", state["library_version"],
+                           __version__)
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        if "base_lrs" in state:
-            self.base_lrs = [float(v) for v in state["base_lrs"]]
+        self.base_lrs = [float(v) for v in state["base_lrs"]]
         if self.mode is None:
             self._expected_mode = state["mode"]
         self.epoch = int(state["epoch"])

@@ -246,3 +246,13 @@ def test_value_only_potentials_backpropagate_through_a_trainable_readout_float64
         expected = torch.autograd.grad(reference, [eta, *readout.parameters()])
         for got, want in zip(grads, expected):
             torch.testing.assert_close(got, want)
+
+
+def test_non_finite_states_are_not_masked_by_the_cross_entropy_potential():
+    """A NaN state must give a non-finite V and dV/dt (Eq. 11-12), never a silent 0."""
+    eta = torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [float("inf"), -float("inf")]])
+    velocity = torch.ones(3, 2)
+    v, v_dot = CrossEntropyPotential().evaluate(eta, velocity, torch.tensor([1, 0, 0]))
+    assert torch.isfinite(v[0]) and torch.isfinite(v_dot[0])
+    assert not torch.isfinite(v[1]) and not torch.isfinite(v_dot[1])
+    assert not (torch.isfinite(v[2]) and torch.isfinite(v_dot[2]))

@@ -276,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     wall = time.perf_counter() - started
 
     cells = cells_of(runs, DEFAULT.name, problems, patterns)
-    lever_rows = []
+    lever_rows: list[dict[str, Any]] = []
     if args.variants:
         for variant in variants:
             vcells = cells_of(runs, variant, problems, patterns)
@@ -325,7 +325,8 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
                        f"{count} training runs, {payload.get('jobs', 2)} in parallel, wall clock "
                        f"{payload['wall_seconds']:.0f} s; 'L / S' = LyaNet / standard; time to target = median over "
                        "seeds of the training seconds until test accuracy first reaches the baseline's mean final "
-                       "accuracy - 1 pt", machine_line=payload["machine"])
+                       "accuracy - 1 pt (training CPU seconds: runs share the machine, so the wall clock would depend on "
+                       "what ran beside them)", machine_line=payload["machine"])
     markdown = "\n\n".join([report.cells_table(payload["cells"]),
                              report.targets_markdown(payload["targets"], label=label), note])
     levers = report.variant_table(payload["levers"]) if payload.get("levers") else ""

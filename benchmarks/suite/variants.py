@@ -71,6 +71,9 @@ VARIANTS: dict[str, Method] = {
         Method("mc_noise_to_0.3", lambda problem, pattern: {
             "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3)))},
                patterns=MC_PATTERNS),
+        Method("mc_noise_to_3", lambda problem, pattern: {
+            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))},
+               patterns=MC_PATTERNS),
         Method("mc_32_samples", lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
                patterns=MC_PATTERNS),
     )
