@@ -51,6 +51,30 @@ def shown_output(readme: Path = README) -> str:
     return match.group(1) if match else ""
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def outputs_agree(printed: str, shown: str, *, percent_points: float = 3.0, relative: float = 0.5) -> bool:
+    """Whether ``printed`` is the README's ``shown`` output up to machine-level noise.
+
+    The text around the numbers must be identical. The numbers may differ a little: another
+    CPU (other SIMD kernels) rounds differently, and an adaptive solver such as dopri5 turns
+    that into a different step sequence and a slightly different trained model. Percentages
+    may differ by ``percent_points``; other numbers by ``relative`` of the shown value (or
+    0.1 absolute, for values near zero).
+    """
+    if _NUMBER.sub("#", printed) != _NUMBER.sub("#", shown):
+        return False
+    percent = re.compile(r"(-?\d+(?:\.\d+)?)%")
+    pairs_pct = zip(percent.findall(printed), percent.findall(shown))
+    if any(abs(float(a) - float(b)) > percent_points for a, b in pairs_pct):
+        return False
+    others_printed = _NUMBER.findall(percent.sub("%", printed))
+    others_shown = _NUMBER.findall(percent.sub("%", shown))
+    return all(abs(float(a) - float(b)) <= max(relative * abs(float(b)), 0.1)
+               for a, b in zip(others_printed, others_shown))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update-readme", action="store_true", help="embed the printed output in README.md")

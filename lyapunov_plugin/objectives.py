@@ -5,7 +5,7 @@ returns a :class:`~lyapunov_plugin.LyapunovLossOutput`. It is pure (no state, no
 the model), so ``LyapunovTrainer``, a plain loop and a Lightning ``training_step`` compute
 the same thing from the same object:
 
-    objective = default_objective(model, x_example)     # the trainer's default recipe
+    objective = default_objective(model)                 # the trainer's default recipe
     out = objective(model, x, y)                         # out.loss.backward()
 
 - :class:`MonteCarloObjective`: Algorithm 1, Eq. (45). No differentiable solve: states and

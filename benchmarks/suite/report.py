@@ -83,7 +83,7 @@ def cells_table(cells: list[dict[str, Any]]) -> str:
     """The suite's main table: one row per (problem, pattern) cell."""
     lines = [
         "| problem | pattern | LyaNet objective | test acc LyaNet (%) | standard (%), lr, schedule | Δ (pt) "
-        "| err t=0.25 L / S (%) | err t=0.5 L / S (%) | s to target L / S | ratio "
+        "| err t=0.25 L / S (%) | err t=0.5 L / S (%) | CPU s to target L / S | ratio "
         "| NFE L / S | V monotone L / S (%) | Eq. 10 violated L / S (%) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -65,11 +65,8 @@ VARIANTS: dict[str, Method] = {
         Method("mc_no_noise", lambda problem, pattern: {
             "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))},
                patterns=MC_PATTERNS),
-        Method("mc_wide_noise", lambda problem, pattern: {
-            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.3, 1.0, 3.0)))},
-               patterns=MC_PATTERNS),
-        Method("mc_noise_to_0.3", lambda problem, pattern: {
-            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3)))},
+        Method("mc_noise_to_1", lambda problem, pattern: {
+            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0)))},
                patterns=MC_PATTERNS),
         Method("mc_noise_to_3", lambda problem, pattern: {
             "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))},
