@@ -26,8 +26,16 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from lyapunov_plugin._validation import check_choice, check_finite, check_positive, check_tensor
-from lyapunov_plugin.model import check_model, check_velocity, expand_to_batch, readout_at
+from lyapunov_plugin._validation import (
+    check_choice,
+    check_finite,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    check_time_grid,
+)
+from lyapunov_plugin.budget import DEFAULT_MAX_EVALUATIONS, EvaluationBudget, SolverError
+from lyapunov_plugin.model import check_initial_state, check_model, check_velocity, expand_to_batch, readout_at
 
 from ._time import PerSampleTime, select_rows
 
@@ -77,32 +85,32 @@ class _ConditionedField(nn.Module):
     """``(eta, context) -> (f(t, eta, context), 0)``: the context as constant state, so
     ``odeint_adjoint`` returns its gradient."""
 
-    def __init__(self, func: Callable[..., Tensor], counter: list[int]) -> None:
+    def __init__(self, func: Callable[..., Tensor], budget: EvaluationBudget) -> None:
         super().__init__()
         self.func = func
-        self.counter = counter
+        self.budget = budget
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         eta, context = state
-        self.counter[0] += 1
-        return self.func(t, eta, context), torch.zeros_like(context)
+        out = self.func(t, eta, context)
+        self.budget(t, eta, out)
+        return out, torch.zeros_like(context)
 
 
 class _Counted(nn.Module):
     """``func(t, y)`` (or ``func(t, y, context)`` with a fixed context) as a module that
     counts evaluations; ``odeint_adjoint`` needs a module."""
 
-    def __init__(self, func: Callable[..., Tensor], counter: list[int], context: Optional[Tensor]) -> None:
+    def __init__(self, func: Callable[..., Tensor], budget: EvaluationBudget, context: Optional[Tensor]) -> None:
         super().__init__()
         self.func = func
-        self.counter = counter
+        self.budget = budget
         self.context = context
 
     def forward(self, t: Tensor, eta: Tensor) -> Tensor:
-        self.counter[0] += 1
-        if self.context is None:
-            return self.func(t, eta)
-        return self.func(t, eta, self.context)
+        out = self.func(t, eta) if self.context is None else self.func(t, eta, self.context)
+        self.budget(t, eta, out)
+        return out
 
 
 class TorchdiffeqModel(nn.Module):
@@ -117,6 +125,10 @@ class TorchdiffeqModel(nn.Module):
         method, rtol, atol, options: passed to ``torchdiffeq.odeint``.
         adjoint: integrate with ``odeint_adjoint`` (memory-light gradients).
         t_end: inference horizon (1 in the paper).
+        max_evaluations: evaluations of ``func`` one solve may use; a solve that needs
+            more, or whose ``func`` returns NaN/Inf, raises
+            :class:`~lyapunov_plugin.budget.SolverError` (torchdiffeq's own outcome is an
+            ``AssertionError`` about ``dt`` underflowing, after a long time).
     """
 
     def __init__(
@@ -132,6 +144,7 @@ class TorchdiffeqModel(nn.Module):
         options: Optional[dict[str, Any]] = None,
         adjoint: bool = False,
         t_end: float = 1.0,
+        max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     ) -> None:
         super().__init__()
         if not callable(func):
@@ -139,6 +152,8 @@ class TorchdiffeqModel(nn.Module):
         names = _solver_names()
         if names is not None:
             check_choice("method", method, names)
+        if not isinstance(adjoint, bool):
+            raise TypeError(f"adjoint must be a bool, got {type(adjoint).__name__} {adjoint!r}")
         if adjoint and not isinstance(func, nn.Module):
             raise TypeError(f"func must be an nn.Module for adjoint=True (odeint_adjoint needs its parameters), "
                             f"got {type(func).__name__}")
@@ -156,6 +171,11 @@ class TorchdiffeqModel(nn.Module):
             self.state_shape: Optional[tuple[int, ...]] = shape
         else:
             self.state_shape = None
+        for name, layer in (("encoder", encoder), ("readout", readout)):
+            if layer is not None and not callable(layer):
+                raise TypeError(f"{name} must be a callable (e.g. an nn.Module) or None, got {type(layer).__name__}")
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict of torchdiffeq solver options, got {type(options).__name__}")
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.readout_module = readout if readout is not None else nn.Identity()
         self.method = method
@@ -164,6 +184,7 @@ class TorchdiffeqModel(nn.Module):
         self.options = dict(options) if options is not None else None
         self.adjoint = bool(adjoint)
         self.t_end = check_positive("t_end", t_end)
+        self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
         self.last_nfe: Optional[int] = None
         self._time = PerSampleTime("the torchdiffeq func")
 
@@ -187,7 +208,7 @@ class TorchdiffeqModel(nn.Module):
             eta0 = torch.zeros((x.shape[0], *self.state_shape), dtype=h.dtype, device=h.device)
         else:
             eta0 = h
-        return (h if self.conditioned_on_input else None), eta0
+        return (h if self.conditioned_on_input else None), check_initial_state(eta0, x)
 
     def vector_field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
         if self.conditioned_on_input and (not isinstance(context, Tensor) or context.shape[0] != eta.shape[0]):
@@ -201,27 +222,37 @@ class TorchdiffeqModel(nn.Module):
         return check_velocity(out, eta, source="func")
 
     def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
-        check_tensor("ts", ts, min_ndim=1, floating=True)
+        check_time_grid("ts", ts)
         context, eta0 = self.encode(x)
         ts = ts.to(device=eta0.device, dtype=eta0.dtype)
-        counter = [0]
+        budget = EvaluationBudget(self.max_evaluations, source="func")
         kwargs: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         augmented = self.conditioned_on_input and self.adjoint
         if augmented:
-            field: nn.Module = _ConditionedField(self.func, counter)
+            field: nn.Module = _ConditionedField(self.func, budget)
             if self.options is None or "norm" not in self.options:
                 # Step control (and the initial step) on eta alone, as plain odeint would do:
                 # the constant context must not change the forward solve.
                 kwargs["options"] = {**(self.options or {}), "norm": _eta_rms_norm}
-            out = torchdiffeq.odeint_adjoint(
-                field, (eta0, context), ts, adjoint_params=tuple(self.func.parameters()), **kwargs
-            )
+            solve: Callable[..., Any] = torchdiffeq.odeint_adjoint
+            y0: Any = (eta0, context)
+            extra = {"adjoint_params": tuple(self.func.parameters())}
         else:
-            field = _Counted(self.func, counter, context if self.conditioned_on_input else None)
+            field = _Counted(self.func, budget, context if self.conditioned_on_input else None)
             solve = torchdiffeq.odeint_adjoint if self.adjoint else torchdiffeq.odeint
+            y0 = eta0
             extra = {"adjoint_params": tuple(self.func.parameters())} if self.adjoint else {}
-            out = solve(field, eta0, ts, **kwargs, **extra)
-        self.last_nfe = counter[0]
+        try:
+            out = solve(field, y0, ts, **kwargs, **extra)
+        except AssertionError as err:
+            # torchdiffeq's adaptive solvers assert when the step size underflows.
+            if "underflow in dt" not in str(err):
+                raise
+            raise SolverError(
+                f"torchdiffeq's {self.method} could not advance (step size underflow after "
+                f"{budget.count} evaluations of func): the field is too stiff or diverges"
+            ) from err
+        self.last_nfe = budget.count
         return out[0] if augmented else out
 
     def readout(self, eta: Tensor) -> Tensor:

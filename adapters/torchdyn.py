@@ -30,8 +30,15 @@ from typing import Iterator, Optional
 
 from torch import Tensor, nn
 
-from lyapunov_plugin._validation import check_finite, check_tensor
-from lyapunov_plugin.model import check_model, check_velocity, expand_to_batch, readout_at
+from lyapunov_plugin._validation import (
+    check_finite,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    check_time_grid,
+)
+from lyapunov_plugin.budget import DEFAULT_MAX_EVALUATIONS, EvaluationBudget
+from lyapunov_plugin.model import check_initial_state, check_model, check_velocity, expand_to_batch, readout_at
 
 from ._time import PerSampleTime, select_rows
 
@@ -74,9 +81,14 @@ class TorchdynModel(nn.Module):
     Arguments:
         model: a ``NeuralODE``, or an ``nn.Sequential`` with exactly one ``NeuralODE``.
         t_end: inference horizon (1 in the paper).
+        max_evaluations: vector-field evaluations one solve may use; a solve that needs
+            more, or whose field returns NaN/Inf, raises
+            :class:`~lyapunov_plugin.budget.SolverError` instead of running forever
+            (torchdyn's adaptive loop has no limit of its own).
     """
 
-    def __init__(self, model: nn.Module, *, t_end: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, *, t_end: float = 1.0,
+                 max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torchdyn NeuralODE or nn.Sequential, got {type(model).__name__}")
@@ -94,7 +106,8 @@ class TorchdynModel(nn.Module):
             raise ValueError("NeuralODEs with an integral_loss are not supported (the state is augmented by torchdyn)")
         self._controls = [m for m in node.vf.modules() if hasattr(m, "_control")]
         self.conditioned_on_input = bool(self._controls)
-        self.t_end = float(t_end)
+        self.t_end = check_positive("t_end", t_end)
+        self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
         self.last_nfe: Optional[int] = None
         self._time = PerSampleTime("the torchdyn vector field")
 
@@ -130,7 +143,7 @@ class TorchdynModel(nn.Module):
     def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
         check_tensor("x", x, min_ndim=1)
         check_finite("x", x)
-        eta0 = self._encoder(x)
+        eta0 = check_initial_state(self._encoder(x), x)
         return (eta0 if self.conditioned_on_input else None), eta0
 
     @contextmanager
@@ -161,11 +174,17 @@ class TorchdynModel(nn.Module):
         return check_velocity(out, eta, source="the torchdyn vector field")
 
     def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
-        check_tensor("ts", ts, min_ndim=1, floating=True)
+        check_time_grid("ts", ts)
         _, eta0 = self.encode(x)
         node = self.node
         before = node.vf.nfe
-        result = node(eta0, t_span=ts.to(device=eta0.device, dtype=eta0.dtype))
+        budget = EvaluationBudget(self.max_evaluations, source="the torchdyn vector field")
+        # Every solver evaluation goes through node.vf (torchdyn's DEFunc): count it there.
+        hook = node.vf.register_forward_hook(lambda module, args, out: budget(args[0], args[1], out))
+        try:
+            result = node(eta0, t_span=ts.to(device=eta0.device, dtype=eta0.dtype))
+        finally:
+            hook.remove()
         states = result[1] if isinstance(result, tuple) else result
         self.last_nfe = int(node.vf.nfe - before)
         return states

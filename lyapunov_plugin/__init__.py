@@ -5,6 +5,7 @@ ICML 2022. The core imports torch only; torchdyn and torchdiffeq models are reac
 through ``lyapunov_plugin.adapters``.
 """
 
+from .budget import SolverError as SolverError
 from .diagnostics import DecayStatistics as DecayStatistics
 from .diagnostics import InferenceCurve as InferenceCurve
 from .diagnostics import decay_statistics as decay_statistics
@@ -81,6 +82,7 @@ __all__ = [
     "Potential",
     "RolloutSampler",
     "SamplingContext",
+    "SolverError",
     "StateSampler",
     "StratifiedTimeSampler",
     "SupervisedObjective",

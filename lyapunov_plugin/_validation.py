@@ -87,6 +87,18 @@ def check_tensor(name: str, value: Any, *, min_ndim: int = 0, floating: bool = F
     return value
 
 
+def check_time_grid(name: str, ts: Any) -> Tensor:
+    """Times to report a trajectory at: a finite, strictly increasing, floating-point 1-D
+    tensor with at least two entries (the first is where integration starts)."""
+    check_tensor(name, ts, min_ndim=1, floating=True)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"{name} must be a 1-D tensor of at least 2 times, got shape {tuple(ts.shape)}")
+    check_finite(name, ts)
+    if not bool((ts[1:] > ts[:-1]).all()):
+        raise ValueError(f"{name} must be strictly increasing, got {ts.tolist() if ts.numel() <= 8 else ts}")
+    return ts
+
+
 def check_finite(name: str, value: Tensor) -> Tensor:
     """Reject NaN or infinite entries (checked without building an autograd graph)."""
     if value.is_floating_point() or value.is_complex():
@@ -123,6 +135,14 @@ def check_like(name: str, value: Tensor, reference_name: str, reference: Tensor)
         raise ValueError(
             f"{name} must be on device {reference.device} (like {reference_name}), got {value.device}"
         )
+
+
+def as_labels(y: Tensor) -> Tensor:
+    """Integer class labels as ``int64`` (``uint8``/``int16`` labels are common for image
+    datasets; ``gather`` and ``cross_entropy`` need ``int64``); other targets unchanged."""
+    if not y.is_floating_point() and not y.is_complex() and y.dtype not in (torch.int64, torch.bool):
+        return y.long()
+    return y
 
 
 def check_class_labels(name: str, target: Any, batch: int, num_classes: int) -> Tensor:

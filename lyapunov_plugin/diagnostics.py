@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typing import Solver
-from ._validation import check_non_negative, check_positive, check_positive_int, check_tensor
+from ._validation import as_labels, check_non_negative, check_positive, check_positive_int, check_tensor
 from .losses import monte_carlo_lyapunov_loss
 from .model import LyapunovModel, integrate
 from .potentials import CrossEntropyPotential, Potential
@@ -119,10 +119,13 @@ def loss_error_curve(
     potential = potential if potential is not None else CrossEntropyPotential()
     loss_sum = torch.zeros(ts.numel(), dtype=torch.float64)
     err_sum = torch.zeros(ts.numel(), dtype=torch.float64)
-    count = 0
+    count, batches = 0, 0
     steps = ts.numel()
     with torch.no_grad():
         for out, y in _outputs_along(model, data, ts, solver):
+            batches += 1
+            potential.validate(out[-1], y)  # labels in range: a clear error, not an empty curve
+            y = as_labels(y)
             keep = out[-1].argmax(-1) == y if only_correct else torch.ones_like(y, dtype=torch.bool)
             if not bool(keep.any()):
                 continue
@@ -131,6 +134,8 @@ def loss_error_curve(
             loss_sum += values.double().sum(1).cpu()
             err_sum += (out.argmax(-1) != yk).double().sum(1).cpu()
             count += int(keep.sum())
+    if batches == 0:
+        raise ValueError("data yielded no batches; loss_error_curve needs at least one (x, y) batch")
     denom = max(count, 1)
     return InferenceCurve(
         ts=[float(t) for t in ts],

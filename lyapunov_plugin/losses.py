@@ -29,6 +29,7 @@ from ._validation import (
     check_positive_int,
     check_tensor,
 )
+from .dispatch import as_lyapunov_model
 from .model import LyapunovModel, expand_to_batch, solve, solve_with_slopes
 from .solvers import FixedStepSolver
 from .potentials import Potential, Readout
@@ -256,6 +257,7 @@ def monte_carlo_lyapunov_loss(
         :class:`LyapunovLossOutput` over the ``B * Gamma`` points.
     """
     _check_potential(potential)
+    model = as_lyapunov_model(model)  # TypeError listing what is supported otherwise
     kappa = check_positive("kappa", kappa)
     num_samples = check_positive_int("num_samples", num_samples)
     velocity_penalty = check_non_negative("velocity_penalty", velocity_penalty)
@@ -384,6 +386,7 @@ def path_lyapunov_loss(
         :class:`LyapunovLossOutput` over the ``T * B`` points.
     """
     _check_potential(potential)
+    model = as_lyapunov_model(model)  # TypeError listing what is supported otherwise
     kappa = check_positive("kappa", kappa)
     check_tensor("ts", ts, min_ndim=1, floating=True)
     check_tensor("x", x, min_ndim=1)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typing import Context, Output, Solver, State, Times, Trajectory
-from ._validation import check_finite, check_positive, check_tensor
+from ._validation import check_finite, check_positive, check_tensor, check_time_grid
 from .solvers import FixedStepSolver
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "horizon",
     "check_velocity",
     "check_model",
+    "check_initial_state",
     "readout_at",
     "is_lyapunov_model",
     "Classifier",
@@ -100,6 +101,24 @@ def check_velocity(velocity: Any, eta: Tensor, *, source: str = "the vector fiel
     return velocity
 
 
+def check_initial_state(eta0: Any, x: Tensor) -> Tensor:
+    """``eta(0) = phi(x)`` must be a floating-point tensor with one row per example: an
+    integer state (integer ``x`` through an identity input layer) cannot be integrated."""
+    if not isinstance(eta0, Tensor):
+        raise TypeError(f"the input layer must return a tensor eta(0), got {type(eta0).__name__}")
+    if not eta0.is_floating_point():
+        raise TypeError(
+            f"eta(0) must be floating point, got dtype {eta0.dtype} from x of dtype {x.dtype}; pass "
+            "floating-point x (e.g. x.float(), or x.float() / 255 for uint8 images) or an input layer that "
+            "returns one (e.g. nn.Embedding)"
+        )
+    if eta0.ndim == 0 or eta0.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"eta(0) must have one row per example of x ({x.shape[0]}), got shape {tuple(eta0.shape)}"
+        )
+    return eta0
+
+
 def check_model(model: "LyapunovModel", x: Tensor, *, source: str = "the vector field") -> None:
     """Run ``model`` once on two examples of ``x`` (encode, ``f`` at ``t = 0``, readout) and
     raise a precise ``ValueError``/``TypeError`` if the shapes disagree (paper Eq. 1-3)."""
@@ -159,7 +178,7 @@ def integrate(
     Returns:
         States ``(T, B, *S)`` (and the NFE if asked).
     """
-    check_tensor("ts", ts, min_ndim=1, floating=True)
+    check_time_grid("ts", ts)
     context, eta0 = model.encode(x)
     return solve(model, context, eta0, ts, solver=solver, return_nfe=return_nfe)
 
@@ -286,7 +305,7 @@ class ODEModel(nn.Module):
             eta0 = torch.zeros((x.shape[0], *self.state_shape), dtype=ref.dtype, device=ref.device)
         else:
             eta0 = self.initial_state(context)
-        return context, eta0
+        return context, check_initial_state(eta0, x)
 
     def vector_field(self, eta: State, context: Context, t: Times) -> State:
         t = expand_to_batch(t, eta.shape[0], eta)

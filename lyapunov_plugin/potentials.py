@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ._typing import Output, PerSample, State
 from ._validation import (
+    as_labels,
     check_batch,
     check_class_labels,
     check_finite,
@@ -189,7 +190,7 @@ class Potential(ABC):
         output, output_velocity = readout_jvp(readout, eta, velocity)
         if validate:
             self.validate(output, target)
-        v, v_dot = self.value_and_derivative(output, target, output_velocity)
+        v, v_dot = self.value_and_derivative(output, as_labels(target), output_velocity)
         return v, v_dot
 
 
@@ -226,7 +227,8 @@ class CrossEntropyPotential(Potential):
         check_class_labels("target", target, output.shape[0], output.shape[1])
 
     def value(self, output: Output, target: Tensor) -> PerSample:
-        ce = F.cross_entropy(output, target, reduction="none")
+        self.validate(output, target)
+        ce = F.cross_entropy(output, as_labels(target), reduction="none")
         return torch.relu(ce - self.gamma)
 
     def value_and_derivative(
@@ -257,6 +259,8 @@ class MarginPotential(Potential):
         check_class_labels("target", target, output.shape[0], output.shape[1])
 
     def value(self, output: Output, target: Tensor) -> PerSample:
+        self.validate(output, target)
+        target = as_labels(target)
         p = output.softmax(dim=-1)
         p_true = p.gather(-1, target[:, None])[:, 0]
         others = p.scatter(-1, target[:, None], float("-inf"))

@@ -15,6 +15,7 @@ optimiser, schedules, checkpoints, non-finite policy and reporting.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -26,15 +27,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._typing import Solver
 from ._validation import (
+    as_labels,
     check_choice,
     check_finite,
+    check_non_negative,
     check_positive,
     check_positive_int,
     check_tensor,
@@ -93,8 +96,57 @@ _SHARED_SETTINGS = ("potential", "detach_v")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A training step produced a NaN/Inf Lyapunov loss (Eq. 12-17) or gradient; the
-    parameters were not updated."""
+    """A training step met a NaN/Inf input batch, Lyapunov loss (Eq. 12-17) or gradient; the
+    parameters were not updated. The message names the epoch and step."""
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', got {device!r}"
+        ) from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(resolved)!r} was requested, but CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(resolved)!r} was requested, but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)"
+            )
+    return resolved
+
+
+@contextlib.contextmanager
+def _explain_integer_input(x: Tensor) -> Iterator[None]:
+    """Integer inputs are legitimate for an embedding input layer, so they are passed on; if
+    the model then fails on them, say that the dtype of ``x`` is the likely cause."""
+    try:
+        yield
+    except RuntimeError as err:
+        if x.is_floating_point():
+            raise
+        raise TypeError(
+            f"x has dtype {x.dtype} and the model failed on it ({err}); pass floating-point inputs "
+            "(e.g. x.float(), or x.float() / 255 for uint8 images)"
+        ) from err
+
+
+def _check_loader(name: str, loader: Any) -> None:
+    if loader is None or isinstance(loader, (str, bytes, Tensor)) or not hasattr(loader, "__iter__"):
+        raise TypeError(
+            f"{name} must be an iterable of (x, y) batches (e.g. a DataLoader), got {type(loader).__name__}"
+        )
+
+
+def _check_path(name: str, path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike file name, got {type(path).__name__} {path!r}")
+    return Path(path)
+
+
 
 
 OptimizerSpec = Union[str, torch.optim.Optimizer, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]]
@@ -134,6 +186,10 @@ def _objective_from_settings(mode: Optional[str], settings: dict[str, Any]) -> O
     if mode == "standard":
         return SupervisedObjective(**({"potential": shared["potential"]} if "potential" in shared else {}))
     if mode == "path_integral":
+        if "path_steps" in path:
+            check_positive_int("path_steps", path["path_steps"])
+        if "path_loss" in path:
+            check_choice("path_loss", path["path_loss"], ("continuous", "discrete"))
         renamed = {"steps": path.get("path_steps"), "form": path.get("path_loss")}
         return PathIntegralObjective(**{k: v for k, v in renamed.items() if v is not None}, **shared)
     return MonteCarloObjective(**mc, **shared)
@@ -263,11 +319,19 @@ class LyapunovTrainer:
         self.grad_clip = check_positive("grad_clip", grad_clip) if grad_clip is not None else None
         self.nonfinite = check_choice("nonfinite", nonfinite, _NONFINITE)
         self.scheduler_interval = check_choice("scheduler_interval", scheduler_interval, _SCHEDULER_INTERVALS)
-        self.progress = bool(progress)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be a bool, got {type(progress).__name__} {progress!r}")
+        self.progress = progress
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+            if not 0 <= seed < 2**64:
+                raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
 
-        self.device = torch.device(device) if device is not None else self._parameter_device()
+        self.device = _check_device(device) if device is not None else self._parameter_device()
         self.model.to(self.device)
-        self.optimizer = self._build_optimizer(optimizer, check_positive("lr", lr), weight_decay)
+        self.optimizer = self._build_optimizer(optimizer, check_positive("lr", lr),
+                                               check_non_negative("weight_decay", weight_decay))
         self.scheduler = self._build_scheduler(scheduler)
         self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.generator = torch.Generator(device=self.device)
@@ -275,6 +339,7 @@ class LyapunovTrainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.skipped_steps = 0
+        self._stepped = False
         self._model_checked = False
         self._reference: Optional[tuple[Tensor, Tensor]] = None
         self._expected_mode: Optional[str] = None
@@ -319,6 +384,14 @@ class LyapunovTrainer:
         for p in self.model.parameters():
             return p.device
         return torch.device("cpu")
+
+    def _input(self, x: Tensor) -> Tensor:
+        """``x`` on the trainer's device, floating inputs in the model's floating dtype
+        (numpy arrays become float64 tensors; a float32 model would fail deep inside)."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        if x.is_floating_point() and dtype is not None and x.dtype != dtype:
+            x = x.to(dtype)
+        return x.to(self.device)
 
     def _build_optimizer(self, spec: OptimizerSpec, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -382,7 +455,8 @@ class LyapunovTrainer:
         return float(self.kappa_schedule(epoch))
 
     # ------------------------------------------------------------------ steps
-    def _check_batch(self, batch: Any) -> tuple[Tensor, Tensor]:
+    def _check_batch(self, batch: Any, epoch: int, step: int) -> Optional[tuple[Tensor, Tensor]]:
+        """The batch on the device, or ``None`` when a non-finite input batch is skipped."""
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise TypeError(f"train_loader must yield (x, y) batches, got {type(batch).__name__}")
         x, y = batch[0], batch[1]
@@ -390,8 +464,11 @@ class LyapunovTrainer:
         check_tensor("y", y, min_ndim=1)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y must have batch size {x.shape[0]} (the batch size of x), got shape {tuple(y.shape)}")
-        check_finite("x", x)
-        return x.to(self.device), y.to(self.device)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            self._handle_nonfinite(f"input batch x ({bad} NaN/Inf entries)", epoch, step)
+            return None
+        return self._input(x), as_labels(y).to(self.device)
 
     def loss(self, x: Tensor, y: Tensor, *, epoch: Optional[int] = None) -> LyapunovLossOutput:
         """The objective on one batch (no optimiser step), with the epoch's ``kappa``."""
@@ -421,6 +498,7 @@ class LyapunovTrainer:
             self._handle_nonfinite("gradient", epoch, step)
             return None
         self.optimizer.step()
+        self._stepped = True
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         metrics = out.metrics()
@@ -467,10 +545,22 @@ class LyapunovTrainer:
         return "  ".join(parts)
 
     def _run_epoch(self, loader: Iterable[Any], epoch: int, total: int) -> dict[str, Any]:
+        lrs_before = [group["lr"] for group in self.optimizer.param_groups]
         if self.cosine:
             factor = self.cosine_factor(epoch, total)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * factor
+        try:
+            return self._train_epoch(loader, epoch, total)
+        except BaseException:
+            if not self._stepped:
+                # Nothing was updated: leave the optimizer as the call found it.
+                for group, lr in zip(self.optimizer.param_groups, lrs_before):
+                    group["lr"] = lr
+            raise
+
+    def _train_epoch(self, loader: Iterable[Any], epoch: int, total: int) -> dict[str, Any]:
+        self._stepped = False
         started, started_cpu = time.perf_counter(), time.process_time()
         sums: dict[str, float] = {}
         weight = 0
@@ -478,11 +568,14 @@ class LyapunovTrainer:
         bar = _progress(loader, self.progress, f"epoch {epoch}/{total}")
         step = -1
         for step, batch in enumerate(bar):
-            x, y = self._check_batch(batch)
+            checked = self._check_batch(batch, epoch, step)
+            if checked is None:
+                continue
+            x, y = checked
             if not self._model_checked:
                 # Once, on two examples, before any update: shape errors surface with a precise
                 # message. Eval mode and no gradient, so no RNG draw and no buffer update.
-                with self._eval_mode(), torch.no_grad():
+                with self._eval_mode(), torch.no_grad(), _explain_integer_input(x):
                     check_model(self.model, x, source="the model's vector field")
                 self._model_checked = True
             if self._reference is None:
@@ -540,6 +633,9 @@ class LyapunovTrainer:
         Returns:
             The history: one dict of metrics per epoch.
         """
+        _check_loader("train_loader", train_loader)
+        if val_loader is not None:
+            _check_loader("val_loader", val_loader)
         epochs = check_positive_int("epochs", epochs)
         if epochs <= self.epoch:
             message = (f"fit(epochs={epochs}) does nothing: epochs is the total, and {self.epoch} epoch(s) are "
@@ -547,10 +643,10 @@ class LyapunovTrainer:
             warnings.warn(message, UserWarning, stacklevel=2)
             logger.warning("%s", message)
             return self.history
-        checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
+        checkpoint = _check_path("checkpoint_path", checkpoint_path) if checkpoint_path is not None else None
         if checkpoint is not None and checkpoint.is_dir():
             raise ValueError(f"checkpoint_path must be a file name, got the directory {str(checkpoint)!r}")
-        metrics_file = Path(metrics_path) if metrics_path is not None else None
+        metrics_file = _check_path("metrics_path", metrics_path) if metrics_path is not None else None
         if metrics_file is not None and metrics_file.suffix not in (".csv", ".json"):
             raise ValueError(f"metrics_path must end in .csv or .json, got {str(metrics_file)!r}")
         if checkpoint is not None and not checkpoint.exists():
@@ -559,13 +655,15 @@ class LyapunovTrainer:
         try:
             for epoch in range(self.epoch + 1, epochs + 1):
                 record = self._run_epoch(train_loader, epoch, epochs)
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                # The epoch is complete: count it before anything that may raise (a bad
+                # validation batch), so the trainer's state always matches its parameters.
+                self.history.append(record)
+                self.epoch = epoch
                 record.update(self.reference_metrics())
                 if val_loader is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
-                if self.scheduler is not None and self.scheduler_interval == "epoch":
-                    self.scheduler.step()
-                self.history.append(record)
-                self.epoch = epoch
                 summary = self._summary({**record, "epochs": epochs})
                 logger.info("%s", summary)
                 if self.progress:
@@ -629,10 +727,11 @@ class LyapunovTrainer:
 
     def save(self, path: Union[str, Path]) -> None:
         """Write a checkpoint atomically (temporary file + rename; :mod:`lyapunov_plugin.checkpoint`)."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike checkpoint file name, got {type(path).__name__}")
+        target = _check_path("path", path)
+        if target.is_dir():
+            raise ValueError(f"path must be a checkpoint file name, got the directory {str(target)!r}")
         state = self.state_dict()
-        atomic_write(Path(path), lambda f: torch.save(state, f))
+        atomic_write(target, lambda f: torch.save(state, f))
 
     def resume(self, path: Union[str, Path]) -> int:
         """Restore a checkpoint written by :meth:`save`; returns the completed epoch.
@@ -642,8 +741,7 @@ class LyapunovTrainer:
         :class:`~lyapunov_plugin.checkpoint.CheckpointError` (a ``ValueError``) and leaves the
         trainer as it was.
         """
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike checkpoint file name, got {type(path).__name__}")
+        _check_path("path", path)
         state = load_checkpoint(path)
         check_compatible(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, mode=self.mode)
         from . import __version__
@@ -689,22 +787,32 @@ class LyapunovTrainer:
         check_finite("x", x)
         t_end = check_positive("t_end", t_end) if t_end is not None else self.t_end
         with self._eval_mode(), torch.no_grad():
-            ts = torch.tensor([0.0, t_end], device=self.device)
-            final = states_along(self.model, x.to(self.device), ts, solver=solver)[-1]
-            return self.model.readout(final)
+            x = self._input(x)
+            ts = torch.tensor([0.0, t_end], device=self.device,
+                              dtype=x.dtype if x.is_floating_point() else torch.get_default_dtype())
+            with _explain_integer_input(x):
+                final = states_along(self.model, x, ts, solver=solver)[-1]
+                return self.model.readout(final)
 
     def evaluate(
         self, loader: Any, *, t_end: Optional[float] = None, solver: Optional[Solver] = None
     ) -> dict[str, float]:
         """Error rate and mean potential (the supervised loss) of :meth:`predict` on a loader."""
+        if loader is None or isinstance(loader, (str, bytes, Tensor)):
+            raise TypeError(f"loader must be an (x, y) pair of tensors or an iterable of (x, y) batches, "
+                            f"got {type(loader).__name__}")
         errors, loss, count = 0.0, 0.0, 0
         for x, y in iter_batches(loader):
-            y = y.to(self.device)
+            check_tensor("y", y, min_ndim=1)
+            y = as_labels(y).to(self.device)
             out = self.predict(x, t_end=t_end, solver=solver)
+            self.potential.validate(out, y)          # labels in range, shapes: a clear error
             errors += float((out.argmax(-1) != y).sum())
             loss += float(self.potential.value(out, y).sum())
             count += int(y.shape[0])
-        return {"error": errors / max(count, 1), "loss": loss / max(count, 1)}
+        if count == 0:
+            raise ValueError("loader yielded no batches; evaluate needs at least one (x, y) batch")
+        return {"error": errors / count, "loss": loss / count}
 
     def _eval_mode(self) -> "_EvalMode":
         return _EvalMode(self.model)

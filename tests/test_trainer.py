@@ -140,9 +140,19 @@ def test_nan_input_raises_and_leaves_parameters_unchanged():
     x[3, 1] = math.nan
     trainer = make_trainer()
     before = params(trainer.model)
-    with pytest.raises(ValueError, match="x must be finite, got 1 NaN/Inf entry"):
+    with pytest.raises(NonFiniteLossError, match=r"input batch x \(1 NaN/Inf entries\) at epoch 1, step 0"):
         trainer.fit(loader(x, y, shuffle=False), epochs=1)
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
+    assert trainer.epoch == 0 and trainer.history == []
+
+
+def test_nan_input_batch_is_skipped_and_counted_under_skip():
+    x, y = blobs(64, seed=1)
+    x[40, 1] = math.nan                                   # in the second batch of 32
+    trainer = make_trainer(nonfinite="skip")
+    history = trainer.fit(loader(x, y, shuffle=False, batch_size=32), epochs=1)
+    assert trainer.skipped_steps == 1 and history[-1]["skipped_steps"] == 1
+    assert trainer.epoch == 1
 
 
 class _Exploding(nn.Module):

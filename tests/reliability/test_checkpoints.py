@@ -13,6 +13,8 @@ from lyapunov_plugin.blocks import MLPDynamics
 from lyapunov_plugin.checkpoint import CheckpointError, load_checkpoint
 
 from ..models import blobs, loader
+from .state import assert_unchanged as _assert_unchanged
+from .state import snapshot as _snapshot
 
 
 def _trainer(optimizer="adam", seed=0):
@@ -20,18 +22,6 @@ def _trainer(optimizer="adam", seed=0):
     model = ODEModel(MLPDynamics(2, 2, (8,)), state_shape=(2,), encoder=nn.Identity(),
                      solver=FixedStepSolver(method="rk4", steps=2))
     return LyapunovTrainer(model, optimizer=optimizer, progress=False, seed=seed)
-
-
-def _snapshot(trainer):
-    return ([p.detach().clone() for p in trainer.model.parameters()], trainer.epoch, list(trainer.history),
-            repr(trainer.optimizer.state_dict()["state"]))
-
-
-def _assert_unchanged(trainer, snapshot):
-    params, epoch, history, optimizer_state = snapshot
-    assert all(torch.equal(a, b) for a, b in zip(params, trainer.model.parameters()))
-    assert trainer.epoch == epoch and trainer.history == history
-    assert repr(trainer.optimizer.state_dict()["state"]) == optimizer_state
 
 
 @pytest.fixture
