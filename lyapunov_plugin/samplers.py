@@ -20,6 +20,7 @@ from torch import Tensor
 from ._validation import (
     check_batch,
     check_choice,
+    check_like,
     check_non_negative,
     check_positive,
     check_positive_int,
@@ -44,6 +45,17 @@ __all__ = [
 _CENTERS = ("origin", "initial")
 
 
+def _draw_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints >= 0) as a tuple; ``TypeError`` naming it otherwise."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise TypeError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    return tuple(shape)
+
+
 def _random(
     kind: str,
     shape: Sequence[int],
@@ -55,6 +67,10 @@ def _random(
     Drawing on the generator's own device keeps a seeded run reproducible whichever
     device the model lives on.
     """
+    check_tensor("like", like, floating=True)
+    shape = _draw_shape(shape)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     device = generator.device if generator is not None else like.device
     draw = torch.rand if kind == "uniform" else torch.randn
     out = draw(tuple(shape), generator=generator, device=device, dtype=like.dtype)
@@ -93,6 +109,7 @@ class SamplingContext:
                     "trajectory must have shape (T, *eta0.shape) = "
                     f"(T, {', '.join(map(str, self.eta0.shape))}), got {tuple(self.trajectory.shape)}"
                 )
+            check_like("trajectory", self.trajectory, "eta0", self.eta0)
         if self.trajectory_times is not None:
             check_tensor("trajectory_times", self.trajectory_times, min_ndim=1, floating=True)
             steps = self.trajectory.shape[0] if self.trajectory is not None else None
@@ -475,7 +492,8 @@ class StratifiedTimeSampler(_IntervalTimeSampler):
     """
 
     def sample(self, shape, *, like, generator=None):
-        shape = tuple(shape)
+        check_tensor("like", like, floating=True)
+        shape = _draw_shape(shape)
         if len(shape) < 1:
             raise ValueError(f"shape must have at least one dimension (the strata), got {shape}")
         strata = shape[-1]

@@ -28,7 +28,11 @@ from lyapunov_plugin import (
     NonFiniteLossError,
     ODEModel,
     PathIntegralObjective,
+    SamplingContext,
     SolverError,
+    StratifiedTimeSampler,
+    TrajectorySampler,
+    UniformTimeSampler,
 )
 from lyapunov_plugin.blocks import MLPDynamics
 from lyapunov_plugin.trainer import MODES
@@ -229,6 +233,30 @@ def test_objectives_and_losses_name_bad_arguments():
         with pytest.raises(error, match=mentioned):
             call()
         _count("objective calls")
+
+
+@given(like=st.sampled_from(["x", None, torch.zeros(1, dtype=torch.long), torch.zeros(2)]),
+       shape=st.sampled_from([(2, 3), "ab", (2, -1), (True, 2), 3, [4]]),
+       sampler=st.sampled_from([UniformTimeSampler(), StratifiedTimeSampler()]))
+def test_time_samplers_name_a_bad_like_or_shape(like, shape, sampler):
+    _count("time sampler calls")
+    valid_like = isinstance(like, torch.Tensor) and like.is_floating_point()
+    valid_shape = shape in ((2, 3), 3, [4])
+    try:
+        times = sampler.sample(shape, like=like)
+    except (TypeError, ValueError) as err:
+        assert not (valid_like and valid_shape), err
+        assert ("like" in str(err)) if not valid_like else ("shape" in str(err))
+        return
+    assert valid_like and valid_shape
+    assert times.dtype == like.dtype and bool(((times >= 0) & (times <= 1)).all())
+
+
+def test_sampling_contexts_keep_one_dtype():
+    with pytest.raises(TypeError, match="trajectory must have dtype torch.float32"):
+        SamplingContext(eta0=torch.zeros(2, 3), trajectory=torch.zeros(4, 2, 3, dtype=torch.float64))
+    context = SamplingContext(eta0=torch.zeros(2, 3), trajectory=torch.zeros(4, 2, 3))
+    assert TrajectorySampler(noise_std=0.1).sample(context, 5).dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------- adapters
