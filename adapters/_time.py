@@ -15,7 +15,8 @@ samples a time per state. :class:`PerSampleTime` bridges the two:
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional, overload
 
 import torch
 from torch import Tensor
@@ -73,6 +74,18 @@ class PerSampleTime:
             parts.append(field(values[k], index))
             order.append(index)
         return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
+@overload
+def select_rows(value: Tensor, rows: Optional[Tensor]) -> Tensor: ...
+
+
+@overload
+def select_rows(value: None, rows: Optional[Tensor]) -> None: ...
+
+
+@overload
+def select_rows(value: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]: ...
 
 
 def select_rows(value: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]:

@@ -24,7 +24,7 @@ is reproducible.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,9 @@ except ImportError:
         raise ImportError(
             "lyapunov_plugin.adapters.lightning needs Lightning: pip install lightning (or pytorch-lightning)"
         ) from err
+
+if TYPE_CHECKING:
+    from lyapunov_plugin.model import TrainableModel
 
 __all__ = ["LyapunovModule"]
 
@@ -77,9 +80,10 @@ class LyapunovModule(pl.LightningModule):
         super().__init__()
         if objective is not None and not isinstance(objective, Objective):
             raise TypeError(f"objective must be a lyapunov_plugin Objective or None, got {type(objective).__name__}")
-        self.net = as_lyapunov_model(model)
-        if not isinstance(self.net, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(self.net).__name__}")
+        net = as_lyapunov_model(model)
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(net).__name__}")
+        self.net = cast("TrainableModel", net)
         self.objective = objective
         self.kappa = check_positive("kappa", kappa)
         self.lr = check_positive("lr", lr)

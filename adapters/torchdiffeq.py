@@ -21,7 +21,8 @@ user's ``options`` set one), so the forward solve takes the same steps as plain 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,14 @@ from lyapunov_plugin._validation import (
     check_time_grid,
 )
 from lyapunov_plugin.budget import DEFAULT_MAX_EVALUATIONS, EvaluationBudget, SolverError
-from lyapunov_plugin.model import check_initial_state, check_model, check_velocity, expand_to_batch, readout_at
+from lyapunov_plugin.model import (
+    Solution,
+    check_initial_state,
+    check_model,
+    check_velocity,
+    expand_to_batch,
+    readout_at,
+)
 
 from ._time import PerSampleTime, select_rows
 
@@ -185,7 +193,6 @@ class TorchdiffeqModel(nn.Module):
         self.adjoint = bool(adjoint)
         self.t_end = check_positive("t_end", t_end)
         self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
-        self.last_nfe: Optional[int] = None
         self._time = PerSampleTime("the torchdiffeq func")
 
     @property
@@ -222,6 +229,10 @@ class TorchdiffeqModel(nn.Module):
         return check_velocity(out, eta, source="func")
 
     def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
+        return self.solution(x, ts).states
+
+    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+        """torchdiffeq's solve of ``eta(0)`` at ``ts``, with the evaluations of ``func`` it used."""
         check_time_grid("ts", ts)
         context, eta0 = self.encode(x)
         ts = ts.to(device=eta0.device, dtype=eta0.dtype)
@@ -236,12 +247,13 @@ class TorchdiffeqModel(nn.Module):
                 kwargs["options"] = {**(self.options or {}), "norm": _eta_rms_norm}
             solve: Callable[..., Any] = torchdiffeq.odeint_adjoint
             y0: Any = (eta0, context)
-            extra = {"adjoint_params": tuple(self.func.parameters())}
+            # __init__ requires func to be an nn.Module when adjoint is set.
+            extra = {"adjoint_params": tuple(cast(nn.Module, self.func).parameters())}
         else:
             field = _Counted(self.func, budget, context if self.conditioned_on_input else None)
             solve = torchdiffeq.odeint_adjoint if self.adjoint else torchdiffeq.odeint
             y0 = eta0
-            extra = {"adjoint_params": tuple(self.func.parameters())} if self.adjoint else {}
+            extra = {"adjoint_params": tuple(cast(nn.Module, self.func).parameters())} if self.adjoint else {}
         try:
             out = solve(field, y0, ts, **kwargs, **extra)
         except AssertionError as err:
@@ -252,8 +264,7 @@ class TorchdiffeqModel(nn.Module):
                 f"torchdiffeq's {self.method} could not advance (step size underflow after "
                 f"{budget.count} evaluations of func): the field is too stiff or diverges"
             ) from err
-        self.last_nfe = budget.count
-        return out[0] if augmented else out
+        return Solution(states=out[0] if augmented else out, ts=ts, nfe=budget.count)
 
     def readout(self, eta: Tensor) -> Tensor:
         return self.readout_module(eta)

@@ -25,8 +25,9 @@ labels), so :attr:`TorchdynModel.conditioned_on_input` is ``False`` and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional, cast
 
 from torch import Tensor, nn
 
@@ -38,7 +39,14 @@ from lyapunov_plugin._validation import (
     check_time_grid,
 )
 from lyapunov_plugin.budget import DEFAULT_MAX_EVALUATIONS, EvaluationBudget
-from lyapunov_plugin.model import check_initial_state, check_model, check_velocity, expand_to_batch, readout_at
+from lyapunov_plugin.model import (
+    Solution,
+    check_initial_state,
+    check_model,
+    check_velocity,
+    expand_to_batch,
+    readout_at,
+)
 
 from ._time import PerSampleTime, select_rows
 
@@ -108,37 +116,41 @@ class TorchdynModel(nn.Module):
         self.conditioned_on_input = bool(self._controls)
         self.t_end = check_positive("t_end", t_end)
         self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
-        self.last_nfe: Optional[int] = None
         self._time = PerSampleTime("the torchdyn vector field")
+
+    @property
+    def _sequential(self) -> nn.Sequential:
+        """The wrapped model as the ``nn.Sequential`` it is whenever ``_index != -1`` (find_neural_ode)."""
+        return cast(nn.Sequential, self.model)
 
     @property
     def node(self) -> NeuralODE:
         """The wrapped ``NeuralODE``."""
-        return self.model if self._index == -1 else self.model[self._index]
+        return self.model if self._index == -1 else self._sequential[self._index]
 
     def _encoder(self, x: Tensor) -> Tensor:
         if self._index <= 0:
             return x
-        return self.model[: self._index](x)
+        return self._sequential[: self._index](x)
 
     @property
     def initial_state_trainable(self) -> bool:
         """Whether the layers before the ``NeuralODE`` (the input layer) have trainable parameters."""
         if self._index <= 0:
             return False
-        return any(p.requires_grad for p in self.model[: self._index].parameters())
+        return any(p.requires_grad for p in self._sequential[: self._index].parameters())
 
     @property
     def readout_module(self) -> nn.Module:
         """``psi``: the layers after the ``NeuralODE`` (``nn.Identity`` if there are none)."""
-        if self._index == -1 or self._index == len(self.model) - 1:
+        if self._index == -1 or self._index == len(self._sequential) - 1:
             return nn.Identity()
-        return self.model[self._index + 1 :]
+        return self._sequential[self._index + 1 :]
 
     def readout(self, eta: Tensor) -> Tensor:
-        if self._index == -1 or self._index == len(self.model) - 1:
+        if self._index == -1 or self._index == len(self._sequential) - 1:
             return eta
-        return self.model[self._index + 1 :](eta)
+        return self._sequential[self._index + 1 :](eta)
 
     def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
         check_tensor("x", x, min_ndim=1)
@@ -154,7 +166,7 @@ class TorchdynModel(nn.Module):
         try:
             yield
         finally:
-            for m, value in zip(self._controls, saved):
+            for m, value in zip(self._controls, saved, strict=True):
                 m._control = value
 
     def vector_field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
@@ -174,6 +186,10 @@ class TorchdynModel(nn.Module):
         return check_velocity(out, eta, source="the torchdyn vector field")
 
     def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
+        return self.solution(x, ts).states
+
+    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+        """torchdyn's solve of ``eta(0) = phi(x)`` at ``ts``, with the evaluations it used."""
         check_time_grid("ts", ts)
         _, eta0 = self.encode(x)
         node = self.node
@@ -186,8 +202,7 @@ class TorchdynModel(nn.Module):
         finally:
             hook.remove()
         states = result[1] if isinstance(result, tuple) else result
-        self.last_nfe = int(node.vf.nfe - before)
-        return states
+        return Solution(states=states, ts=ts, nfe=int(node.vf.nfe - before))
 
     def check(self, x: Tensor) -> None:
         """Run the model once on two examples of ``x``; raise a precise error on mismatch."""

@@ -113,6 +113,8 @@ class Case:
     prepare: Callable[[], None]
     run: Callable[[], None]
     model: nn.Module
+    #: vector-field evaluations of the model's own solve to t_end (its Solution's nfe)
+    forward_nfe: Optional[int] = None
 
 
 class TorchdiffeqField(nn.Module):
@@ -222,7 +224,10 @@ def step_case(key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tenso
     x, y = batch
     trainer = LyapunovTrainer(model, lr=LEARNING_RATE, seed=SEED, progress=False, device=device, **trainer_options)
     trainer.model.train()
-    return Case(key, label, restorer(trainer.model), lambda: optimisation_step(trainer, x, y), trainer.model)
+    solution = getattr(trainer.model, "solution", None)
+    with torch.no_grad():
+        nfe = solution(x, torch.tensor([0.0, trainer.t_end], device=x.device)).nfe if callable(solution) else None
+    return Case(key, label, restorer(trainer.model), lambda: optimisation_step(trainer, x, y), trainer.model, nfe)
 
 
 def step_cases(base: ODEModel, batch: tuple[Tensor, Tensor], device: torch.device, num_samples: int) -> list[Case]:
@@ -407,7 +412,7 @@ def method_results(cases: Sequence[Case], samples: dict[str, list[float]]) -> di
     results: dict[str, Any] = {}
     for case in cases:
         entry = {"label": case.label, **summary(samples[case.key])}
-        nfe = getattr(case.model, "last_nfe", None)
+        nfe = case.forward_nfe
         if nfe is not None:
             entry["forward_nfe"] = int(nfe)
         entry["ratios"] = {ref: ratio(samples[case.key], samples[ref]) for ref in REFERENCES}

@@ -32,12 +32,14 @@ turns ``kappa`` into the per-step factor ``1 - exp(-kappa / path_steps)``).
 
     python -m examples.vision --dataset cifar10 --data-root data --download       # Table 1 row set
     python -m examples.vision --dataset fashionmnist --fake --epochs 1 --limit 64  # a smoke run
+    torchrun --nproc_per_node=4 -m examples.vision --dataset cifar10 --strategy ddp  # 4 GPUs, one node
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -47,9 +49,11 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, nfe_to_end
 from lyapunov_plugin.diagnostics import states_along
+from lyapunov_plugin.distributed import barrier, is_distributed, is_main_process, rank_and_world_size
 
 from .common.data import VISION_SETS, as_tensors, vision_dataset
 from .common.models import dopri5
@@ -69,6 +73,7 @@ RESULTS_DIR = Path("results")
 DATASETS = tuple(VISION_SETS)
 MODELS = ("resnet18", "node", "continuous")
 METHODS = ("standard", "lyanet")
+STRATEGIES = ("single", "ddp")
 OPTIMIZERS = ("adam", "nero")
 GRADIENTS = ("backprop", "adjoint")
 #: Row labels of paper Table 1.
@@ -235,8 +240,32 @@ def load_data(dataset: str, *, root: str, download: bool, fake: bool, limit: Opt
 
 
 def train_loader(data: VisionData, batch_size: int, seed: int) -> DataLoader:
-    return DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed))
+    """Shuffled training batches; under ``--strategy ddp`` each rank gets its own shard
+    (``DistributedSampler``; ``batch_size`` is then per rank)."""
+    dataset = TensorDataset(data.x_train, data.y_train)
+    if is_distributed():
+        return DataLoader(dataset, batch_size=batch_size, sampler=DistributedSampler(dataset, shuffle=True, seed=seed))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def start_strategy(strategy: str, device: Optional[str]) -> torch.device:
+    """The device to train on; for ``"ddp"`` (under ``torchrun``) also join the process group:
+    NCCL and one GPU per rank (``LOCAL_RANK``) when CUDA is available, else gloo on the CPU.
+    :class:`~lyapunov_plugin.LyapunovTrainer` then synchronises gradients, shards nothing
+    itself and writes checkpoints from rank 0 (:mod:`lyapunov_plugin.distributed`)."""
+    if strategy == "single":
+        return resolve_device(device)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ValueError("strategy='ddp' must be launched by torchrun, e.g. "
+                         "torchrun --nproc_per_node=4 -m examples.vision --strategy ddp ...")
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------------- models
@@ -268,6 +297,8 @@ def train_classifier(net: nn.Module, loader: DataLoader, *, epochs: int, make_op
     """The ResNet-18 row: cross entropy, a plain loop; one record per epoch."""
     net.to(device)
     optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad])
+    if is_distributed():  # a plain classifier trains through forward: DDP itself synchronises
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     history = []
     for epoch in range(1, epochs + 1):
         net.train()
@@ -447,6 +478,8 @@ def run_seed(seed: int, pairs: Sequence[tuple[str, str]], data: VisionData, *, d
     attack needs the other method's model of the same class, hence two passes)."""
     trained = {pair: train_row(*pair, data, dataset=dataset, arch=arch, seed=seed, device=device, **training)
                for pair in pairs}
+    if not is_main_process():  # every rank trains; rank 0 alone measures and reports
+        return []
     results = []
     for (model_name, method), row in trained.items():
         other = trained.get((model_name, "lyanet" if method == "standard" else "standard"))
@@ -505,7 +538,7 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
          attack_examples: Optional[int] = 64, attack_steps: int = 10, strong_steps: int = 20,
          strong_restarts: int = 1, apgd_steps: int = 0, square_queries: int = 50,
          sweep_eps: Optional[Sequence[float]] = None, transfer: bool = True, progress: bool = False,
-         name: Optional[str] = None) -> dict[str, Any]:
+         name: Optional[str] = None, strategy: str = "single") -> dict[str, Any]:
     """Train and evaluate the rows of paper Table 1 on one dataset; write
     ``vision_<dataset>.json`` and ``.md`` (``vision_<dataset>_fake`` for FakeData).
 
@@ -533,6 +566,9 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
         sweep_eps: l_inf radii of the sweep (``None``: the dataset's).
         transfer: also attack each ODE model with PGD transferred from the other method's.
         name: output file stem.
+        strategy: ``"single"`` (one process) or ``"ddp"``: launched by ``torchrun``, every
+            rank trains on its shard of the data with synchronised gradients (batch size per
+            rank), rank 0 measures and writes the results; the others return ``{}``.
     """
     dataset = _choices("dataset", (dataset,), DATASETS)[0]
     optimizer = _choices("optimizer", (optimizer,), OPTIMIZERS)[0]
@@ -552,7 +588,8 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
                            apgd_steps=apgd_steps, square_queries=square_queries, examples=attack_examples,
                            transfer=transfer)
     pairs = pairs_to_run(_choices("models", models, MODELS), _choices("methods", methods, METHODS))
-    target = resolve_device(device)
+    strategy = _choices("strategy", (strategy,), STRATEGIES)[0]
+    target = start_strategy(strategy, device)
     threat = THREATS[dataset]
     sweep = tuple(sweep_eps) if sweep_eps is not None else threat.sweep
     arch = Architecture(width, context_dim, hidden)
@@ -564,6 +601,9 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
     runs = [result for seed in seeds
             for result in run_seed(seed, pairs, data, dataset=dataset, arch=arch, training=training, threat=threat,
                                    budget=budget, sweep=sweep, device=target)]
+    if not is_main_process():
+        barrier()
+        return {}
     setup = {
         "data": data.description, "dataset": dataset, "fake": fake, "epochs": epochs, "seeds": list(seeds),
         "rows": ["/".join(p) for p in pairs], "optimizer": optimizer, "lr": lr,
@@ -573,13 +613,15 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
         "threat": asdict(threat), "sweep_eps": list(sweep), "attack_budget": asdict(budget),
         "attacked_examples": runs[0]["attacked_examples"],
         "solver": f"RK4, {TRAIN_STEPS} steps on [0, 1] (training, scoring, attacks); dopri5 rtol=atol=1e-3",
-        "device": str(target),
+        "device": str(target) + (f" x {rank_and_world_size()[1]} ranks (DDP)" if is_distributed() else ""),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}",
         "wall_clock_seconds": round(time.time() - started, 1),
     }
-    return report(runs, setup, summary_rows(threat, budget, sweep), out_dir=Path(out_dir),
-                  name=name or f"vision_{dataset}{'_fake' if fake else ''}")
+    result = report(runs, setup, summary_rows(threat, budget, sweep), out_dir=Path(out_dir),
+                    name=name or f"vision_{dataset}{'_fake' if fake else ''}")
+    barrier()                   # the other ranks wait here until rank 0 has written the results
+    return result
 
 
 def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -615,6 +657,8 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--sweep-eps", type=float, nargs="+", default=None)
     parser.add_argument("--no-transfer", action="store_true", help="skip the transfer attack")
     parser.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="single",
+                        help="'ddp': under torchrun, data-parallel training on every rank (one GPU each)")
     return parser.parse_args(argv)
 
 
@@ -627,4 +671,6 @@ if __name__ == "__main__":
          context_dim=args.context_dim, hidden=args.hidden, attack_examples=args.attack_examples,
          attack_steps=args.attack_steps, strong_steps=args.strong_steps, strong_restarts=args.strong_restarts,
          apgd_steps=args.apgd_steps, square_queries=args.square_queries, sweep_eps=args.sweep_eps,
-         transfer=not args.no_transfer, progress=args.progress)
+         transfer=not args.no_transfer, progress=args.progress, strategy=args.strategy)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -26,6 +26,7 @@ from .losses import path_lyapunov_loss as path_lyapunov_loss
 from .model import Classifier as Classifier
 from .model import LyapunovModel as LyapunovModel
 from .model import ODEModel as ODEModel
+from .model import Solution as Solution
 from .model import integrate as integrate
 from .objectives import MonteCarloObjective as MonteCarloObjective
 from .objectives import Objective as Objective
@@ -82,6 +83,7 @@ __all__ = [
     "Potential",
     "RolloutSampler",
     "SamplingContext",
+    "Solution",
     "SolverError",
     "StateSampler",
     "StratifiedTimeSampler",

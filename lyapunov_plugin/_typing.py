@@ -9,7 +9,8 @@ The aliases are plain ``torch.Tensor`` at run time; the names document the shape
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from torch import Tensor
 

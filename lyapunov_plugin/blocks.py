@@ -14,7 +14,8 @@ They are conveniences; any module with the same call signature works.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ def _activation(name: str) -> nn.Module:
 
 def _mlp(sizes: Sequence[int], activation: str, *, spectral: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         linear = nn.Linear(a, b)
         layers.append(parametrizations.spectral_norm(linear) if spectral else linear)
         if i < len(sizes) - 2:
@@ -73,7 +74,8 @@ class MLPDynamics(nn.Module):
         columns times the rest of the network's bound."""
         from .diagnostics import spectral_lipschitz_bound
 
-        context_cols = self.net[0].weight[:, self.state_dim:self.state_dim + self.context_dim]
+        first = cast(nn.Linear, self.net[0])  # _mlp without spectral norm starts with a plain nn.Linear
+        context_cols = first.weight[:, self.state_dim:self.state_dim + self.context_dim]
         with torch.no_grad():
             head = float(torch.linalg.matrix_norm(context_cols.detach().double(), ord=2))
         return head * spectral_lipschitz_bound(self.net[1:])
@@ -155,6 +157,10 @@ class Standardize(nn.Module):
     """``(x - mean) / std`` with fixed statistics, the first layer of an encoder, so that
     inputs (and attacks) live in pixel space. Lipschitz constant ``1 / min(std)``."""
 
+    # Registered as buffers in __init__.
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Tensor, std: Tensor, *, eps: float = 1e-6) -> None:
         super().__init__()
         self.register_buffer("mean", mean.detach().clone())
@@ -164,7 +170,7 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
     @classmethod
-    def fit(cls, x: Tensor, *, per_feature: bool = False, eps: float = 1e-6) -> "Standardize":
+    def fit(cls, x: Tensor, *, per_feature: bool = False, eps: float = 1e-6) -> Standardize:
         """Statistics from training data: global (default) or per feature."""
         if per_feature:
             return cls(x.mean(0, keepdim=True), x.std(0, keepdim=True), eps=eps)

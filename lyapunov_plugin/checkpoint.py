@@ -18,8 +18,9 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import torch
 
@@ -82,7 +83,9 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{str(path)!r} is not a lyapunov_plugin checkpoint of format {FORMAT!r} (found {found!r})")
+        raise CheckpointError(
+            f"{str(path)!r} is not a lyapunov_plugin checkpoint of format {FORMAT!r} (found {found!r})"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}")

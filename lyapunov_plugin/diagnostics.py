@@ -8,8 +8,9 @@ without gradient and do not change the model's train/eval mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,9 @@ def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optiona
     return integrate(model, x, ts, solver=solver)
 
 
-def _outputs_along(model: LyapunovModel, data: Any, ts: Tensor, solver: Optional[Solver]) -> Iterable[tuple[Tensor, Tensor]]:
+def _outputs_along(
+    model: LyapunovModel, data: Any, ts: Tensor, solver: Optional[Solver]
+) -> Iterable[tuple[Tensor, Tensor]]:
     """Per batch: readout outputs ``(T, B, m)`` along the trajectories, and the labels."""
     device = _model_device(model)
     for x, y in iter_batches(data):
@@ -148,8 +151,9 @@ def loss_error_curve(
 def nfe_to_end(model: LyapunovModel, x: Tensor, *, t_end: float = 1.0, solver: Optional[Solver] = None) -> int:
     """Vector-field evaluations to integrate a batch from 0 to ``t_end`` (paper Section 5.3).
 
-    With ``solver=None`` the model's own solver is used and its ``last_nfe`` read (the
-    adapters report torchdyn's counter or count torchdiffeq calls); otherwise the
+    With ``solver=None`` the model's own solver is used and the count comes back with its
+    :class:`~lyapunov_plugin.model.Solution` (the adapters report torchdyn's counter or count
+    torchdiffeq calls); otherwise the
     evaluations of ``solver`` through the protocol are counted, e.g.
     ``functools.partial(torchdiffeq.odeint, method="dopri5", rtol=1e-3, atol=1e-3)``.
     """
@@ -160,13 +164,13 @@ def nfe_to_end(model: LyapunovModel, x: Tensor, *, t_end: float = 1.0, solver: O
     ts = torch.tensor([0.0, t_end], device=x.device)
     with torch.no_grad():
         if solver is None:
-            model.trajectory(x, ts)
-            nfe = getattr(model, "last_nfe", None)
-            if nfe is None:
+            solution = getattr(model, "solution", None)
+            if not callable(solution):
                 raise TypeError(
-                    f"{type(model).__name__} does not report last_nfe; pass a solver to count evaluations instead"
+                    f"{type(model).__name__} has no solution(x, ts) method reporting its evaluations; pass a "
+                    "solver to count evaluations instead"
                 )
-            return int(nfe)
+            return int(solution(x, ts).nfe)
         _, nfe = integrate(model, x, ts, solver=solver, return_nfe=True)
         return int(nfe)
 
@@ -202,15 +206,19 @@ def lyapunov_condition_rate(
         for x, y in iter_batches(data):
             if device is not None:
                 x, y = x.to(device), y.to(device)
-            trajectory = None
+            trajectory: Optional[Tensor] = None
             if state_sampler.requires_trajectory:
                 if trajectory_ts is None:
                     raise ValueError("trajectory_ts is required for a state sampler that needs trajectories")
                 trajectory = model.trajectory(x, trajectory_ts.to(x.device))
+            # trajectory is only set when trajectory_ts is given; the second test narrows the type.
+            trajectory_times = (
+                trajectory_ts.to(x.device) if trajectory is not None and trajectory_ts is not None else None
+            )
             out = monte_carlo_lyapunov_loss(
                 model, x, y, potential=potential, kappa=kappa, state_sampler=state_sampler,
                 time_sampler=time_sampler, num_samples=num_samples, trajectory=trajectory,
-                trajectory_times=trajectory_ts.to(x.device) if trajectory is not None else None, generator=generator,
+                trajectory_times=trajectory_times, generator=generator,
             )
             holds += float((out.pointwise <= 0).sum())
             total += out.pointwise.numel()
@@ -247,7 +255,9 @@ def trajectory_violation_rate(
             steps, batch = states.shape[0], states.shape[1]
             eta = states.reshape(steps * batch, *states.shape[2:])
             t = grid.to(eta.dtype).repeat_interleave(batch)
-            flat_context = context.repeat(steps, *([1] * (context.ndim - 1))) if isinstance(context, Tensor) else context
+            flat_context = (
+                context.repeat(steps, *([1] * (context.ndim - 1))) if isinstance(context, Tensor) else context
+            )
             v, v_dot = potential.evaluate(eta, model.vector_field(eta, flat_context, t), y.repeat(steps),
                                           readout=model.readout)
             violated += float((v_dot + kappa * v > 0).sum())
@@ -363,8 +373,9 @@ def spectral_lipschitz_bound(module: nn.Module) -> float:
     :class:`~lyapunov_plugin.blocks.Standardize`) supplies its own. Raises ``TypeError``
     for anything else: residual or convolutional blocks need their own bound.
     """
-    if callable(getattr(module, "lipschitz_bound", None)):
-        return float(module.lipschitz_bound())
+    own_bound = getattr(module, "lipschitz_bound", None)
+    if callable(own_bound):
+        return float(own_bound())
     if isinstance(module, nn.Sequential):
         bound = 1.0
         for layer in module:
@@ -402,8 +413,9 @@ def empirical_lipschitz(
     v = v / v.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
     sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for _ in range(iterations):
-        _, jv = torch.func.jvp(fn, (x,), (v,))
-        _, vjp = torch.func.vjp(fn, x)
+        # Without has_aux, jvp returns (output, jvp) and vjp returns (output, vjp_fn).
+        _, jv = cast(tuple[Tensor, Tensor], torch.func.jvp(fn, (x,), (v,)))
+        _, vjp = cast(tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]]], torch.func.vjp(fn, x))
         (jtjv,) = vjp(jv)
         sigma = jv.flatten(1).norm(dim=1)
         norm = jtjv.flatten(1).norm(dim=1).clamp_min(1e-30)

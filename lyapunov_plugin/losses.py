@@ -14,7 +14,7 @@ shaped, and ``kappa V`` is a fixed per-state target for the decrease rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import Tensor
@@ -31,9 +31,9 @@ from ._validation import (
 )
 from .dispatch import as_lyapunov_model
 from .model import LyapunovModel, expand_to_batch, solve, solve_with_slopes
-from .solvers import FixedStepSolver
 from .potentials import Potential, Readout
 from .samplers import SamplingContext, StateSampler, TimeSampler
+from .solvers import FixedStepSolver
 
 __all__ = [
     "CounterexampleSearch",
@@ -284,7 +284,8 @@ def monte_carlo_lyapunov_loss(
         states, times = state_sampler.sample_with_times(sampling, num_samples, generator=generator)
     else:
         states = state_sampler.sample(sampling, num_samples, generator=generator)
-        times = time_sampler.sample((batch, num_samples), like=eta0, generator=generator)
+        # Checked above: a TimeSampler whenever the state sampler does not provide times.
+        times = cast(TimeSampler, time_sampler).sample((batch, num_samples), like=eta0, generator=generator)
 
     eta = states.reshape(batch * num_samples, *eta0.shape[1:])
     t = times.reshape(batch * num_samples)

@@ -13,7 +13,9 @@ ODE can be trained without the core knowing which library built it. The adapters
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, cast, overload, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +37,23 @@ __all__ = [
     "readout_at",
     "is_lyapunov_model",
     "Classifier",
+    "Solution",
 ]
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A solve of Eq. (1)-(2): states at the requested times and solver statistics.
+
+    Attributes:
+        states: ``(T, B, *S)``, the states at ``ts``.
+        ts: the ``(T,)`` times.
+        nfe: vector-field evaluations the solve used (all stages, all steps).
+    """
+
+    states: Tensor
+    ts: Tensor
+    nfe: int
 
 
 @runtime_checkable
@@ -57,7 +75,9 @@ class LyapunovModel(Protocol):
       When it does not, one state would have to flow to different labels for different
       examples, so region sampling is ill-posed and the trainer defaults to
       trajectory-based training.
-    - ``last_nfe`` (int): vector-field evaluations of the last ``trajectory`` call.
+    - ``solution(x, ts) -> Solution``: the trajectory together with solver statistics
+      (the number of vector-field evaluations), returned rather than stored on the model, as
+      torchode and diffrax return ``stats`` with the solution.
     - ``readout_module`` (``nn.Module``): the readout as a module, with
       ``readout(eta) == readout_module(eta)``. It lets the default recipe see whether the
       readout has trainable parameters without running the model, and identity or linear
@@ -74,6 +94,17 @@ class LyapunovModel(Protocol):
     def readout(self, eta: State) -> Output: ...
 
     def trajectory(self, x: Tensor, ts: Tensor) -> Trajectory: ...
+
+
+if TYPE_CHECKING:
+
+    class TrainableModel(nn.Module, LyapunovModel):
+        """Static type only: a :class:`LyapunovModel` that is also an ``nn.Module``.
+
+        Python has no intersection types; code that checks ``isinstance(model, nn.Module)``
+        at run time on a :class:`LyapunovModel` (the trainer, which optimises its
+        parameters) casts it to this type afterwards.
+        """
 
 
 _PROTOCOL_MEMBERS = ("encode", "vector_field", "readout", "trajectory")
@@ -119,7 +150,7 @@ def check_initial_state(eta0: Any, x: Tensor) -> Tensor:
     return eta0
 
 
-def check_model(model: "LyapunovModel", x: Tensor, *, source: str = "the vector field") -> None:
+def check_model(model: LyapunovModel, x: Tensor, *, source: str = "the vector field") -> None:
     """Run ``model`` once on two examples of ``x`` (encode, ``f`` at ``t = 0``, readout) and
     raise a precise ``ValueError``/``TypeError`` if the shapes disagree (paper Eq. 1-3)."""
     context, eta0 = model.encode(x[:2])
@@ -131,7 +162,7 @@ def check_model(model: "LyapunovModel", x: Tensor, *, source: str = "the vector 
         raise ValueError(f"the readout must map states {tuple(eta0.shape)} to one output per example, got {got}")
 
 
-def readout_at(model: "LyapunovModel", x: Tensor, t_end: float) -> Tensor:
+def readout_at(model: LyapunovModel, x: Tensor, t_end: float) -> Tensor:
     """``psi(eta(t_end))`` with the model's own solver (Eq. 3): a model's ``forward``."""
     ts = torch.tensor([0.0, t_end], device=x.device)
     return model.readout(model.trajectory(x, ts)[-1])
@@ -152,6 +183,24 @@ class _CountingField:
     def __call__(self, t: Tensor, eta: Tensor) -> Tensor:
         self.nfe += 1
         return self.model.vector_field(eta, self.context, expand_to_batch(t, eta.shape[0], eta))
+
+
+@overload
+def integrate(
+    model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Solver, return_nfe: Literal[False] = ...
+) -> Trajectory: ...
+
+
+@overload
+def integrate(
+    model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Solver, return_nfe: Literal[True]
+) -> tuple[Trajectory, int]: ...
+
+
+@overload
+def integrate(
+    model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Solver, return_nfe: bool = ...
+) -> Trajectory | tuple[Trajectory, int]: ...
 
 
 def integrate(
@@ -181,6 +230,27 @@ def integrate(
     check_time_grid("ts", ts)
     context, eta0 = model.encode(x)
     return solve(model, context, eta0, ts, solver=solver, return_nfe=return_nfe)
+
+
+@overload
+def solve(
+    model: LyapunovModel, context: Context, eta0: State, ts: Tensor, *, solver: Solver,
+    return_nfe: Literal[False] = ...,
+) -> Trajectory: ...
+
+
+@overload
+def solve(
+    model: LyapunovModel, context: Context, eta0: State, ts: Tensor, *, solver: Solver,
+    return_nfe: Literal[True],
+) -> tuple[Trajectory, int]: ...
+
+
+@overload
+def solve(
+    model: LyapunovModel, context: Context, eta0: State, ts: Tensor, *, solver: Solver,
+    return_nfe: bool = ...,
+) -> Trajectory | tuple[Trajectory, int]: ...
 
 
 def solve(
@@ -284,7 +354,6 @@ class ODEModel(nn.Module):
         self.readout_module = readout if readout is not None else nn.Identity()
         self.solver = solver if solver is not None else FixedStepSolver(method="rk4", steps=20)
         self.t_end = check_positive("t_end", t_end)
-        self.last_nfe: Optional[int] = None
 
     @property
     def initial_state_trainable(self) -> bool:
@@ -302,7 +371,9 @@ class ODEModel(nn.Module):
         context = self.encoder(x)
         if self.initial_state is None:
             ref = context if isinstance(context, Tensor) and context.is_floating_point() else x
-            eta0 = torch.zeros((x.shape[0], *self.state_shape), dtype=ref.dtype, device=ref.device)
+            # __init__ requires state_shape whenever initial_state is None.
+            state_shape = cast(tuple[int, ...], self.state_shape)
+            eta0 = torch.zeros((x.shape[0], *state_shape), dtype=ref.dtype, device=ref.device)
         else:
             eta0 = self.initial_state(context)
         return context, check_initial_state(eta0, x)
@@ -314,10 +385,13 @@ class ODEModel(nn.Module):
     def readout(self, eta: State) -> Output:
         return self.readout_module(eta)
 
-    def trajectory(self, x: Tensor, ts: Tensor) -> Trajectory:
+    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+        """The trajectory at ``ts`` with this model's solver, and its evaluation count."""
         states, nfe = integrate(self, x, ts, solver=self.solver, return_nfe=True)
-        self.last_nfe = nfe
-        return states
+        return Solution(states=states, ts=ts, nfe=nfe)
+
+    def trajectory(self, x: Tensor, ts: Tensor) -> Trajectory:
+        return self.solution(x, ts).states
 
     def check(self, x: Tensor) -> None:
         """Run the model once on two examples of ``x``; raise a precise error on mismatch."""

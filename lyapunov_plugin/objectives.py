@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,9 @@ from .model import LyapunovModel, horizon, solve
 from .potentials import CrossEntropyPotential, Potential
 from .samplers import RolloutSampler, StateSampler, TimeSampler, UniformTimeSampler
 from .solvers import FixedStepSolver
+
+if TYPE_CHECKING:
+    from dataclasses import Field
 
 __all__ = [
     "DEFAULT_KAPPA",
@@ -112,6 +115,11 @@ class Objective(ABC):
     uses_solver: ClassVar[bool] = True
     #: Short name for logs and history records.
     name: ClassVar[str] = "objective"
+
+    if TYPE_CHECKING:
+        # Every implementation is a dataclass (see above): declaring the marker lets
+        # dataclasses.replace accept an Objective statically. No effect at run time.
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     @abstractmethod
     def __call__(
@@ -259,7 +267,9 @@ class PathIntegralObjective(Objective):
         check_choice("form", self.form, _PATH_FORMS)
         if isinstance(self.solver, str):
             if self.solver != "model":
-                raise ValueError(f"solver must be None, 'model' or a callable solver(func, y0, ts), got {self.solver!r}")
+                raise ValueError(
+                    f"solver must be None, 'model' or a callable solver(func, y0, ts), got {self.solver!r}"
+                )
         elif self.solver is not None:
             _check_solver("solver", self.solver)
         if not isinstance(self.detach_v, bool):

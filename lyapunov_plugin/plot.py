@@ -15,7 +15,8 @@ matplotlib ``Axes`` (or ``Figure``) it drew on.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -192,8 +193,8 @@ def phase_portrait(
         if conditioned:
             base = eta0[example:example + 1]
             spread = eta0.std(0).clamp_min(1e-3) if eta0.shape[0] > 1 else torch.ones_like(base[0])
-            starts = base + perturbation * spread * torch.randn(num_starts, 2, generator=torch.Generator().manual_seed(0)
-                                                                ).to(base)
+            noise = torch.randn(num_starts, 2, generator=torch.Generator().manual_seed(0)).to(base)
+            starts = base + perturbation * spread * noise
             starts[0] = base[0]
             ctx = context[example:example + 1].expand(num_starts, *context.shape[1:]) if isinstance(context, Tensor) \
                 else context
@@ -267,14 +268,14 @@ def compare(models: Mapping[str, Any], x: Tensor, y: Tensor, *, path: Optional[A
     plt = _pyplot()
     wrapped = {name: as_lyapunov_model(m) for name, m in models.items()}
     panels = []
-    for name, model in wrapped.items():
+    for model in wrapped.values():
         with _Eval(model), torch.no_grad():
             _, eta0 = model.encode(x[:1].to(_device(model)))
         panels.append((x.ndim == 2 and x.shape[1] == 2, eta0.ndim == 2 and eta0.shape[1] == 2))
     columns = 1 + int(any(p[0] for p in panels)) + int(any(p[1] for p in panels))
     fig, axes = plt.subplots(len(wrapped), columns, figsize=(4.2 * columns, 3.6 * len(wrapped)), squeeze=False)
     grid = torch.tensor(list(ts) if ts is not None else [i / 10 for i in range(11)])
-    for row, ((name, model), (two_d_input, two_d_state)) in enumerate(zip(wrapped.items(), panels)):
+    for row, ((name, model), (two_d_input, two_d_state)) in enumerate(zip(wrapped.items(), panels, strict=True)):
         col = 0
         if any(p[0] for p in panels):
             if two_d_input:

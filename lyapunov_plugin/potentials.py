@@ -15,8 +15,9 @@ pushed through ``psi`` by a Jacobian-vector product (exact and free for an ident
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional, cast
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -146,7 +147,10 @@ class Potential(ABC):
         # rules for softmax / log_softmax / logsumexp modify exp() in place, which breaks the
         # backward pass of a dual-tensor JVP whenever the output requires grad (a trainable
         # readout, states that carry gradient); the functional transform is not affected.
-        value, derivative = torch.func.jvp(lambda out: self.value(out, target), (output,), (output_velocity,))
+        # Without has_aux, jvp returns the pair (value, derivative).
+        value, derivative = cast(
+            tuple[Tensor, Tensor], torch.func.jvp(lambda out: self.value(out, target), (output,), (output_velocity,))
+        )
         return value, derivative
 
     def validate(self, output: Output, target: Tensor) -> None:

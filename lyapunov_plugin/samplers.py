@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -246,7 +247,7 @@ class HypersphereSampler(StateSampler):
         check_choice("center", self.center, _CENTERS)
 
     @classmethod
-    def around_hypercube(cls, half_width: float, state_dim: int, *, center: str = "origin") -> "HypersphereSampler":
+    def around_hypercube(cls, half_width: float, state_dim: int, *, center: str = "origin") -> HypersphereSampler:
         """The ball through the corners of ``[-s, s]^k``: ``r_max = s * sqrt(k)`` (Alg. 3)."""
         half_width = check_positive("half_width", half_width)
         state_dim = check_positive_int("state_dim", state_dim)
@@ -332,7 +333,9 @@ class RolloutSampler(StateSampler):
     def __post_init__(self) -> None:
         scales = tuple(self.noise_scales) if isinstance(self.noise_scales, (tuple, list)) else None
         if not scales:
-            raise ValueError(f"noise_scales must be a non-empty tuple of non-negative floats, got {self.noise_scales!r}")
+            raise ValueError(
+                f"noise_scales must be a non-empty tuple of non-negative floats, got {self.noise_scales!r}"
+            )
         object.__setattr__(
             self, "noise_scales", tuple(check_non_negative(f"noise_scales[{i}]", v) for i, v in enumerate(scales))
         )
@@ -416,7 +419,7 @@ class MixtureSampler(StateSampler):
 
     @property
     def requires_trajectory(self) -> bool:  # type: ignore[override]
-        return any(s.requires_trajectory for s, w in zip(self.samplers, self.weights) if w > 0)
+        return any(s.requires_trajectory for s, w in zip(self.samplers, self.weights, strict=True) if w > 0)
 
     def allocation(self, num_samples: int) -> list[int]:
         """Samples per component for a total of ``num_samples`` (largest remainder)."""
@@ -432,7 +435,7 @@ class MixtureSampler(StateSampler):
     def sample(self, context, num_samples, *, generator=None):
         parts = [
             sampler.sample(context, count, generator=generator)
-            for sampler, count in zip(self.samplers, self.allocation(num_samples))
+            for sampler, count in zip(self.samplers, self.allocation(num_samples), strict=True)
             if count > 0
         ]
         return torch.cat(parts, dim=1)

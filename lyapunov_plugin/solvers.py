@@ -11,8 +11,8 @@ a Neural ODE is (paper Eq. 4).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

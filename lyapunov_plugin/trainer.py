@@ -26,8 +26,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,8 @@ from ._validation import (
     check_positive_int,
     check_tensor,
 )
+from .checkpoint import FORMAT as _CHECKPOINT_FORMAT
+from .checkpoint import atomic_write, check_compatible, load_checkpoint
 from .diagnostics import (
     DecayStatistics,
     InferenceCurve,
@@ -53,11 +56,19 @@ from .diagnostics import (
     states_along,
     trajectory_violation_rate,
 )
-from .checkpoint import FORMAT as _CHECKPOINT_FORMAT
-from .checkpoint import atomic_write, check_compatible, load_checkpoint
 from .dispatch import as_lyapunov_model
+from .distributed import (
+    any_rank,
+    average_gradients,
+    average_metrics,
+    barrier,
+    broadcast_parameters,
+    is_main_process,
+    rank_and_world_size,
+    unwrap_data_parallel,
+)
 from .losses import CounterexampleSearch, LyapunovLossOutput
-from .model import LyapunovModel, check_model, horizon
+from .model import check_model, horizon
 from .objectives import (
     DEFAULT_KAPPA,
     MonteCarloObjective,
@@ -69,6 +80,9 @@ from .objectives import (
 from .potentials import CrossEntropyPotential, Potential
 from .samplers import RolloutSampler, StateSampler, TimeSampler
 from .schedules import KappaSchedule, constant_kappa
+
+if TYPE_CHECKING:
+    from .model import TrainableModel
 
 __all__ = ["LyapunovTrainer", "NonFiniteLossError", "MODES", "DEFAULT_LR"]
 
@@ -271,11 +285,14 @@ class LyapunovTrainer:
         t_end: Optional[float] = None,
     ) -> None:
         self.user_model = model
-        self.model: LyapunovModel = as_lyapunov_model(model)
-        if not isinstance(self.model, nn.Module):
+        # DistributedDataParallel(model) is accepted: the trainer synchronises gradients
+        # itself (lyapunov_plugin.distributed), since the objectives never call forward.
+        wrapped = as_lyapunov_model(unwrap_data_parallel(model))
+        if not isinstance(wrapped, nn.Module):
             raise TypeError(
-                f"model must be an nn.Module (the trainer optimises its parameters), got {type(self.model).__name__}"
+                f"model must be an nn.Module (the trainer optimises its parameters), got {type(wrapped).__name__}"
             )
+        self.model = cast("TrainableModel", wrapped)
         settings = {
             "potential": potential, "state_sampler": state_sampler, "time_sampler": time_sampler,
             "num_samples": num_samples, "counterexamples": counterexamples, "velocity_penalty": velocity_penalty,
@@ -308,7 +325,9 @@ class LyapunovTrainer:
             if self._overrides:
                 objective = dataclasses.replace(objective, **self._overrides)
         self.objective: Optional[Objective] = objective
-        self.kappa_schedule = kappa if isinstance(kappa, KappaSchedule) else constant_kappa(check_positive("kappa", kappa))
+        self.kappa_schedule = (
+            kappa if isinstance(kappa, KappaSchedule) else constant_kappa(check_positive("kappa", kappa))
+        )
         model_t_end = horizon(self.model)
         if t_end is not None and not math.isclose(check_positive("t_end", t_end), model_t_end):
             raise ValueError(
@@ -330,12 +349,17 @@ class LyapunovTrainer:
 
         self.device = _check_device(device) if device is not None else self._parameter_device()
         self.model.to(self.device)
+        broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.optimizer = self._build_optimizer(optimizer, check_positive("lr", lr),
                                                check_non_negative("weight_decay", weight_decay))
         self.scheduler = self._build_scheduler(scheduler)
         self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+        # One generator per rank, seeded seed + rank: the ranks draw different Monte Carlo
+        # samples, and a run is reproducible for a given seed and number of ranks.
+        self.rank, self.world_size = rank_and_world_size()
+        base_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)))
+        self.generator.manual_seed((base_seed + self.rank) % 2**64)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.skipped_steps = 0
@@ -356,7 +380,8 @@ class LyapunovTrainer:
         """The objective's potential ``V_y`` (cross entropy by default)."""
         if self.objective is not None and isinstance(getattr(self.objective, "potential", None), Potential):
             return self.objective.potential  # type: ignore[attr-defined]
-        return self._overrides.get("potential", CrossEntropyPotential())
+        # The only override of that name is the ``potential`` keyword, a Potential.
+        return cast(Potential, self._overrides.get("potential", CrossEntropyPotential()))
 
     @property
     def state_sampler(self) -> Optional[StateSampler]:
@@ -423,7 +448,8 @@ class LyapunovTrainer:
                 raise TypeError(f"optimizer factory must return a torch.optim.Optimizer, got {type(built).__name__}")
             return built
         raise TypeError(
-            f"optimizer must be one of {list(_OPTIMIZERS)}, a torch.optim.Optimizer or a factory, got {type(spec).__name__}"
+            f"optimizer must be one of {list(_OPTIMIZERS)}, a torch.optim.Optimizer or a factory, "
+            f"got {type(spec).__name__}"
         )
 
     def _build_scheduler(self, spec: Any) -> Any:
@@ -464,9 +490,10 @@ class LyapunovTrainer:
         check_tensor("y", y, min_ndim=1)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y must have batch size {x.shape[0]} (the batch size of x), got shape {tuple(y.shape)}")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            self._handle_nonfinite(f"input batch x ({bad} NaN/Inf entries)", epoch, step)
+        bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+        if any_rank(bad > 0, self.device):  # all ranks skip (or raise) together
+            what = f"input batch x ({bad} NaN/Inf entries)" if bad else "input batch x on another rank"
+            self._handle_nonfinite(what, epoch, step)
             return None
         return self._input(x), as_labels(y).to(self.device)
 
@@ -488,10 +515,12 @@ class LyapunovTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.loss(x, y, epoch=epoch)
-        if not bool(torch.isfinite(out.loss)):
-            self._handle_nonfinite("loss", epoch, step)
+        finite = bool(torch.isfinite(out.loss))
+        if any_rank(not finite, self.device):
+            self._handle_nonfinite("loss" if not finite else "loss on another rank", epoch, step)
             return None
         out.loss.backward()
+        average_gradients(self.model.parameters())  # no-op on a single process
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip is not None else math.inf)
         if not bool(torch.isfinite(norm)):
@@ -548,14 +577,15 @@ class LyapunovTrainer:
         lrs_before = [group["lr"] for group in self.optimizer.param_groups]
         if self.cosine:
             factor = self.cosine_factor(epoch, total)
-            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            # strict=False: a parameter group added during training keeps the rate it was given.
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=False):
                 group["lr"] = base * factor
         try:
             return self._train_epoch(loader, epoch, total)
         except BaseException:
             if not self._stepped:
                 # Nothing was updated: leave the optimizer as the call found it.
-                for group, lr in zip(self.optimizer.param_groups, lrs_before):
+                for group, lr in zip(self.optimizer.param_groups, lrs_before, strict=False):
                     group["lr"] = lr
             raise
 
@@ -565,7 +595,13 @@ class LyapunovTrainer:
         sums: dict[str, float] = {}
         weight = 0
         skipped_before = self.skipped_steps
-        bar = _progress(loader, self.progress, f"epoch {epoch}/{total}")
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
+        elif self.world_size > 1 and epoch == self.epoch + 1:
+            logger.warning("training on %d ranks with a loader without a DistributedSampler: every rank sees the "
+                           "whole dataset", self.world_size)
+        bar = _progress(loader, self.progress and is_main_process(), f"epoch {epoch}/{total}")
         step = -1
         for step, batch in enumerate(bar):
             checked = self._check_batch(batch, epoch, step)
@@ -604,7 +640,8 @@ class LyapunovTrainer:
         # CPU time of this process: what the epoch cost on a CPU when other jobs share it
         # (on a GPU the wall clock above is the measure).
         record["train_cpu_seconds"] = time.process_time() - started_cpu
-        return record
+        # Metrics of every rank's examples (no-op on a single process).
+        return average_metrics(record, [f"train_{k}" for k in sums], self.device, weight=weight)
 
     # -------------------------------------------------------------------- fit
     def fit(
@@ -649,7 +686,7 @@ class LyapunovTrainer:
         metrics_file = _check_path("metrics_path", metrics_path) if metrics_path is not None else None
         if metrics_file is not None and metrics_file.suffix not in (".csv", ".json"):
             raise ValueError(f"metrics_path must end in .csv or .json, got {str(metrics_file)!r}")
-        if checkpoint is not None and not checkpoint.exists():
+        if checkpoint is not None and any_rank(not checkpoint.exists(), self.device):
             self.save(checkpoint)
         epoch = self.epoch
         try:
@@ -661,16 +698,17 @@ class LyapunovTrainer:
                 # validation batch), so the trainer's state always matches its parameters.
                 self.history.append(record)
                 self.epoch = epoch
-                record.update(self.reference_metrics())
+                reference = self.reference_metrics()
+                record.update(average_metrics(reference, reference, self.device))
                 if val_loader is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
                 summary = self._summary({**record, "epochs": epochs})
                 logger.info("%s", summary)
-                if self.progress:
+                if self.progress and is_main_process():
                     print(summary, file=sys.stderr, flush=True)
                 if checkpoint is not None:
                     self.save(checkpoint)
-                if metrics_file is not None:
+                if metrics_file is not None and is_main_process():
                     self.write_metrics(metrics_file)
         except KeyboardInterrupt:
             where = f"; {checkpoint} holds the state after epoch {self.epoch}" if checkpoint is not None else ""
@@ -726,12 +764,21 @@ class LyapunovTrainer:
         }
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write a checkpoint atomically (temporary file + rename; :mod:`lyapunov_plugin.checkpoint`)."""
+        """Write a checkpoint atomically (temporary file + rename; :mod:`lyapunov_plugin.checkpoint`).
+
+        On several ranks every rank must call it: the ranks' Monte Carlo generator states are
+        gathered, rank 0 writes the file, and all ranks wait until it is written."""
         target = _check_path("path", path)
         if target.is_dir():
             raise ValueError(f"path must be a checkpoint file name, got the directory {str(target)!r}")
         state = self.state_dict()
-        atomic_write(target, lambda f: torch.save(state, f))
+        if self.world_size > 1:
+            states: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(states, self.generator.get_state())
+            state["rng"]["generator_ranks"] = states
+        if is_main_process():
+            atomic_write(target, lambda f: torch.save(state, f))
+        barrier()
 
     def resume(self, path: Union[str, Path]) -> int:
         """Restore a checkpoint written by :meth:`save`; returns the completed epoch.
@@ -762,7 +809,15 @@ class LyapunovTrainer:
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        self.generator.set_state(rng["generator"])
+        ranks = rng.get("generator_ranks")
+        if isinstance(ranks, list) and len(ranks) == self.world_size:
+            self.generator.set_state(ranks[self.rank])   # the same ranks: each continues its own stream
+        else:
+            # Another number of ranks: rank 0 continues the saved stream, the others branch off it.
+            self.generator.set_state(rng["generator"])
+            if self.rank > 0:
+                branch = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+                self.generator.manual_seed((branch + self.rank) % 2**64)
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         return self.epoch
@@ -814,7 +869,7 @@ class LyapunovTrainer:
             raise ValueError("loader yielded no batches; evaluate needs at least one (x, y) batch")
         return {"error": errors / count, "loss": loss / count}
 
-    def _eval_mode(self) -> "_EvalMode":
+    def _eval_mode(self) -> _EvalMode:
         return _EvalMode(self.model)
 
     def loss_error_curve(

@@ -290,12 +290,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                "wall_seconds": wall, "cells": cells, "targets": report.targets(cells), "levers": lever_rows,
                "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
+    # The runs are saved before anything else can fail (the pictures retrain two models).
+    (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
     if not args.no_pictures and not args.quick:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             payload["pictures"] = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
                                    for p in pictures(runs, problems, args.out, name)]
-    (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
+        (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
     markdown, levers = render(payload)
     (args.out / f"{name}.md").write_text(markdown + "\n")
     if levers:

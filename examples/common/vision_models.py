@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet18 as torchvision_resnet18
 from torchvision.models.resnet import BasicBlock
 
-from lyapunov_plugin import FixedStepSolver, ODEModel
+from lyapunov_plugin import FixedStepSolver, ODEModel, Solution
 from lyapunov_plugin.blocks import MLPDynamics, Standardize
 
 __all__ = [
@@ -255,7 +255,6 @@ class StaticFlow(nn.Module):
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
-        self.last_nfe: Optional[int] = None
 
     def encode(self, x: Tensor) -> tuple[None, Tensor]:
         return None, self.classifier(x)
@@ -268,8 +267,10 @@ class StaticFlow(nn.Module):
 
     def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
         _, logits = self.encode(x)
-        self.last_nfe = 0
         return logits.unsqueeze(0).expand(ts.shape[0], *logits.shape)
+
+    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+        return Solution(states=self.trajectory(x, ts), ts=ts, nfe=0)  # no vector field is evaluated
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(x)
