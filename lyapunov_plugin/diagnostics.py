@@ -220,9 +220,17 @@ def lyapunov_condition_rate(
                 time_sampler=time_sampler, num_samples=num_samples, trajectory=trajectory,
                 trajectory_times=trajectory_times, generator=generator,
             )
+            bad = int((~torch.isfinite(out.pointwise)).sum())
+            if bad:
+                raise ValueError(
+                    f"the Lyapunov condition (Eq. 10) is NaN/Inf at {bad} of {out.pointwise.numel()} sampled states "
+                    "(non-finite vector field or potential); no condition rate can be given"
+                )
             holds += float((out.pointwise <= 0).sum())
             total += out.pointwise.numel()
-    return holds / max(total, 1)
+    if total == 0:
+        raise ValueError("data yielded no batches; the condition rate needs at least one (x, y) batch")
+    return holds / total
 
 
 def trajectory_violation_rate(

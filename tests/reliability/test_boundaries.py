@@ -200,6 +200,22 @@ def test_a_bad_validation_batch_leaves_a_consistent_trainer(trained):
     assert trainer.epoch == 2 and len(trainer.history) == 2 and trainer.history[-1]["epoch"] == 2
 
 
+class _NaNDynamics(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, eta, x, t):
+        return self.lin(torch.cat([eta, x], 1)) * math.nan
+
+
+def test_a_certificate_of_nan_dynamics_is_refused_not_reported():
+    x, y = blobs(16, seed=1)
+    trainer = LyapunovTrainer(ODEModel(_NaNDynamics(), state_shape=(2,)), progress=False, seed=0)
+    with pytest.raises(ValueError, match="NaN/Inf at"):
+        trainer.certificate(loader(x, y), num_samples=4)
+
+
 def test_numpy_style_inputs_are_cast_to_the_model():
     """float64 features (numpy's default) and uint8 labels train a float32 model exactly as
     float32 features and int64 labels do."""
