@@ -7,11 +7,18 @@ that one lever does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from lyapunov_plugin import (
+    FixedStepSolver,
     HypercubeSampler,
+    LyapunovLossOutput,
     MonteCarloObjective,
+    Objective,
     PathIntegralObjective,
     RolloutSampler,
+    SupervisedObjective,
     UniformTimeSampler,
     appendix_b_half_width,
 )
@@ -37,6 +44,21 @@ def _previous_default(problem, pattern):
     sampler = HypercubeSampler(half_width=half_width, cover=2.0)
     return {"objective": MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(),
                                              num_samples=32), "lr": 1e-3, "scheduler": "constant"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathWithTerminalLoss(Objective):
+    """Lever: the default path integral plus ``weight`` times the cross entropy at ``t_end``
+    on the same RK4-4 grid (a standard-training term mixed in; costs a second rollout)."""
+
+    weight: float = 1.0
+    name: ClassVar[str] = "path_integral"
+
+    def __call__(self, model, x, y, *, kappa=10.0, generator=None):  # type: ignore[no-untyped-def]
+        path = PathIntegralObjective()(model, x, y, kappa=kappa, generator=generator)
+        terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4))(model, x, y)
+        return LyapunovLossOutput(loss=path.loss + self.weight * terminal.loss, pointwise=path.pointwise,
+                                  v=path.v, v_dot=path.v_dot)
 
 
 VARIANTS: dict[str, Method] = {
@@ -71,6 +93,10 @@ VARIANTS: dict[str, Method] = {
         Method("mc_noise_to_3", lambda problem, pattern: {
             "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))},
                patterns=MC_PATTERNS),
+        Method("path_terminal_0.1", lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=0.1)},
+               patterns=PATH_PATTERNS),
+        Method("path_terminal_1", lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=1.0)},
+               patterns=PATH_PATTERNS),
         Method("mc_32_samples", lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
                patterns=MC_PATTERNS),
     )
