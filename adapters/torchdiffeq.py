@@ -21,6 +21,7 @@ user's ``options`` set one), so the forward solve takes the same steps as plain 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, cast
 
@@ -64,6 +65,24 @@ def _solver_names() -> Optional[tuple[str, ...]]:
     except ImportError:
         return None
     return tuple(SOLVERS)
+
+
+def _solver_class(method: str) -> Optional[type]:
+    """torchdiffeq's class for ``method`` (``None`` if its private registry moved)."""
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+    except ImportError:
+        return None
+    found = SOLVERS.get(method)
+    return found if isinstance(found, type) else None
+
+
+def _is_fixed_grid(solver: type) -> bool:
+    try:
+        from torchdiffeq._impl.solvers import FixedGridODESolver
+    except ImportError:
+        return False
+    return issubclass(solver, FixedGridODESolver)
 
 
 def _positional_arity(func: Callable[..., Any]) -> int:
@@ -194,6 +213,23 @@ class TorchdiffeqModel(nn.Module):
         self.t_end = check_positive("t_end", t_end)
         self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
         self._time = PerSampleTime("the torchdiffeq func")
+
+    @property
+    def fixed_steps(self) -> Optional[int]:
+        """Steps of a fixed-grid torchdiffeq method (euler, midpoint, rk4, ...) over
+        ``[0, t_end]``: ``ceil(t_end / step_size)`` with a ``step_size`` option, 1 without
+        (the grid is then the requested times); ``None`` for adaptive methods or a custom
+        grid."""
+        solver = _solver_class(self.method)
+        if solver is None or not _is_fixed_grid(solver):
+            return None
+        options = self.options or {}
+        if set(options) - {"step_size"}:
+            return None
+        step = options.get("step_size")
+        if step is None:
+            return 1
+        return max(1, math.ceil(self.t_end / float(step) - 1e-9))
 
     @property
     def initial_state_trainable(self) -> bool:

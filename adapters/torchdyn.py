@@ -141,6 +141,13 @@ class TorchdynModel(nn.Module):
         return any(p.requires_grad for p in self._sequential[: self._index].parameters())
 
     @property
+    def fixed_steps(self) -> Optional[int]:
+        """1 for torchdyn's fixed-step solvers (euler, midpoint, rk4: they step from one
+        ``t_span`` point to the next, so inference over ``[0, t_end]`` is a single step);
+        ``None`` for adaptive ones."""
+        return 1 if getattr(self.node.solver, "stepping_class", None) == "fixed" else None
+
+    @property
     def readout_module(self) -> nn.Module:
         """``psi``: the layers after the ``NeuralODE`` (``nn.Identity`` if there are none)."""
         if self._index == -1 or self._index == len(self._sequential) - 1:

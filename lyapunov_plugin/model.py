@@ -75,6 +75,10 @@ class LyapunovModel(Protocol):
       When it does not, one state would have to flow to different labels for different
       examples, so region sampling is ill-posed and the trainer defaults to
       trajectory-based training.
+    - ``fixed_steps`` (int or ``None``): how many steps the model's own solver takes over
+      ``[0, t_end]`` when it is a fixed-step scheme (``None``: adaptive or unknown). A model
+      whose inference takes fewer steps than the default path-integral rollout is trained
+      on its own grid (:func:`~lyapunov_plugin.default_objective`).
     - ``solution(x, ts) -> Solution``: the trajectory together with solver statistics
       (the number of vector-field evaluations), returned rather than stored on the model, as
       torchode and diffrax return ``stats`` with the solution.
@@ -354,6 +358,12 @@ class ODEModel(nn.Module):
         self.readout_module = readout if readout is not None else nn.Identity()
         self.solver = solver if solver is not None else FixedStepSolver(method="rk4", steps=20)
         self.t_end = check_positive("t_end", t_end)
+
+    @property
+    def fixed_steps(self) -> Optional[int]:
+        """Steps of the model's own solver over ``[0, t_end]`` (``None`` unless it is a
+        :class:`~lyapunov_plugin.FixedStepSolver`)."""
+        return self.solver.steps if isinstance(self.solver, FixedStepSolver) else None
 
     @property
     def initial_state_trainable(self) -> bool:

@@ -408,7 +408,11 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
       (:class:`PathIntegralObjective` defaults). Sampled states are detached from the
       input layer, and with a trainable readout the loss can be lowered by reshaping ``V``
       instead of steering the flow; both need gradients through the states, which only a
-      differentiable rollout gives.
+      differentiable rollout gives. If the model's own solver is a fixed-step scheme
+      that takes fewer steps over ``[0, t_end]`` than that rollout (``fixed_steps``, e.g.
+      a torchdyn ``rk4`` model: one step), the discrete path loss, Eq. (16)-(17), along
+      the model's own steps instead: the flow learned on a finer grid is not the map such
+      a model computes at inference.
 
     Arguments:
         model: the user's model (any form the trainer accepts).
@@ -419,5 +423,12 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
     conditioned = bool(getattr(protocol, "conditioned_on_input", True))
     if conditioned and not readout_is_trainable(protocol, x) and not initial_state_is_trainable(protocol, x):
         return MonteCarloObjective()
+    steps = getattr(protocol, "fixed_steps", None)
+    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < PathIntegralObjective().steps:
+        # Inference takes fewer fixed steps than the rollout would: the flow learned on the
+        # finer grid is not what the model computes (a torchdyn rk4 model takes one step over
+        # [0, t_end]). Train the map inference uses: the discrete path loss, Eq. (16)-(17),
+        # along the model's own steps.
+        return PathIntegralObjective(form="discrete", solver="model", steps=steps)
     return PathIntegralObjective()
 

@@ -103,3 +103,13 @@ def test_initial_state_benchmark(tmp_path):
     payload = main(seeds=(0,), epochs=1, out_dir=tmp_path, limit=128)
     assert [row["mode"] for row in payload["summary"].values()] == ["monte_carlo", "path_integral", "standard"]
     assert (tmp_path / "initial_state.md").read_text().startswith("| method | test error (%)")
+
+
+def test_fixed_step_benchmark(tmp_path):
+    pytest.importorskip("torchdyn")
+    from benchmarks.fixed_step import METHODS, main
+
+    rows = main(seeds=(0,), epochs=1, out_dir=tmp_path, train_size=256)
+    assert list(rows) == list(METHODS)
+    assert all(0.0 <= r["own_solver"][0] <= 100.0 for r in rows.values())
+    assert (tmp_path / "fixed_step.md").read_text().startswith("| method | test error, the model's own solver")

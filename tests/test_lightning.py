@@ -24,7 +24,8 @@ def test_fast_dev_run_trains_a_torchdyn_model_with_the_default_objective():
     before = [p.detach().clone() for p in module.parameters()]
     x, y = blobs(64, seed=1)
     _trainer(fast_dev_run=2).fit(module, loader(x, y), loader(*blobs(32, seed=2)))
-    assert module.objective == PathIntegralObjective()  # linear readout: the path integral
+    # linear readout: the path integral; one rk4 step over [0, 1]: along the model's own step
+    assert module.objective == PathIntegralObjective(form="discrete", solver="model", steps=1)
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
     assert module.generator().device == module.device
 
