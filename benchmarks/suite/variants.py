@@ -7,8 +7,11 @@ that one lever does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
+
+import torch
 
 from lyapunov_plugin import (
     FixedStepSolver,
@@ -23,7 +26,7 @@ from lyapunov_plugin import (
     appendix_b_half_width,
 )
 
-from .runner import Method
+from .runner import Method, budget
 
 #: Patterns the default recipe trains with Monte Carlo / with the path integral.
 MC_PATTERNS = ("paper",)
@@ -59,6 +62,23 @@ class PathWithTerminalLoss(Objective):
         terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4))(model, x, y)
         return LyapunovLossOutput(loss=path.loss + self.weight * terminal.loss, pointwise=path.pointwise,
                                   v=path.v, v_dot=path.v_dot)
+
+
+def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, Any], dict[str, Any]]:
+    """Lever: a learning-rate schedule ``lr * factor(epoch, epochs)`` over the problem's budget."""
+    def kwargs(problem: Any, pattern: str) -> dict[str, Any]:
+        epochs = budget(len(problem.y_train))[1]
+        return {"scheduler": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor(e, epochs))}
+    return kwargs
+
+
+def _cosine_to_floor(epoch: int, epochs: int, floor: float = 0.2) -> float:
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
+def _constant_then_cosine(epoch: int, epochs: int) -> float:
+    half = epochs // 2
+    return 1.0 if epoch < half else 0.5 * (1 + math.cos(math.pi * (epoch - half) / max(epochs - half, 1)))
 
 
 VARIANTS: dict[str, Method] = {
@@ -97,6 +117,8 @@ VARIANTS: dict[str, Method] = {
                patterns=PATH_PATTERNS),
         Method("path_terminal_1", lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=1.0)},
                patterns=PATH_PATTERNS),
+        Method("cosine_to_0.2", _epoch_schedule(_cosine_to_floor), patterns=PATH_PATTERNS),
+        Method("constant_then_cosine", _epoch_schedule(_constant_then_cosine), patterns=PATH_PATTERNS),
         Method("mc_32_samples", lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
                patterns=MC_PATTERNS),
     )
