@@ -58,22 +58,18 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 __all__ = ["TorchdiffeqModel", "takes_context"]
 
 
-def _solver_names() -> Optional[tuple[str, ...]]:
-    """torchdiffeq's own solver registry (private module; ``None`` if it moved)."""
+def _solver_registry() -> Optional[dict[str, Any]]:
+    """torchdiffeq's own solver registry, name -> class (private module; ``None`` if it moved)."""
     try:
         from torchdiffeq._impl.odeint import SOLVERS
     except ImportError:
         return None
-    return tuple(SOLVERS)
+    return dict(SOLVERS)
 
 
 def _solver_class(method: str) -> Optional[type]:
-    """torchdiffeq's class for ``method`` (``None`` if its private registry moved)."""
-    try:
-        from torchdiffeq._impl.odeint import SOLVERS
-    except ImportError:
-        return None
-    found = SOLVERS.get(method)
+    """torchdiffeq's class for ``method`` (``None`` if unknown or the registry moved)."""
+    found = (_solver_registry() or {}).get(method)
     return found if isinstance(found, type) else None
 
 
@@ -176,9 +172,9 @@ class TorchdiffeqModel(nn.Module):
         super().__init__()
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y) or func(t, y, context), got {type(func).__name__}")
-        names = _solver_names()
-        if names is not None:
-            check_choice("method", method, names)
+        registry = _solver_registry()
+        if registry is not None:
+            check_choice("method", method, tuple(registry))
         if not isinstance(adjoint, bool):
             raise TypeError(f"adjoint must be a bool, got {type(adjoint).__name__} {adjoint!r}")
         if adjoint and not isinstance(func, nn.Module):

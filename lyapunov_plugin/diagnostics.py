@@ -65,14 +65,18 @@ def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optiona
     return integrate(model, x, ts, solver=solver)
 
 
+def _batches_on_model_device(model: Any, data: Any) -> Iterable[tuple[Tensor, Tensor]]:
+    """:func:`iter_batches`, each batch moved to the device of the model's parameters."""
+    device = _model_device(model)
+    for x, y in iter_batches(data):
+        yield (x.to(device), y.to(device)) if device is not None else (x, y)
+
+
 def _outputs_along(
     model: LyapunovModel, data: Any, ts: Tensor, solver: Optional[Solver]
 ) -> Iterable[tuple[Tensor, Tensor]]:
     """Per batch: readout outputs ``(T, B, m)`` along the trajectories, and the labels."""
-    device = _model_device(model)
-    for x, y in iter_batches(data):
-        if device is not None:
-            x, y = x.to(device), y.to(device)
+    for x, y in _batches_on_model_device(model, data):
         states = states_along(model, x, ts, solver=solver)
         steps, batch = states.shape[0], states.shape[1]
         out = model.readout(states.reshape(steps * batch, *states.shape[2:]))
@@ -200,12 +204,9 @@ def lyapunov_condition_rate(
         time_sampler = None
     elif time_sampler is None:
         time_sampler = UniformTimeSampler()
-    device = _model_device(model)
     holds, total = 0.0, 0
     with torch.no_grad():
-        for x, y in iter_batches(data):
-            if device is not None:
-                x, y = x.to(device), y.to(device)
+        for x, y in _batches_on_model_device(model, data):
             trajectory: Optional[Tensor] = None
             if state_sampler.requires_trajectory:
                 if trajectory_ts is None:
@@ -251,12 +252,9 @@ def trajectory_violation_rate(
     kappa = check_positive("kappa", kappa)
     check_tensor("ts", ts, min_ndim=1, floating=True)
     potential = potential if potential is not None else CrossEntropyPotential()
-    device = _model_device(model)
     violated, total = 0.0, 0
     with torch.no_grad():
-        for x, y in iter_batches(data):
-            if device is not None:
-                x, y = x.to(device), y.to(device)
+        for x, y in _batches_on_model_device(model, data):
             context, _ = model.encode(x)
             grid = ts.to(x.device)
             states = states_along(model, x, grid, solver=solver)
