@@ -29,6 +29,11 @@ def main(out: str) -> None:
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
     record = {"rank": rank, "before": before, "after": flat(module.net), "world_size": trainer.world_size}
     (Path(out) / f"lightning_rank{rank}.json").write_text(json.dumps(record))
+    # Lightning leaves its process group open; leaving it to interpreter shutdown let gloo abort
+    # one rank now and then (SIGABRT) while the other was still exiting.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
