@@ -331,7 +331,10 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
                        "what ran beside them)", machine_line=payload["machine"])
     markdown = "\n\n".join([report.cells_table(payload["cells"]),
                              report.targets_markdown(payload["targets"], label=label), note])
-    levers = report.variant_table(payload["levers"]) if payload.get("levers") else ""
+    levers = ("\n\n".join([report.variant_table(payload["levers"]),
+                            "By cell group (the levers that apply to one objective change only its cells):",
+                            report.variant_groups_table(payload["levers"])])
+              if payload.get("levers") else "")
     return markdown, levers
 
 

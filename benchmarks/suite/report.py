@@ -165,6 +165,31 @@ def variant_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The two groups of cells the levers differ on: the paper's model (Monte Carlo by default)
+#: and every other pattern (the path integral by default).
+CELL_GROUPS = {"paper cells": lambda pattern: pattern == "paper", "path cells": lambda pattern: pattern != "paper"}
+
+
+def variant_groups_table(rows: list[dict[str, Any]]) -> str:
+    """Lever study per cell group: within 1 pt, mean and worst Δ, median time ratio and the
+    cells that never reach the target, for the paper cells and the other (path) cells."""
+    lines = ["| variant | cells | within 1 pt | mean Δ (pt) | worst Δ (pt) | median time ratio | never |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        for group, member in CELL_GROUPS.items():
+            cells = [c for c in row["cells"] if member(c["pattern"])]
+            if not cells:
+                continue
+            deltas = [c["delta"] for c in cells]
+            ratios = [c["time_ratio"] for c in cells]          # inf: never reaches the target
+            within = sum(d >= -MARGIN - 1e-12 for d in deltas)
+            never = sum(not math.isfinite(r) for r in ratios)
+            lines.append(f"| {row['name']} | {group} ({len(cells)}) | {within}/{len(cells)} | "
+                         f"{100 * _mean(deltas):+.1f} | {100 * min(deltas):+.1f} | {_ratio(_median(ratios))} | "
+                         f"{never} |")
+    return "\n".join(lines)
+
+
 def note(problems: Sequence[Any], seeds: Sequence[int], extra: Optional[str] = None, *,
          machine_line: Optional[str] = None) -> str:
     parts = ["; ".join(f"{p.name}: {p.description}" for p in problems)]
