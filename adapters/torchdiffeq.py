@@ -178,8 +178,10 @@ class TorchdiffeqModel(nn.Module):
         if not isinstance(adjoint, bool):
             raise TypeError(f"adjoint must be a bool, got {type(adjoint).__name__} {adjoint!r}")
         if adjoint and not isinstance(func, nn.Module):
-            raise TypeError(f"func must be an nn.Module for adjoint=True (odeint_adjoint needs its parameters), "
-                            f"got {type(func).__name__}")
+            raise TypeError(
+                f"func must be an nn.Module for adjoint=True (odeint_adjoint needs its parameters), "
+                f"got {type(func).__name__}"
+            )
         self.func = func
         self.conditioned_on_input = takes_context(func)
         if state_shape is not None:
@@ -308,4 +310,3 @@ class TorchdiffeqModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``psi(eta(t_end))`` with the configured torchdiffeq solver."""
         return readout_at(self, x, self.t_end)
-

@@ -95,8 +95,7 @@ class TorchdynModel(nn.Module):
             (torchdyn's adaptive loop has no limit of its own).
     """
 
-    def __init__(self, model: nn.Module, *, t_end: float = 1.0,
-                 max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> None:
+    def __init__(self, model: nn.Module, *, t_end: float = 1.0, max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torchdyn NeuralODE or nn.Sequential, got {type(model).__name__}")

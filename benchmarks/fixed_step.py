@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -31,7 +32,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = {
     "default objective (discrete path loss on the model's own step)": {},
     "path integral on a 4-step RK4 rollout (the previous default for this model)": {
-        "objective": PathIntegralObjective()},
+        "objective": PathIntegralObjective()
+    },
     "standard (mode='standard')": {"mode": "standard"},
 }
 
@@ -40,12 +42,17 @@ def conv_model() -> nn.Module:
     from torchdyn.core import NeuralODE
 
     field = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 8, 3, padding=1))
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), NeuralODE(field, solver="rk4", return_t_eval=False),
-                         nn.Flatten(), nn.Linear(8 * 64, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        NeuralODE(field, solver="rk4", return_t_eval=False),
+        nn.Flatten(),
+        nn.Linear(8 * 64, 10),
+    )
 
 
-def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, out_dir: Path = RESULTS,
-         train_size: int = 1200) -> dict[str, Any]:
+def main(
+    *, seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, out_dir: Path = RESULTS, train_size: int = 1200
+) -> dict[str, Any]:
     from sklearn.datasets import load_digits
 
     torch.set_num_threads(1)
@@ -58,8 +65,12 @@ def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, out_dir: Path = 
         own, fine = [], []
         for seed in seeds:
             torch.manual_seed(seed)
-            loader = DataLoader(TensorDataset(x[:train_size], y[:train_size]), batch_size=64, shuffle=True,
-                                generator=torch.Generator().manual_seed(seed))
+            loader = DataLoader(
+                TensorDataset(x[:train_size], y[:train_size]),
+                batch_size=64,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+            )
             trainer = LyapunovTrainer(conv_model(), progress=False, seed=seed, **options)
             trainer.fit(loader, epochs=epochs)
             own.append(100 * float((trainer.predict(x_test).argmax(-1) != y_test).float().mean()))
@@ -74,14 +85,18 @@ def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, out_dir: Path = 
 
     lines = ["| method | test error, the model's own solver (%) | test error, RK4-10 (%) |", "|---|---:|---:|"]
     lines += [f"| {label} | {cell(r['own_solver'])} | {cell(r['rk4_10'])} |" for label, r in rows.items()]
-    lines += ["", f"scikit-learn digits, pixels/16, first {train_size} images for training, the rest "
-              f"({len(y_test)}) for testing; conv -> torchdyn NeuralODE(conv field, solver='rk4') -> linear; "
-              f"{epochs} epochs, batch 64, Adam lr 1e-2 with the cosine schedule; mean ± std over seeds "
-              f"{list(seeds)}; one intra-op thread."]
+    lines += [
+        "",
+        f"scikit-learn digits, pixels/16, first {train_size} images for training, the rest "
+        f"({len(y_test)}) for testing; conv -> torchdyn NeuralODE(conv field, solver='rk4') -> linear; "
+        f"{epochs} epochs, batch 64, Adam lr 1e-2 with the cosine schedule; mean ± std over seeds "
+        f"{list(seeds)}; one intra-op thread.",
+    ]
     markdown = "\n".join(lines)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "fixed_step.json").write_text(json.dumps({"seeds": list(seeds), "epochs": epochs, "rows": rows},
-                                                        indent=1))
+    (out_dir / "fixed_step.json").write_text(
+        json.dumps({"seeds": list(seeds), "epochs": epochs, "rows": rows}, indent=1)
+    )
     (out_dir / "fixed_step.md").write_text(markdown + "\n")
     print(markdown)
     return rows

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -41,8 +42,13 @@ def quickstart_model() -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), NeuralODE(field, solver="dopri5", return_t_eval=False))
 
 
-def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, out_dir: Path | str = RESULTS_DIR,
-         limit: Optional[int] = None) -> dict[str, Any]:
+def main(
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 10,
+    out_dir: Path | str = RESULTS_DIR,
+    limit: Optional[int] = None,
+) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -68,9 +74,11 @@ def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, out_dir: Path | 
     for name, row in rows.items():
         cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k in ("test error (%)", "error at t=0.25 (%)")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + (f"\n\nThe README's quick-start model and split (1400 train / 397 test digits), "
-                                   f"{epochs} epochs, batch 64, `LyapunovTrainer` defaults otherwise; mean ± std "
-                                   f"over seeds {list(seeds)}.\n")
+    markdown = "\n".join(lines) + (
+        f"\n\nThe README's quick-start model and split (1400 train / 397 test digits), "
+        f"{epochs} epochs, batch 64, `LyapunovTrainer` defaults otherwise; mean ± std "
+        f"over seeds {list(seeds)}.\n"
+    )
     payload = {"epochs": epochs, "seeds": list(seeds), "summary": rows}
     write_outputs(Path(out_dir), "initial_state", payload, markdown)
     print(markdown)

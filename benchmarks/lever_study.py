@@ -18,9 +18,10 @@ Writes ``lever_study.{json,md}``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -56,8 +57,7 @@ def _cube(kappa: float, factor: float = 1.0) -> HypercubeSampler:
 def _covering(**extra: Any) -> dict[str, Any]:
     """The covering hypercube, the default recipe of issue 4 (Appendix B's half-width grown
     per batch to twice the rollouts' extent)."""
-    return {"state_sampler": HypercubeSampler(half_width=appendix_b_half_width(10.0, NUM_CLASSES), cover=2.0),
-            **extra}
+    return {"state_sampler": HypercubeSampler(half_width=appendix_b_half_width(10.0, NUM_CLASSES), cover=2.0), **extra}
 
 
 @dataclass(frozen=True)
@@ -74,44 +74,87 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("standard, plain encoder", None, lambda: {"mode": "standard"}),
     Variant("standard, Lipschitz encoder", LIPSCHITZ, lambda: {"mode": "standard"}),
-    Variant("LyaNet, plain, App. B ball, kappa 5", None,
-            lambda: {"kappa": 5.0, "state_sampler": HypersphereSampler.around_hypercube(
-                appendix_b_half_width(5.0, NUM_CLASSES), NUM_CLASSES)}, kappa=5.0),
-    Variant("LyaNet, plain, App. B cube, kappa 5", None, lambda: {"kappa": 5.0, "state_sampler": _cube(5.0)},
-            kappa=5.0),
-    Variant("LyaNet, plain, cube + rollout mixture, kappa 5", None,
-            lambda: {"kappa": 5.0, "state_sampler": MixtureSampler(
-                (_cube(5.0), TrajectorySampler(noise_std=ROLLOUT_NOISE)), (0.5, 0.5))}, kappa=5.0),
+    Variant(
+        "LyaNet, plain, App. B ball, kappa 5",
+        None,
+        lambda: {
+            "kappa": 5.0,
+            "state_sampler": HypersphereSampler.around_hypercube(appendix_b_half_width(5.0, NUM_CLASSES), NUM_CLASSES),
+        },
+        kappa=5.0,
+    ),
+    Variant(
+        "LyaNet, plain, App. B cube, kappa 5", None, lambda: {"kappa": 5.0, "state_sampler": _cube(5.0)}, kappa=5.0
+    ),
+    Variant(
+        "LyaNet, plain, cube + rollout mixture, kappa 5",
+        None,
+        lambda: {
+            "kappa": 5.0,
+            "state_sampler": MixtureSampler((_cube(5.0), TrajectorySampler(noise_std=ROLLOUT_NOISE)), (0.5, 0.5)),
+        },
+        kappa=5.0,
+    ),
     Variant("LyaNet, plain, App. B cube, kappa 10", None, lambda: {"state_sampler": _cube(10.0)}),
-    Variant("LyaNet, Lipschitz, App. B cube, kappa 5", LIPSCHITZ, lambda: {"kappa": 5.0, "state_sampler": _cube(5.0)},
-            kappa=5.0),
+    Variant(
+        "LyaNet, Lipschitz, App. B cube, kappa 5",
+        LIPSCHITZ,
+        lambda: {"kappa": 5.0, "state_sampler": _cube(5.0)},
+        kappa=5.0,
+    ),
     Variant("LyaNet, Lipschitz, App. B cube, kappa 10", LIPSCHITZ, lambda: {"state_sampler": _cube(10.0)}),
-    Variant("LyaNet, Lipschitz, App. B cube, kappa 10, margin potential", LIPSCHITZ,
-            lambda: {"state_sampler": _cube(10.0), "potential": MarginPotential()}),
-    Variant("LyaNet, Lipschitz, App. B cube, kappa 10, simplex dynamics", LIPSCHITZ,
-            lambda: {"state_sampler": _cube(10.0)}, dynamics="simplex"),
-    Variant("LyaNet, Lipschitz, cube 16x App. B, kappa 10", LIPSCHITZ,
-            lambda: {"state_sampler": _cube(10.0, WIDE_REGION_FACTOR)}),
+    Variant(
+        "LyaNet, Lipschitz, App. B cube, kappa 10, margin potential",
+        LIPSCHITZ,
+        lambda: {"state_sampler": _cube(10.0), "potential": MarginPotential()},
+    ),
+    Variant(
+        "LyaNet, Lipschitz, App. B cube, kappa 10, simplex dynamics",
+        LIPSCHITZ,
+        lambda: {"state_sampler": _cube(10.0)},
+        dynamics="simplex",
+    ),
+    Variant(
+        "LyaNet, Lipschitz, cube 16x App. B, kappa 10",
+        LIPSCHITZ,
+        lambda: {"state_sampler": _cube(10.0, WIDE_REGION_FACTOR)},
+    ),
     Variant("LyaNet, Lipschitz, default recipe (covering cube)", LIPSCHITZ, lambda: _covering()),
     Variant("default recipe, plain encoder", None, lambda: _covering()),
     Variant("default recipe + detach V in kappa V", LIPSCHITZ, lambda: _covering(detach_v=True)),
-    Variant("default recipe + kappa warm-up 1 -> 10 (20 epochs)", LIPSCHITZ,
-            lambda: _covering(kappa=KappaWarmup(start=1.0, end=10.0, epochs=20))),
-    Variant("default recipe + counterexample search", LIPSCHITZ,
-            lambda: _covering(counterexamples=CounterexampleSearch(steps=3, step_size=0.5, fraction=0.5))),
+    Variant(
+        "default recipe + kappa warm-up 1 -> 10 (20 epochs)",
+        LIPSCHITZ,
+        lambda: _covering(kappa=KappaWarmup(start=1.0, end=10.0, epochs=20)),
+    ),
+    Variant(
+        "default recipe + counterexample search",
+        LIPSCHITZ,
+        lambda: _covering(counterexamples=CounterexampleSearch(steps=3, step_size=0.5, fraction=0.5)),
+    ),
     Variant("default recipe + velocity penalty 0.01", LIPSCHITZ, lambda: _covering(velocity_penalty=0.01)),
     Variant("default recipe + velocity penalty 0.1", LIPSCHITZ, lambda: _covering(velocity_penalty=0.1)),
-    Variant("default recipe + rollout mixture", LIPSCHITZ,
-            lambda: {"state_sampler": MixtureSampler(
-                (HypercubeSampler(half_width=appendix_b_half_width(10.0, NUM_CLASSES), cover=2.0),
-                 TrajectorySampler(noise_std=ROLLOUT_NOISE)), (0.5, 0.5))}),
+    Variant(
+        "default recipe + rollout mixture",
+        LIPSCHITZ,
+        lambda: {
+            "state_sampler": MixtureSampler(
+                (
+                    HypercubeSampler(half_width=appendix_b_half_width(10.0, NUM_CLASSES), cover=2.0),
+                    TrajectorySampler(noise_std=ROLLOUT_NOISE),
+                ),
+                (0.5, 0.5),
+            )
+        },
+    ),
 )
 
 
 def run_variant(variant: Variant, seed: int, *, epochs: int, split: Any) -> dict[str, Any]:
     torch.manual_seed(seed)
-    model = digits_node(split.x_train, lipschitz=variant.lipschitz, dynamics=variant.dynamics, kappa=variant.kappa,
-                        solver=TRAIN_SOLVER)
+    model = digits_node(
+        split.x_train, lipschitz=variant.lipschitz, dynamics=variant.dynamics, kappa=variant.kappa, solver=TRAIN_SOLVER
+    )
     settings = {"lr": 1e-3, **variant.trainer()}
     if "state_sampler" in settings:  # Monte Carlo rows: that study's sample count and time measure
         settings = {"num_samples": 32, "time_sampler": UniformTimeSampler(), **settings}
@@ -121,8 +164,15 @@ def run_variant(variant: Variant, seed: int, *, epochs: int, split: Any) -> dict
     return evaluate(trainer, split, kappa=trainer.kappa_schedule.final, seed=seed)
 
 
-def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 60, only: Optional[Sequence[int]] = None,
-         out_dir: Path | str = "benchmarks/results", quick: bool = False, name: str = "lever_study") -> dict[str, Any]:
+def main(
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 60,
+    only: Optional[Sequence[int]] = None,
+    out_dir: Path | str = "benchmarks/results",
+    quick: bool = False,
+    name: str = "lever_study",
+) -> dict[str, Any]:
     """Run the chosen variants (all by default) for each seed and write the table."""
     torch.set_num_threads(1)
     split = digits(limit=120 if quick else None)
@@ -131,7 +181,7 @@ def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 60, only: Optional[S
     runs = []
     for variant in chosen:
         per_seed = [run_variant(variant, seed, epochs=epochs, split=split) for seed in seeds]
-        runs.extend({"variant": variant.name, "seed": s, **m} for s, m in zip(seeds, per_seed))
+        runs.extend({"variant": variant.name, "seed": s, **m} for s, m in zip(seeds, per_seed, strict=False))
         rows[variant.name] = {k: mean_std([m[k] for m in per_seed]) for k in per_seed[0]}
         print(variant.name, {k: round(v["mean"], 2) for k, v in rows[variant.name].items()}, flush=True)
     payload = {"data": split.description, "epochs": epochs, "seeds": list(seeds), "summary": rows, "runs": runs}
@@ -151,13 +201,20 @@ def _markdown(payload: dict[str, Any]) -> str:
     metrics = [m for m in next(iter(rows.values())) if m not in _NOT_TABULATED]
     lines = ["| variant | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for variant_name, cells in rows.items():
-        lines.append(f"| {variant_name} | " + " | ".join(f"{cells[m]['mean']:.1f} ± {cells[m]['std']:.1f}"
-                                                       for m in metrics) + " |")
-    return "\n".join(lines) + (f"\n\nMean ± std over seeds {payload['seeds']}; {payload['data']}; "
-                               f"{payload['epochs']} epochs; attacks through RK4-10, one thread per run.\n")
+        lines.append(
+            f"| {variant_name} | "
+            + " | ".join(f"{cells[m]['mean']:.1f} ± {cells[m]['std']:.1f}" for m in metrics)
+            + " |"
+        )
+    return "\n".join(lines) + (
+        f"\n\nMean ± std over seeds {payload['seeds']}; {payload['data']}; "
+        f"{payload['epochs']} epochs; attacks through RK4-10, one thread per run.\n"
+    )
 
 
-def merge(parts: Sequence[Path], *, out_dir: Path | str = "benchmarks/results", name: str = "lever_study") -> dict[str, Any]:
+def merge(
+    parts: Sequence[Path], *, out_dir: Path | str = "benchmarks/results", name: str = "lever_study"
+) -> dict[str, Any]:
     """Combine the JSON of runs made with ``--only`` (in the order of VARIANTS)."""
     import json
 
@@ -190,4 +247,3 @@ if __name__ == "__main__":
         merge([Path(p) for p in args.merge], out_dir=args.out_dir, name=args.name)
     else:
         main(seeds=args.seeds, epochs=args.epochs, only=args.only, out_dir=args.out_dir, name=args.name)
-

@@ -21,8 +21,9 @@ Writes ``region_coverage.{json,md}``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -68,8 +69,14 @@ def coverage(trainer: LyapunovTrainer, x: torch.Tensor, y: torch.Tensor, half_wi
     }
 
 
-def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 60, kappa: float = 10.0,
-         out_dir: Path | str = "benchmarks/results", quick: bool = False) -> dict[str, Any]:
+def main(
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 60,
+    kappa: float = 10.0,
+    out_dir: Path | str = "benchmarks/results",
+    quick: bool = False,
+) -> dict[str, Any]:
     """Train both region choices per seed and write the table."""
     torch.set_num_threads(1)
     split = digits(limit=120 if quick else None)
@@ -78,9 +85,15 @@ def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 60, kappa: float = 1
     regions = {
         "fixed Appendix-B cube": lambda: {"state_sampler": HypercubeSampler(half_width=half_width), **uniform},
         "covering cube (issue-4 default)": lambda: {
-            "state_sampler": HypercubeSampler(half_width=half_width, cover=2.0), **uniform},
-        "rollout sampler (default sampler)": lambda: {"state_sampler": RolloutSampler(), "num_samples": 32,
-                                                     "lr": 1e-3, "scheduler": "constant"},
+            "state_sampler": HypercubeSampler(half_width=half_width, cover=2.0),
+            **uniform,
+        },
+        "rollout sampler (default sampler)": lambda: {
+            "state_sampler": RolloutSampler(),
+            "num_samples": 32,
+            "lr": 1e-3,
+            "scheduler": "constant",
+        },
     }
     rows: dict[str, dict[str, Any]] = {}
     runs = []
@@ -97,13 +110,22 @@ def main(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = 60, kappa: float = 1
     metrics = list(next(iter(rows.values())))
     lines = ["| region | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, cells in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{cells[m]['mean']:.1f} ± {cells[m]['std']:.1f}" for m in metrics)
-                     + " |")
-    markdown = "\n".join(lines) + (f"\n\nLyaNet, kappa = {kappa}, Lipschitz encoder; mean ± std over seeds "
-                                   f"{list(seeds)}; {split.description}; {epochs} epochs; test trajectories "
-                                   f"through RK4 on {GRID} time points.\n")
-    payload = {"data": split.description, "epochs": epochs, "seeds": list(seeds), "kappa": kappa,
-               "summary": rows, "runs": runs}
+        lines.append(
+            f"| {name} | " + " | ".join(f"{cells[m]['mean']:.1f} ± {cells[m]['std']:.1f}" for m in metrics) + " |"
+        )
+    markdown = "\n".join(lines) + (
+        f"\n\nLyaNet, kappa = {kappa}, Lipschitz encoder; mean ± std over seeds "
+        f"{list(seeds)}; {split.description}; {epochs} epochs; test trajectories "
+        f"through RK4 on {GRID} time points.\n"
+    )
+    payload = {
+        "data": split.description,
+        "epochs": epochs,
+        "seeds": list(seeds),
+        "kappa": kappa,
+        "summary": rows,
+        "runs": runs,
+    }
     write_outputs(Path(out_dir), "region_coverage", payload, markdown)
     print(markdown)
     return payload

@@ -56,9 +56,10 @@ import copy
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -176,8 +177,13 @@ def base_model_and_batch(batch_size: int, device: torch.device) -> tuple[ODEMode
 def torchdiffeq_twin(model: ODEModel, *, adjoint: bool) -> TorchdiffeqModel:
     """``model``'s encoder and dynamics as a torchdiffeq model (dopri5, rtol = atol = 1e-3)."""
     return TorchdiffeqModel(
-        TorchdiffeqField(model.dynamics), encoder=model.encoder, state_shape=model.state_shape,
-        method="dopri5", rtol=DOPRI5_TOLERANCE, atol=DOPRI5_TOLERANCE, adjoint=adjoint,
+        TorchdiffeqField(model.dynamics),
+        encoder=model.encoder,
+        state_shape=model.state_shape,
+        method="dopri5",
+        rtol=DOPRI5_TOLERANCE,
+        atol=DOPRI5_TOLERANCE,
+        adjoint=adjoint,
     )
 
 
@@ -218,8 +224,9 @@ def restorer(model: nn.Module) -> Callable[[], None]:
     return restore
 
 
-def step_case(key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device,
-              **trainer_options: Any) -> Case:
+def step_case(
+    key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device, **trainer_options: Any
+) -> Case:
     """A timed optimisation step of a ``LyapunovTrainer`` (Adam) with one objective."""
     x, y = batch
     trainer = LyapunovTrainer(model, lr=LEARNING_RATE, seed=SEED, progress=False, device=device, **trainer_options)
@@ -232,27 +239,57 @@ def step_case(key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tenso
 
 def step_cases(base: ODEModel, batch: tuple[Tensor, Tensor], device: torch.device, num_samples: int) -> list[Case]:
     """The methods of part 1, each on its own copy of ``base`` (same parameters)."""
+
     def fresh() -> ODEModel:
         return copy.deepcopy(base)
 
     common = (batch, device)
     cases = [
-        step_case("lyanet_mc_default", "LyaNet Monte Carlo, default objective (rollout sampler)",
-                  fresh(), *common, objective=MonteCarloObjective(num_samples=num_samples)),
-        step_case("lyanet_mc_fixed", "LyaNet Monte Carlo, fixed hypercube (Algorithm 1)",
-                  fresh(), *common, objective=MonteCarloObjective(state_sampler=fixed_hypercube(),
-                                                                  time_sampler=UniformTimeSampler(),
-                                                                  num_samples=num_samples)),
-        step_case("lyanet_path_default", "LyaNet path integral, default objective (RK4-4, Eq. 12)",
-                  fresh(), *common, objective=PathIntegralObjective()),
-        step_case("lyanet_path_integral", "LyaNet path integral (Algorithm 2, Eq. 16-17), RK4-10",
-                  fresh(), *common, objective=PathIntegralObjective(steps=10, form="discrete", solver="model")),
-        step_case("backprop_rk4", "standard, backprop through RK4-10",
-                  fresh(), *common, mode="standard"),
-        step_case("backprop_dopri5", "standard, backprop through dopri5 (odeint)",
-                  torchdiffeq_twin(fresh(), adjoint=False), *common, mode="standard"),
-        step_case("adjoint_dopri5", "standard, adjoint dopri5 (odeint_adjoint)",
-                  torchdiffeq_twin(fresh(), adjoint=True), *common, mode="standard"),
+        step_case(
+            "lyanet_mc_default",
+            "LyaNet Monte Carlo, default objective (rollout sampler)",
+            fresh(),
+            *common,
+            objective=MonteCarloObjective(num_samples=num_samples),
+        ),
+        step_case(
+            "lyanet_mc_fixed",
+            "LyaNet Monte Carlo, fixed hypercube (Algorithm 1)",
+            fresh(),
+            *common,
+            objective=MonteCarloObjective(
+                state_sampler=fixed_hypercube(), time_sampler=UniformTimeSampler(), num_samples=num_samples
+            ),
+        ),
+        step_case(
+            "lyanet_path_default",
+            "LyaNet path integral, default objective (RK4-4, Eq. 12)",
+            fresh(),
+            *common,
+            objective=PathIntegralObjective(),
+        ),
+        step_case(
+            "lyanet_path_integral",
+            "LyaNet path integral (Algorithm 2, Eq. 16-17), RK4-10",
+            fresh(),
+            *common,
+            objective=PathIntegralObjective(steps=10, form="discrete", solver="model"),
+        ),
+        step_case("backprop_rk4", "standard, backprop through RK4-10", fresh(), *common, mode="standard"),
+        step_case(
+            "backprop_dopri5",
+            "standard, backprop through dopri5 (odeint)",
+            torchdiffeq_twin(fresh(), adjoint=False),
+            *common,
+            mode="standard",
+        ),
+        step_case(
+            "adjoint_dopri5",
+            "standard, adjoint dopri5 (odeint_adjoint)",
+            torchdiffeq_twin(fresh(), adjoint=True),
+            *common,
+            mode="standard",
+        ),
     ]
     check_same_parameters([case.model for case in cases])
     return cases
@@ -285,8 +322,9 @@ def wrapped_epochs(*, repeats: int, device: torch.device, problem_name: str = "d
             model = build(pattern, problem.num_features, problem.num_classes, seed=SEED)
             extra = {"objective": objective} if objective is not None else {}
             trainers[key] = LyapunovTrainer(model, seed=SEED, progress=False, device=device, **extra)
-        data = {key: Batches(problem.x_train.to(device), problem.y_train.to(device), batch_size, SEED)
-                for key in objectives}
+        data = {
+            key: Batches(problem.x_train.to(device), problem.y_train.to(device), batch_size, SEED) for key in objectives
+        }
         seconds: dict[str, list[float]] = {key: [] for key in objectives}
         for epoch in range(1, repeats + 2):  # the first epoch of each is warm-up
             for key, trainer in trainers.items():
@@ -294,8 +332,10 @@ def wrapped_epochs(*, repeats: int, device: torch.device, problem_name: str = "d
                 if epoch > 1:
                     seconds[key].append(record["train_seconds"])
         if trainers["path_default"].mode != "path_integral":
-            raise RuntimeError(f"the default recipe for pattern {pattern!r} is {trainers['path_default'].mode!r}, "
-                               "not the path integral this part measures")
+            raise RuntimeError(
+                f"the default recipe for pattern {pattern!r} is {trainers['path_default'].mode!r}, "
+                "not the path integral this part measures"
+            )
         out[pattern] = {key: summary(v) for key, v in seconds.items()}
         out[pattern]["ratio_same_grid"] = ratio(seconds["path_default"], seconds["standard_same_grid"])
         out[pattern]["ratio_own_solver"] = ratio(seconds["path_default"], seconds["standard_own_solver"])
@@ -303,36 +343,50 @@ def wrapped_epochs(*, repeats: int, device: torch.device, problem_name: str = "d
 
 
 def wrapped_markdown(wrapped: dict[str, Any]) -> str:
-    lines = ["| pattern (digits, wrapped unchanged) | path integral s/epoch | standard, same RK4-4 grid | "
-             "x same grid | standard, own dopri5 | x own solver |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| pattern (digits, wrapped unchanged) | path integral s/epoch | standard, same RK4-4 grid | "
+        "x same grid | standard, own dopri5 | x own solver |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for pattern, entry in wrapped.items():
-        lines.append(f"| {pattern} | {entry['path_default']['median_s']:.3f} | "
-                     f"{entry['standard_same_grid']['median_s']:.3f} | {ratio_cell(entry['ratio_same_grid'])} | "
-                     f"{entry['standard_own_solver']['median_s']:.3f} | {ratio_cell(entry['ratio_own_solver'])} |")
+        lines.append(
+            f"| {pattern} | {entry['path_default']['median_s']:.3f} | "
+            f"{entry['standard_same_grid']['median_s']:.3f} | {ratio_cell(entry['ratio_same_grid'])} | "
+            f"{entry['standard_own_solver']['median_s']:.3f} | {ratio_cell(entry['ratio_own_solver'])} |"
+        )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------- part 2: loss overhead
-def sampled_inputs(model: ODEModel, x: Tensor, y: Tensor, num_samples: int,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def sampled_inputs(
+    model: ODEModel, x: Tensor, y: Tensor, num_samples: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """Encoder pass and the draws of :func:`~lyapunov_plugin.monte_carlo_lyapunov_loss`,
     in its order (states, then times): ``(eta, context, t)`` flattened to ``B * Gamma`` rows."""
     context, eta0 = model.encode(x)
     batch = eta0.shape[0]
-    states = fixed_hypercube().sample(SamplingContext(eta0=eta0.detach(), target=y), num_samples,
-                                      generator=generator)
+    states = fixed_hypercube().sample(SamplingContext(eta0=eta0.detach(), target=y), num_samples, generator=generator)
     times = UniformTimeSampler().sample((batch, num_samples), like=eta0, generator=generator)
     flat_context = context.unsqueeze(1).expand(batch, num_samples, *context.shape[1:])
-    return (states.reshape(batch * num_samples, *eta0.shape[1:]),
-            flat_context.reshape(batch * num_samples, *context.shape[1:]), times.reshape(batch * num_samples))
+    return (
+        states.reshape(batch * num_samples, *eta0.shape[1:]),
+        flat_context.reshape(batch * num_samples, *context.shape[1:]),
+        times.reshape(batch * num_samples),
+    )
 
 
 def lyapunov_pass(model: ODEModel, x: Tensor, y: Tensor, num_samples: int, generator: torch.Generator) -> None:
     """Forward + backward of the Monte Carlo Lyapunov loss (Algorithm 1, Eq. 45)."""
     out = monte_carlo_lyapunov_loss(
-        model, x, y, potential=CrossEntropyPotential(), kappa=DEFAULT_KAPPA, state_sampler=fixed_hypercube(),
-        time_sampler=UniformTimeSampler(), num_samples=num_samples, generator=generator,
+        model,
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=DEFAULT_KAPPA,
+        state_sampler=fixed_hypercube(),
+        time_sampler=UniformTimeSampler(),
+        num_samples=num_samples,
+        generator=generator,
     )
     out.loss.backward()
 
@@ -355,10 +409,20 @@ def overhead_cases(base: ODEModel, x: Tensor, y: Tensor, num_samples: int, devic
         generator.manual_seed(SEED)
 
     return [
-        Case("lyapunov_loss", "Monte Carlo Lyapunov loss, forward + backward", prepare,
-             lambda: lyapunov_pass(model, x, y, num_samples, generator), model),
-        Case("vector_field", "bare vector field f (sum), forward + backward", prepare,
-             lambda: field_pass(model, x, y, num_samples, generator), model),
+        Case(
+            "lyapunov_loss",
+            "Monte Carlo Lyapunov loss, forward + backward",
+            prepare,
+            lambda: lyapunov_pass(model, x, y, num_samples, generator),
+            model,
+        ),
+        Case(
+            "vector_field",
+            "bare vector field f (sum), forward + backward",
+            prepare,
+            lambda: field_pass(model, x, y, num_samples, generator),
+            model,
+        ),
     ]
 
 
@@ -373,7 +437,9 @@ def time_once(case: Case, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_round_robin(cases: Sequence[Case], *, repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+def time_round_robin(
+    cases: Sequence[Case], *, repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
     """``warmup`` untimed runs of each case, then ``repeats`` rounds timing every case once."""
     for case in cases:
         for _ in range(warmup):
@@ -402,7 +468,7 @@ def summary(samples: Sequence[float]) -> dict[str, Any]:
 
 def ratio(samples: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
     """Ratio of medians, with the quartiles of the per-round (paired) ratios as spread."""
-    paired = [a / b for a, b in zip(samples, reference)]
+    paired = [a / b for a, b in zip(samples, reference, strict=False)]
     q1, _, q3 = quartiles(paired)
     return {"ratio": statistics.median(samples) / statistics.median(reference), "paired_q1": q1, "paired_q3": q3}
 
@@ -424,8 +490,10 @@ def method_results(cases: Sequence[Case], samples: dict[str, list[float]]) -> di
 def machine_line(machine: dict[str, Any]) -> str:
     """One sentence: processor, torch, threads, device."""
     gpu = f" ({machine['gpu']})" if "gpu" in machine else ""
-    return (f"Machine: {machine['processor']} ({machine['system']}), torch {machine['torch']}, "
-            f"intra-op threads {machine['threads']}, device {machine['device']}{gpu}.")
+    return (
+        f"Machine: {machine['processor']} ({machine['system']}), torch {machine['torch']}, "
+        f"intra-op threads {machine['threads']}, device {machine['device']}{gpu}."
+    )
 
 
 def ratio_cell(value: dict[str, float]) -> str:
@@ -449,22 +517,30 @@ def markdown(payload: dict[str, Any]) -> str:
         )
     overhead = payload["loss_overhead"]
     if payload.get("wrapped"):
-        lines += ["", wrapped_markdown(payload["wrapped"]), "",
-                  "Seconds per epoch of `LyapunovTrainer.fit` (median over epochs after one warm-up epoch, "
-                  "epochs of the three trainers interleaved) for the suite's model patterns on digits."]
+        lines += [
+            "",
+            wrapped_markdown(payload["wrapped"]),
+            "",
+            "Seconds per epoch of `LyapunovTrainer.fit` (median over epochs after one warm-up epoch, "
+            "epochs of the three trainers interleaved) for the suite's model patterns on digits.",
+        ]
     lines += [
         "",
-        (f"Loss overhead of Algorithm 1: Lyapunov loss forward + backward "
-         f"{1e3 * overhead['lyapunov_loss']['median_s']:.2f} ms vs bare vector field "
-         f"{1e3 * overhead['vector_field']['median_s']:.2f} ms at the same samples: "
-         f"ratio {ratio_cell(overhead['ratio'])}."),
+        (
+            f"Loss overhead of Algorithm 1: Lyapunov loss forward + backward "
+            f"{1e3 * overhead['lyapunov_loss']['median_s']:.2f} ms vs bare vector field "
+            f"{1e3 * overhead['vector_field']['median_s']:.2f} ms at the same samples: "
+            f"ratio {ratio_cell(overhead['ratio'])}."
+        ),
         "",
-        (f"One optimisation step (zero_grad + loss + backward + Adam step) on {setup['data']}; "
-         f"batch {setup['batch_size']}, Gamma = {setup['num_samples']}, kappa = {setup['kappa']}; "
-         f"median of {setup['repeats']} round-robin repeats after {setup['warmup']} warm-up runs, "
-         f"parameters restored before each repeat. Ratios are ratios of medians; in brackets the "
-         f"quartiles of the per-round (paired) ratios. fwd NFE: vector-field evaluations of the "
-         f"forward solve (backward passes not counted)."),
+        (
+            f"One optimisation step (zero_grad + loss + backward + Adam step) on {setup['data']}; "
+            f"batch {setup['batch_size']}, Gamma = {setup['num_samples']}, kappa = {setup['kappa']}; "
+            f"median of {setup['repeats']} round-robin repeats after {setup['warmup']} warm-up runs, "
+            f"parameters restored before each repeat. Ratios are ratios of medians; in brackets the "
+            f"quartiles of the per-round (paired) ratios. fwd NFE: vector-field evaluations of the "
+            f"forward solve (backward passes not counted)."
+        ),
         "",
         machine_line(payload["machine"]),
     ]
@@ -505,8 +581,14 @@ def main(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        payload = measure(repeats=repeats, warmup=warmup, batch_size=batch_size, num_samples=num_samples,
-                          device=device, wrapped_models=wrapped_models)
+        payload = measure(
+            repeats=repeats,
+            warmup=warmup,
+            batch_size=batch_size,
+            num_samples=num_samples,
+            device=device,
+            wrapped_models=wrapped_models,
+        )
     finally:
         torch.set_num_threads(previous_threads)
     table = markdown(payload)
@@ -515,8 +597,9 @@ def main(
     return payload
 
 
-def measure(*, repeats: int, warmup: int, batch_size: int, num_samples: int, device: torch.device,
-            wrapped_models: bool = True) -> dict[str, Any]:
+def measure(
+    *, repeats: int, warmup: int, batch_size: int, num_samples: int, device: torch.device, wrapped_models: bool = True
+) -> dict[str, Any]:
     """Build the cases, time both parts and assemble the JSON payload."""
     started = time.perf_counter()
     base, x, y, data = base_model_and_batch(batch_size, device)
@@ -529,9 +612,15 @@ def measure(*, repeats: int, warmup: int, batch_size: int, num_samples: int, dev
         "machine": machine_description(device),
         "wrapped": wrapped,
         "setup": {
-            "data": data, "batch_size": batch_size, "num_samples": num_samples, "kappa": DEFAULT_KAPPA,
-            "repeats": repeats, "warmup": warmup, "encoder_lipschitz": ENCODER_LIPSCHITZ,
-            "optimizer": f"Adam lr {LEARNING_RATE}", "dopri5_tolerance": DOPRI5_TOLERANCE,
+            "data": data,
+            "batch_size": batch_size,
+            "num_samples": num_samples,
+            "kappa": DEFAULT_KAPPA,
+            "repeats": repeats,
+            "warmup": warmup,
+            "encoder_lipschitz": ENCODER_LIPSCHITZ,
+            "optimizer": f"Adam lr {LEARNING_RATE}",
+            "dopri5_tolerance": DOPRI5_TOLERANCE,
             "references": list(REFERENCES),
         },
         "methods": method_results(steps, step_samples),
@@ -559,5 +648,12 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = _parse()
-    main(repeats=args.repeats, warmup=args.warmup, batch_size=args.batch_size, num_samples=args.num_samples,
-         out_dir=args.out_dir, device=args.device, threads=args.threads)
+    main(
+        repeats=args.repeats,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        num_samples=args.num_samples,
+        out_dir=args.out_dir,
+        device=args.device,
+        threads=args.threads,
+    )

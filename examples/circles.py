@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -33,8 +34,9 @@ class _Classifier(nn.Module):
 
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 2))
+        self.net = nn.Sequential(
+            nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -42,8 +44,12 @@ class _Classifier(nn.Module):
 
 def _ode(hidden: int) -> ODEModel:
     encoder = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
-    return ODEModel(MLPDynamics(2, hidden, (hidden,)), state_shape=(2,), encoder=encoder,
-                    solver=FixedStepSolver(method="rk4", steps=10))
+    return ODEModel(
+        MLPDynamics(2, hidden, (hidden,)),
+        state_shape=(2,),
+        encoder=encoder,
+        solver=FixedStepSolver(method="rk4", steps=10),
+    )
 
 
 def _probabilities(predict: Any, extent: float, resolution: int) -> torch.Tensor:
@@ -53,8 +59,16 @@ def _probabilities(predict: Any, extent: float, resolution: int) -> torch.Tensor
         return predict(grid).softmax(-1)[:, 1].reshape(resolution, resolution)
 
 
-def main(*, epochs: int = 200, hidden: int = 16, seed: int = 0, n: int = 512, out_dir: Path | str = "results",
-         resolution: int = 120, plot: bool = True) -> dict[str, Any]:
+def main(
+    *,
+    epochs: int = 200,
+    hidden: int = 16,
+    seed: int = 0,
+    n: int = 512,
+    out_dir: Path | str = "results",
+    resolution: int = 120,
+    plot: bool = True,
+) -> dict[str, Any]:
     """Train the three models and write the figure and the numbers.
 
     Arguments:
@@ -105,11 +119,24 @@ def main(*, epochs: int = 200, hidden: int = 16, seed: int = 0, n: int = 512, ou
         for col, (name, predict) in enumerate(predictors.items()):
             for row, extent in enumerate((1.5, 6.0)):
                 ax = axes[row, col]
-                ax.imshow(_probabilities(predict, extent, resolution), origin="lower", cmap="coolwarm",
-                          extent=(-extent, extent, -extent, extent), vmin=0, vmax=1)
+                ax.imshow(
+                    _probabilities(predict, extent, resolution),
+                    origin="lower",
+                    cmap="coolwarm",
+                    extent=(-extent, extent, -extent, extent),
+                    vmin=0,
+                    vmax=1,
+                )
                 if row == 0:
-                    ax.scatter(split.x_train[:200, 0], split.x_train[:200, 1], c=split.y_train[:200], s=3,
-                               cmap="coolwarm", edgecolors="k", linewidths=0.2)
+                    ax.scatter(
+                        split.x_train[:200, 0],
+                        split.x_train[:200, 1],
+                        c=split.y_train[:200],
+                        s=3,
+                        cmap="coolwarm",
+                        edgecolors="k",
+                        linewidths=0.2,
+                    )
                 ax.set_title(f"{name}{' (zoomed out)' if row else ''}", fontsize=9)
                 ax.set_xticks([])
                 ax.set_yticks([])

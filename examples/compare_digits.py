@@ -28,8 +28,9 @@ import argparse
 import math
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -53,11 +54,25 @@ from .common.robustness import evaluate_robustness
 
 RESULTS_DIR = Path("results")
 #: Attack budgets of the robustness protocol: the paper's PGD-10, and stronger settings.
-FULL_BUDGET = {"attack_steps": 10, "strong_steps": 50, "strong_restarts": 3, "apgd_steps": 100,
-               "square_queries": 1000, "sweep_eps": (0.2, 0.3, 0.5), "autoattack": False}
+FULL_BUDGET = {
+    "attack_steps": 10,
+    "strong_steps": 50,
+    "strong_restarts": 3,
+    "apgd_steps": 100,
+    "square_queries": 1000,
+    "sweep_eps": (0.2, 0.3, 0.5),
+    "autoattack": False,
+}
 #: Smoke-test budgets (numbers meaningless; the code path is the same).
-QUICK_BUDGET = {"attack_steps": 10, "strong_steps": 5, "strong_restarts": 1, "apgd_steps": 5,
-                "square_queries": 10, "sweep_eps": (0.5,), "autoattack": False}
+QUICK_BUDGET = {
+    "attack_steps": 10,
+    "strong_steps": 5,
+    "strong_restarts": 1,
+    "apgd_steps": 5,
+    "square_queries": 10,
+    "sweep_eps": (0.5,),
+    "autoattack": False,
+}
 #: Both methods share this architecture: an l2-Lipschitz-controlled encoder (the
 #: Lipschitz lever of the real-data study, docs/real_data.md).
 ENCODER_LIPSCHITZ = 2.0
@@ -76,10 +91,20 @@ STANDARD_LRS = (1e-3, 1e-2)
 VALIDATION_FRACTION = 0.2
 
 
-def train(method: str, seed: int, *, epochs: int, split: Any, encoder: str = "lipschitz", batch_size: int = 64,
-          lr: Optional[float] = None, progress: bool = False, kappa: Optional[float] = None,
-          val_loader: Any = None, noise_scales: Optional[Sequence[float]] = None
-          ) -> tuple[LyapunovTrainer, list[dict[str, Any]]]:
+def train(
+    method: str,
+    seed: int,
+    *,
+    epochs: int,
+    split: Any,
+    encoder: str = "lipschitz",
+    batch_size: int = 64,
+    lr: Optional[float] = None,
+    progress: bool = False,
+    kappa: Optional[float] = None,
+    val_loader: Any = None,
+    noise_scales: Optional[Sequence[float]] = None,
+) -> tuple[LyapunovTrainer, list[dict[str, Any]]]:
     """Train one model; the test set is scored after every epoch (not counted as training time).
 
     LyaNet is ``LyapunovTrainer(model)``: the library's defaults are its recipe (``kappa``
@@ -91,14 +116,18 @@ def train(method: str, seed: int, *, epochs: int, split: Any, encoder: str = "li
     torch.manual_seed(seed)
     model = digits_node(split.x_train, lipschitz=ENCODERS[encoder], solver=TRAIN_SOLVER)
     if method == "standard":
-        trainer = LyapunovTrainer(model, mode="standard", lr=lr if lr is not None else 1e-3, seed=seed,
-                                  progress=progress)
+        trainer = LyapunovTrainer(
+            model, mode="standard", lr=lr if lr is not None else 1e-3, seed=seed, progress=progress
+        )
     else:
         extra: dict[str, Any] = {"kappa": kappa} if kappa is not None else {}
         if lr is not None:
             extra["lr"] = lr
-        objective = (MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=tuple(noise_scales)))
-                     if noise_scales is not None else None)
+        objective = (
+            MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=tuple(noise_scales)))
+            if noise_scales is not None
+            else None
+        )
         trainer = LyapunovTrainer(model, objective, seed=seed, progress=progress, **extra)
     train_loader, test_loader = split.loaders(batch_size, generator=torch.Generator().manual_seed(seed))
     history = trainer.fit(train_loader, epochs=epochs, val_loader=val_loader or test_loader)
@@ -133,16 +162,23 @@ def time_to_error(history: Sequence[dict[str, Any]], target: float) -> Optional[
     return None
 
 
-def certificate(trainer: LyapunovTrainer, x: torch.Tensor, y: torch.Tensor, *, kappa: float, seed: int,
-                num_samples: int) -> dict[str, Any]:
+def certificate(
+    trainer: LyapunovTrainer, x: torch.Tensor, y: torch.Tensor, *, kappa: float, seed: int, num_samples: int
+) -> dict[str, Any]:
     """Theorem 3 with L = sqrt(2) (cross entropy on the identity readout) times the exact
     spectral bounds of the dynamics' context path and of the encoder, conditional on
     Eq. (10) holding at ``num_samples`` sampled states per example."""
     model = trainer.model
     lipschitz = math.sqrt(2.0) * model.dynamics.context_lipschitz_bound() * spectral_lipschitz_bound(model.encoder)
     cert = theorem3_certificate(
-        model, x, y, potential=CrossEntropyPotential(), kappa=kappa, lipschitz=lipschitz,
-        state_sampler=HypercubeSampler(half_width=appendix_b_half_width(kappa, 10)), num_samples=num_samples,
+        model,
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=kappa,
+        lipschitz=lipschitz,
+        state_sampler=HypercubeSampler(half_width=appendix_b_half_width(kappa, 10)),
+        num_samples=num_samples,
         generator=torch.Generator().manual_seed(seed),
     )
     out = cert.summary()
@@ -152,8 +188,9 @@ def certificate(trainer: LyapunovTrainer, x: torch.Tensor, y: torch.Tensor, *, k
     return out
 
 
-def measure(trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, seed: int,
-            kappa: float, autoattack: bool = False) -> dict[str, Any]:
+def measure(
+    trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, seed: int, kappa: float, autoattack: bool = False
+) -> dict[str, Any]:
     """Every per-model number of the comparison; ``kappa`` is the LyaNet rate, used for
     both models' certificate statistics so they are checked against the same condition."""
     model = trainer.model
@@ -166,14 +203,21 @@ def measure(trainer: LyapunovTrainer, split: Any, *, other: Any, quick: bool, se
         out[f"error_t{t}"] = trainer.evaluate(test, t_end=t)["error"]
     out["nfe_dopri5"] = trainer.nfe(xt, solver=dopri5())
     out["nfe_dopri5_first_step"] = trainer.nfe(xt, solver=dopri5(first_step=DOPRI5_FIRST_STEP))
-    decay = decay_statistics(model, test, potential=CrossEntropyPotential(), kappa=kappa,
-                             ts=torch.linspace(0, 1, 21))
+    decay = decay_statistics(model, test, potential=CrossEntropyPotential(), kappa=kappa, ts=torch.linspace(0, 1, 21))
     out["v_monotone_fraction"] = decay.monotone_fraction
     out["v_decay_rate_median"] = decay.median_rate
     budget = dict(QUICK_BUDGET if quick else FULL_BUDGET, autoattack=autoattack)
     report = evaluate_robustness(
-        model, xt, yt, linf_eps=(0.05, 0.1), l2_eps=(0.5,), attack_solver=FixedStepSolver(method="rk4", steps=10),
-        inference_solver=dopri5(), transfer_from=other, seed=seed, **budget,
+        model,
+        xt,
+        yt,
+        linf_eps=(0.05, 0.1),
+        l2_eps=(0.5,),
+        attack_solver=FixedStepSolver(method="rk4", steps=10),
+        inference_solver=dopri5(),
+        transfer_from=other,
+        seed=seed,
+        **budget,
     )
     out["attack_names"] = attack_names(budget)
     out["attack_budget"] = budget
@@ -201,6 +245,7 @@ def attack_names(budget: dict[str, Any]) -> dict[str, str]:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and spread over seeds of the headline numbers, per method."""
+
     def attack(run: dict[str, Any], kind: str, eps: float, key: str = "error_attack_view") -> float:
         name = run["attack_names"][kind]
         for a in run["robustness"]["attacks"]:
@@ -218,8 +263,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "APGD-CE l_inf 0.1 (%)": lambda r: 100 * attack(r, "apgd_ce", 0.1),
         "APGD-DLR l_inf 0.1 (%)": lambda r: 100 * attack(r, "apgd_dlr", 0.1),
         "APGD-T (targeted DLR) l_inf 0.1 (%)": lambda r: 100 * attack(r, "apgd_t", 0.1),
-        "AutoAttack (standard) l_inf 0.1 (%)": lambda r: (100 * attack(r, "autoattack", 0.1)
-                                                         if r["attack_budget"]["autoattack"] else math.nan),
+        "AutoAttack (standard) l_inf 0.1 (%)": lambda r: (
+            100 * attack(r, "autoattack", 0.1) if r["attack_budget"]["autoattack"] else math.nan
+        ),
         "PGD-10 l2 0.5 (%)": lambda r: 100 * attack(r, "pgd_l2", 0.5),
         "APGD-DLR l2 0.5 (%)": lambda r: 100 * attack(r, "apgd_dlr_l2", 0.5),
         "Square l_inf 0.1 (%)": lambda r: 100 * attack(r, "square", 0.1),
@@ -278,11 +324,20 @@ def goals(summary: dict[str, Any], encoder: str) -> dict[str, Any]:
     }
 
 
-def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = False,
-         out_dir: Path | str = RESULTS_DIR, progress: bool = False, kappa: Optional[float] = None,
-         name: str = "digits_comparison", update_readme: bool = False, autoattack: bool = False,
-         encoders: Sequence[str] = ("plain", "lipschitz"),
-         noise_scales: Optional[Sequence[float]] = None) -> dict[str, Any]:
+def main(
+    *,
+    epochs: int = 60,
+    seeds: Sequence[int] = (0, 1, 2),
+    quick: bool = False,
+    out_dir: Path | str = RESULTS_DIR,
+    progress: bool = False,
+    kappa: Optional[float] = None,
+    name: str = "digits_comparison",
+    update_readme: bool = False,
+    autoattack: bool = False,
+    encoders: Sequence[str] = ("plain", "lipschitz"),
+    noise_scales: Optional[Sequence[float]] = None,
+) -> dict[str, Any]:
     """Train and evaluate both methods for each seed; write ``<name>.json`` and ``<name>.md``.
 
     Arguments:
@@ -307,61 +362,104 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
     describe_lyanet = ""
     for seed in seeds:
         for encoder in encoders:
-            trained = {"standard": train("standard", seed, epochs=epochs, split=split, encoder=encoder,
-                                         lr=tuned[encoder]["lr"], progress=progress),
-                       "lyanet": train("lyanet", seed, epochs=epochs, split=split, encoder=encoder,
-                                       progress=progress, kappa=kappa, noise_scales=noise_scales)}
+            trained = {
+                "standard": train(
+                    "standard",
+                    seed,
+                    epochs=epochs,
+                    split=split,
+                    encoder=encoder,
+                    lr=tuned[encoder]["lr"],
+                    progress=progress,
+                ),
+                "lyanet": train(
+                    "lyanet",
+                    seed,
+                    epochs=epochs,
+                    split=split,
+                    encoder=encoder,
+                    progress=progress,
+                    kappa=kappa,
+                    noise_scales=noise_scales,
+                ),
+            }
             describe_lyanet = describe(trained["lyanet"][0])
             target = trained["standard"][1][-1]["val_error"] + 0.005
             lyanet_kappa = trained["lyanet"][0].kappa_schedule.final
             for method, (trainer, history) in trained.items():
                 other = trained["lyanet" if method == "standard" else "standard"][0].model
-                result = measure(trainer, split, other=other, quick=quick, seed=seed, kappa=lyanet_kappa,
-                                 autoattack=autoattack)
-                result.update(method=method, encoder=encoder, seed=seed, history=history,
-                              lr=float(trainer.optimizer.param_groups[0]["lr"]),
-                              train_seconds=sum(r["train_cpu_seconds"] for r in history),
-                              time_to_target=time_to_error(history, target), target_error=target)
+                result = measure(
+                    trainer, split, other=other, quick=quick, seed=seed, kappa=lyanet_kappa, autoattack=autoattack
+                )
+                result.update(
+                    method=method,
+                    encoder=encoder,
+                    seed=seed,
+                    history=history,
+                    lr=float(trainer.optimizer.param_groups[0]["lr"]),
+                    train_seconds=sum(r["train_cpu_seconds"] for r in history),
+                    time_to_target=time_to_error(history, target),
+                    target_error=target,
+                )
                 runs.append(result)
-                pgd = next(a for a in result["robustness"]["attacks"]
-                           if a["name"] == result["attack_names"]["pgd"] and a["eps"] == 0.1)
-                print(f"[seed {seed}] {method}, {encoder} encoder: clean error {result['clean_error_rk4']:.4f}, "
-                      f"PGD-10 l_inf 0.1 error {pgd['error_attack_view']:.4f}", flush=True)
+                pgd = next(
+                    a
+                    for a in result["robustness"]["attacks"]
+                    if a["name"] == result["attack_names"]["pgd"] and a["eps"] == 0.1
+                )
+                print(
+                    f"[seed {seed}] {method}, {encoder} encoder: clean error {result['clean_error_rk4']:.4f}, "
+                    f"PGD-10 l_inf 0.1 error {pgd['error_attack_view']:.4f}",
+                    flush=True,
+                )
     summary = summarise(runs)
-    all_goals = {f"{encoder} encoder: {goal}": ok for encoder in encoders
-                 for goal, ok in goals(summary, encoder).items()}
+    all_goals = {
+        f"{encoder} encoder: {goal}": ok for encoder in encoders for goal, ok in goals(summary, encoder).items()
+    }
     payload = {
         "setup": {
-            "data": split.description, "epochs": epochs, "seeds": list(seeds), "quick": quick,
-            "lyanet": describe_lyanet, "encoder_lipschitz": ENCODER_LIPSCHITZ, "encoders": list(encoders),
+            "data": split.description,
+            "epochs": epochs,
+            "seeds": list(seeds),
+            "quick": quick,
+            "lyanet": describe_lyanet,
+            "encoder_lipschitz": ENCODER_LIPSCHITZ,
+            "encoders": list(encoders),
             "standard": "cross entropy at t=1, backprop through RK4-10, Adam at the validated learning rate",
             "standard_lr": tuned,
             "attack": "torchattacks through RK4-10: PGD/PGDL2 (random start, alpha=2.5*eps/steps), strong PGD "
-                      "with restarts, APGD-CE/DLR/T (l_inf) and APGD-DLR (l2), Square, AutoAttack (standard), "
-                      "transfer from the other model",
+            "with restarts, APGD-CE/DLR/T (l_inf) and APGD-DLR (l2), Square, AutoAttack (standard), "
+            "transfer from the other model",
             "attack_budget": dict(QUICK_BUDGET if quick else FULL_BUDGET, autoattack=autoattack),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                       f"torch {torch.__version__}",
+            f"torch {torch.__version__}",
             "wall_clock_seconds": round(time.time() - started, 1),
         },
-        "summary": summary, "goals": all_goals, "runs": runs,
+        "summary": summary,
+        "goals": all_goals,
+        "runs": runs,
     }
-    lyanet_label = ("`LyapunovTrainer(model)` defaults" if noise_scales is None else
-                    f"the default recipe with rollout noise scales {tuple(noise_scales)} instead of the default's")
+    lyanet_label = (
+        "`LyapunovTrainer(model)` defaults"
+        if noise_scales is None
+        else f"the default recipe with rollout noise scales {tuple(noise_scales)} instead of the default's"
+    )
     columns = tuple(summary)
     table = markdown_table(summary, columns=columns, headers=tuple(header_of(c) for c in columns))
     goal_lines = "\n".join(f"- {'met' if ok else 'NOT met'}: {g}" for g, ok in payload["goals"].items())
     budget = payload["setup"]["attack_budget"]
     lrs = ", ".join(f"{enc} {tuned[enc]['lr']:g}" for enc in encoders)
-    markdown = (f"{table}\n\nMean ± std over seeds {list(seeds)}; {split.description}; {epochs} epochs. "
-                f"LyaNet: {lyanet_label} ({describe_lyanet}). Standard: Adam at the better of "
-                f"lr {', '.join(f'{lr:g}' for lr in STANDARD_LRS)} on a validation fifth of the training set "
-                f"(chosen: {lrs}). "
-                f"Attacks through RK4 (10 steps), pixel-space epsilon; strong PGD = {budget['strong_steps']} steps x "
-                f"{budget['strong_restarts']} restarts, APGD {budget['apgd_steps']} steps, Square "
-                f"{budget['square_queries']} queries, AutoAttack {'on' if budget['autoattack'] else 'off'}. "
-                f"Machine: {payload['setup']['machine']}; wall clock "
-                f"{payload['setup']['wall_clock_seconds']:.0f} s.\n\nGoals (issues 4 and 7):\n{goal_lines}\n")
+    markdown = (
+        f"{table}\n\nMean ± std over seeds {list(seeds)}; {split.description}; {epochs} epochs. "
+        f"LyaNet: {lyanet_label} ({describe_lyanet}). Standard: Adam at the better of "
+        f"lr {', '.join(f'{lr:g}' for lr in STANDARD_LRS)} on a validation fifth of the training set "
+        f"(chosen: {lrs}). "
+        f"Attacks through RK4 (10 steps), pixel-space epsilon; strong PGD = {budget['strong_steps']} steps x "
+        f"{budget['strong_restarts']} restarts, APGD {budget['apgd_steps']} steps, Square "
+        f"{budget['square_queries']} queries, AutoAttack {'on' if budget['autoattack'] else 'off'}. "
+        f"Machine: {payload['setup']['machine']}; wall clock "
+        f"{payload['setup']['wall_clock_seconds']:.0f} s.\n\nGoals (issues 4 and 7):\n{goal_lines}\n"
+    )
     write_outputs(Path(out_dir), name, payload, markdown)
     if update_readme:
         embed_markdown(Path(__file__).resolve().parents[1] / "README.md", "digits-results", markdown)
@@ -371,10 +469,15 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), quick: bool = Fa
 
 def describe(trainer: LyapunovTrainer) -> str:
     objective = trainer.objective
-    detail = (f"{objective.num_samples} samples per example, {objective.state_sampler}"
-              if hasattr(objective, "num_samples") else f"{objective}")
-    return (f"{trainer.mode}, kappa {trainer.kappa_schedule.final:g}, {detail}, "
-            f"Adam lr {trainer.base_lrs[0]:g}, {'cosine' if trainer.cosine else 'constant'} schedule")
+    detail = (
+        f"{objective.num_samples} samples per example, {objective.state_sampler}"
+        if hasattr(objective, "num_samples")
+        else f"{objective}"
+    )
+    return (
+        f"{trainer.mode}, kappa {trainer.kappa_schedule.final:g}, {detail}, "
+        f"Adam lr {trainer.base_lrs[0]:g}, {'cosine' if trainer.cosine else 'constant'} schedule"
+    )
 
 
 def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -387,14 +490,28 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--autoattack", action="store_true", help="add AutoAttack (slow on a CPU)")
     parser.add_argument("--encoders", nargs="+", choices=sorted(ENCODERS), default=["plain", "lipschitz"])
-    parser.add_argument("--noise-scales", type=float, nargs="+", default=None,
-                        help="LyaNet's rollout noise (relative), instead of the default objective's")
+    parser.add_argument(
+        "--noise-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="LyaNet's rollout noise (relative), instead of the default objective's",
+    )
     parser.add_argument("--name", default="digits_comparison", help="output file stem")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = _parse()
-    main(epochs=args.epochs, seeds=args.seeds, quick=args.quick, out_dir=args.out_dir, progress=args.progress,
-         update_readme=args.update_readme, autoattack=args.autoattack, encoders=args.encoders,
-         noise_scales=args.noise_scales, name=args.name)
+    main(
+        epochs=args.epochs,
+        seeds=args.seeds,
+        quick=args.quick,
+        out_dir=args.out_dir,
+        progress=args.progress,
+        update_readme=args.update_readme,
+        autoattack=args.autoattack,
+        encoders=args.encoders,
+        noise_scales=args.noise_scales,
+        name=args.name,
+    )

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -68,13 +69,16 @@ def main(*, epochs: int = 10, batch_size: int = 64, lr: float = 1e-2, seed: int 
     if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = rank_and_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available()
         else torch.device("cpu")
+    )
     torch.manual_seed(seed)
     model = make_model().to(device)
-    objective = default_objective(model)              # the recipe LyapunovTrainer(model) would use
+    objective = default_objective(model)  # the recipe LyapunovTrainer(model) would use
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed + rank)                # different Monte Carlo draws on each rank
+    generator.manual_seed(seed + rank)  # different Monte Carlo draws on each rank
     step: nn.Module = ObjectiveStep(model, objective, generator)
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
@@ -87,21 +91,21 @@ def main(*, epochs: int = 10, batch_size: int = 64, lr: float = 1e-2, seed: int 
         if sampler is not None:
             sampler.set_epoch(epoch)
         for xb, yb in loader:
-            loss = step(xb.to(device), yb.to(device))   # through DDP's forward: gradients are averaged
+            loss = step(xb.to(device), yb.to(device))  # through DDP's forward: gradients are averaged
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         schedule.step()
     error = None
     if is_main_process():
-        ode = as_lyapunov_model(model)                 # the protocol view: readout at t = 1 via dopri5
+        ode = as_lyapunov_model(model)  # the protocol view: readout at t = 1 via dopri5
         with torch.no_grad():
             model.eval()
             final = ode.trajectory(x_test.to(device), torch.tensor([0.0, 1.0], device=device))[-1]
             error = float((ode.readout(final).argmax(-1).cpu() != y_test).float().mean())
         print(f"{type(objective).__name__} on {world} rank(s), {epochs} epochs: test error {error:.1%}")
     if launched:
-        dist.barrier()                                  # rank 0 finishes evaluating before anyone leaves
+        dist.barrier()  # rank 0 finishes evaluating before anyone leaves
         dist.destroy_process_group()
     return error
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -28,8 +29,15 @@ from .compare_digits import train
 METHODS = ("standard", "lyanet")
 
 
-def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), grid: int = 21, out_dir: Path | str = "results",
-         quick: bool = False, plot: bool = True) -> dict[str, Any]:
+def main(
+    *,
+    epochs: int = 60,
+    seeds: Sequence[int] = (0, 1, 2),
+    grid: int = 21,
+    out_dir: Path | str = "results",
+    quick: bool = False,
+    plot: bool = True,
+) -> dict[str, Any]:
     """Train both methods per seed and record the inference curves.
 
     Arguments:
@@ -46,8 +54,15 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), grid: int = 21, 
             trainer, _ = train(method, seed, epochs=epochs, split=split)
             curve = loss_error_curve(trainer.model, test, ts, potential=CrossEntropyPotential())
             nfe = {str(t): nfe_to_end(trainer.model, split.x_test, t_end=t, solver=dopri5()) for t in (0.25, 0.5, 1.0)}
-            curves[method].append({"seed": seed, "loss": curve.loss, "error": curve.error,
-                                   "num_points": curve.num_points, "nfe_dopri5": nfe})
+            curves[method].append(
+                {
+                    "seed": seed,
+                    "loss": curve.loss,
+                    "error": curve.error,
+                    "num_points": curve.num_points,
+                    "nfe_dopri5": nfe,
+                }
+            )
     summary = {}
     for method in METHODS:
         runs = curves[method]
@@ -56,18 +71,28 @@ def main(*, epochs: int = 60, seeds: Sequence[int] = (0, 1, 2), grid: int = 21, 
             "mean_error": torch.tensor([r["error"] for r in runs]).mean(0).tolist(),
             "mean_nfe_dopri5": {t: sum(r["nfe_dopri5"][t] for r in runs) / len(runs) for t in runs[0]["nfe_dopri5"]},
         }
-    payload = {"data": split.description, "epochs": epochs, "seeds": list(seeds), "ts": ts.tolist(),
-               "summary": summary, "runs": curves}
+    payload = {
+        "data": split.description,
+        "epochs": epochs,
+        "seeds": list(seeds),
+        "ts": ts.tolist(),
+        "summary": summary,
+        "runs": curves,
+    }
     out = Path(out_dir)
     write_json(out, "early_termination", payload)
     if plot:
         plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for method, label in zip(METHODS, ("standard Neural ODE", "LyaNet")):
+        for method, label in zip(METHODS, ("standard Neural ODE", "LyaNet"), strict=False):
             axes[0].plot(ts, summary[method]["mean_loss"], label=label)
             axes[1].plot(ts, [100 * e for e in summary[method]["mean_error"]], label=label)
-        axes[0].set(xlabel="inference time t", ylabel="cross entropy", yscale="log",
-                    title="loss of psi(eta(t)), correctly classified points")
+        axes[0].set(
+            xlabel="inference time t",
+            ylabel="cross entropy",
+            yscale="log",
+            title="loss of psi(eta(t)), correctly classified points",
+        )
         axes[1].set(xlabel="inference time t", ylabel="error (%)", title="error of psi(eta(t))")
         axes[0].legend()
         fig.tight_layout()

@@ -11,8 +11,9 @@ error at l_inf 0.1 through RK4-10, the fraction of correctly classified test poi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -31,13 +32,31 @@ def evaluate(trainer: Any, split: Any, *, kappa: float, seed: int) -> dict[str, 
 
     xt, yt = split.x_test, split.y_test
     view = Classifier(trainer.model, solver=FixedStepSolver(method="rk4", steps=10))
-    pgd, _ = run_attack("pgd10", lambda m: torchattacks.PGD(m, eps=0.1, alpha=0.025, steps=10), view, view,
-                        xt, yt, eps=0.1, norm="linf", seed=seed)
-    dlr, _ = run_attack("apgd_dlr", lambda m: torchattacks.APGD(m, norm="Linf", eps=0.1, steps=100, loss="dlr",
-                                                                seed=seed), view, view, xt, yt, eps=0.1,
-                        norm="linf", seed=seed)
-    decay = decay_statistics(trainer.model, [(xt, yt)], potential=CrossEntropyPotential(), kappa=kappa,
-                             ts=torch.linspace(0, 1, 21))
+    pgd, _ = run_attack(
+        "pgd10",
+        lambda m: torchattacks.PGD(m, eps=0.1, alpha=0.025, steps=10),
+        view,
+        view,
+        xt,
+        yt,
+        eps=0.1,
+        norm="linf",
+        seed=seed,
+    )
+    dlr, _ = run_attack(
+        "apgd_dlr",
+        lambda m: torchattacks.APGD(m, norm="Linf", eps=0.1, steps=100, loss="dlr", seed=seed),
+        view,
+        view,
+        xt,
+        yt,
+        eps=0.1,
+        norm="linf",
+        seed=seed,
+    )
+    decay = decay_statistics(
+        trainer.model, [(xt, yt)], potential=CrossEntropyPotential(), kappa=kappa, ts=torch.linspace(0, 1, 21)
+    )
     return {
         "clean error (%)": 100 * trainer.evaluate([(xt, yt)])["error"],
         "PGD-10 l_inf 0.1 (%)": 100 * pgd.error_attack_view,
@@ -47,8 +66,14 @@ def evaluate(trainer: Any, split: Any, *, kappa: float, seed: int) -> dict[str, 
     }
 
 
-def main(*, kappas: Sequence[float] = (1.0, 5.0, 10.0, 20.0), seeds: Sequence[int] = (0, 1, 2), epochs: int = 60,
-         out_dir: Path | str = "results", quick: bool = False) -> dict[str, Any]:
+def main(
+    *,
+    kappas: Sequence[float] = (1.0, 5.0, 10.0, 20.0),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 60,
+    out_dir: Path | str = "results",
+    quick: bool = False,
+) -> dict[str, Any]:
     """Run the sweep; ``quick`` uses a small slice of the data (smoke tests)."""
     split = digits(limit=120 if quick else None)
     rows: dict[str, dict[str, Any]] = {}

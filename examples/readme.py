@@ -12,8 +12,9 @@ import argparse
 import contextlib
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -66,13 +67,15 @@ def outputs_agree(printed: str, shown: str, *, percent_points: float = 3.0, rela
     if _NUMBER.sub("#", printed) != _NUMBER.sub("#", shown):
         return False
     percent = re.compile(r"(-?\d+(?:\.\d+)?)%")
-    pairs_pct = zip(percent.findall(printed), percent.findall(shown))
+    pairs_pct = zip(percent.findall(printed), percent.findall(shown), strict=False)
     if any(abs(float(a) - float(b)) > percent_points for a, b in pairs_pct):
         return False
     others_printed = _NUMBER.findall(percent.sub("%", printed))
     others_shown = _NUMBER.findall(percent.sub("%", shown))
-    return all(abs(float(a) - float(b)) <= max(relative * abs(float(b)), 0.1)
-               for a, b in zip(others_printed, others_shown))
+    return all(
+        abs(float(a) - float(b)) <= max(relative * abs(float(b)), 0.1)
+        for a, b in zip(others_printed, others_shown, strict=False)
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:

@@ -42,9 +42,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -134,12 +135,13 @@ class Threat:
 #: Sweep radii: large enough that every model's error must approach 100% (the first
 #: obfuscation check of the protocol), on FashionMNIST up to the protocol's 0.5 as on digits.
 THREATS = {
-    "fashionmnist": Threat(linf=(PAPER_LINF_EPS, FASHIONMNIST_LINF_EPS), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS),
-                           sweep=(0.2, 0.3, 0.5)),
-    "cifar10": Threat(linf=(PAPER_LINF_EPS,), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS),
-                      sweep=(16 / 255, 32 / 255, 64 / 255)),
-    "cifar100": Threat(linf=(PAPER_LINF_EPS,), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS),
-                       sweep=(16 / 255, 32 / 255, 64 / 255)),
+    "fashionmnist": Threat(
+        linf=(PAPER_LINF_EPS, FASHIONMNIST_LINF_EPS), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS), sweep=(0.2, 0.3, 0.5)
+    ),
+    "cifar10": Threat(linf=(PAPER_LINF_EPS,), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS), sweep=(16 / 255, 32 / 255, 64 / 255)),
+    "cifar100": Threat(
+        linf=(PAPER_LINF_EPS,), l2=(PROTOCOL_L2_EPS, PAPER_L2_EPS), sweep=(16 / 255, 32 / 255, 64 / 255)
+    ),
 }
 
 
@@ -225,17 +227,18 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 
 # ------------------------------------------------------------------------ data
-def load_data(dataset: str, *, root: str, download: bool, fake: bool, limit: Optional[int],
-              test_limit: Optional[int]) -> VisionData:
+def load_data(
+    dataset: str, *, root: str, download: bool, fake: bool, limit: Optional[int], test_limit: Optional[int]
+) -> VisionData:
     """The first ``limit`` training and ``test_limit`` test images as [0, 1] tensors."""
     fake_size = max(limit or FAKE_SIZE, 2 * (test_limit or FAKE_SIZE // 2))
-    train, test, classes, shape = vision_dataset(dataset, root=root, download=download, fake=fake,
-                                                 fake_size=fake_size)
+    train, test, classes, shape = vision_dataset(dataset, root=root, download=download, fake=fake, fake_size=fake_size)
     x_train, y_train = as_tensors(train, limit)
     x_test, y_test = as_tensors(test, test_limit)
     source = "torchvision FakeData of the same shape and classes" if fake else f"torchvision {dataset}"
-    description = (f"{dataset}: {source}, pixels in [0, 1], first {len(y_train)} training and first "
-                   f"{len(y_test)} test images")
+    description = (
+        f"{dataset}: {source}, pixels in [0, 1], first {len(y_train)} training and first {len(y_test)} test images"
+    )
     return VisionData(x_train, y_train, x_test, y_test, classes, tuple(shape), description)
 
 
@@ -256,8 +259,10 @@ def start_strategy(strategy: str, device: Optional[str]) -> torch.device:
     if strategy == "single":
         return resolve_device(device)
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise ValueError("strategy='ddp' must be launched by torchrun, e.g. "
-                         "torchrun --nproc_per_node=4 -m examples.vision --strategy ddp ...")
+        raise ValueError(
+            "strategy='ddp' must be launched by torchrun, e.g. "
+            "torchrun --nproc_per_node=4 -m examples.vision --strategy ddp ..."
+        )
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
@@ -284,16 +289,18 @@ def build(model: str, data: VisionData, dataset: str, arch: Architecture, *, adj
     if model == "resnet18":
         return resnet18_classifier(dataset, channels, data.num_classes, width=arch.width)
     if model == "node":
-        parts = node_parts(dataset, channels, data.num_classes, width=arch.width, context_dim=arch.context_dim,
-                           hidden=arch.hidden)
+        parts = node_parts(
+            dataset, channels, data.num_classes, width=arch.width, context_dim=arch.context_dim, hidden=arch.hidden
+        )
     else:
         parts = continuous_parts(dataset, channels, data.num_classes, width=arch.width, hidden=arch.hidden)
     return assemble(parts, adjoint=adjoint)
 
 
 # -------------------------------------------------------------------- training
-def train_classifier(net: nn.Module, loader: DataLoader, *, epochs: int, make_optimizer: Callable[..., Any],
-                     device: torch.device) -> list[dict[str, Any]]:
+def train_classifier(
+    net: nn.Module, loader: DataLoader, *, epochs: int, make_optimizer: Callable[..., Any], device: torch.device
+) -> list[dict[str, Any]]:
     """The ResNet-18 row: cross entropy, a plain loop; one record per epoch."""
     net.to(device)
     optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad])
@@ -312,14 +319,31 @@ def train_classifier(net: nn.Module, loader: DataLoader, *, epochs: int, make_op
             optimizer.step()
             total += float(loss.detach()) * len(y)
             count += len(y)
-        history.append({"epoch": epoch, "mode": "classifier", "train_loss": total / max(count, 1),
-                        "train_seconds": time.perf_counter() - started})
+        history.append(
+            {
+                "epoch": epoch,
+                "mode": "classifier",
+                "train_loss": total / max(count, 1),
+                "train_seconds": time.perf_counter() - started,
+            }
+        )
     return history
 
 
-def train_flow(model: nn.Module, model_name: str, method: str, loader: DataLoader, *, epochs: int,
-               make_optimizer: Callable[..., Any], lr: float, kappa: Optional[float], seed: int,
-               device: torch.device, progress: bool) -> list[dict[str, Any]]:
+def train_flow(
+    model: nn.Module,
+    model_name: str,
+    method: str,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    make_optimizer: Callable[..., Any],
+    lr: float,
+    kappa: Optional[float],
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> list[dict[str, Any]]:
     """A Neural ODE row with :class:`~lyapunov_plugin.LyapunovTrainer`: ``mode="standard"``
     (the supervised loss at ``t = 1`` through the solver), or LyaNet with the trainer's
     defaults in the mode of ``LYANET_MODES`` (Algorithm 1 or 2)."""
@@ -327,14 +351,29 @@ def train_flow(model: nn.Module, model_name: str, method: str, loader: DataLoade
     if method == "lyanet" and kappa is not None:
         extra["kappa"] = kappa
     mode = "standard" if method == "standard" else LYANET_MODES[model_name]
-    trainer = LyapunovTrainer(model, mode=mode, optimizer=make_optimizer, lr=lr, seed=seed, device=device,
-                              progress=progress, **extra)
+    trainer = LyapunovTrainer(
+        model, mode=mode, optimizer=make_optimizer, lr=lr, seed=seed, device=device, progress=progress, **extra
+    )
     return trainer.fit(loader, epochs=epochs)
 
 
-def train_row(model_name: str, method: str, data: VisionData, *, dataset: str, arch: Architecture, seed: int,
-              epochs: int, batch_size: Optional[int], optimizer: str, lr: float, kappa: Optional[float],
-              adjoint: bool, device: torch.device, progress: bool) -> TrainedRow:
+def train_row(
+    model_name: str,
+    method: str,
+    data: VisionData,
+    *,
+    dataset: str,
+    arch: Architecture,
+    seed: int,
+    epochs: int,
+    batch_size: Optional[int],
+    optimizer: str,
+    lr: float,
+    kappa: Optional[float],
+    adjoint: bool,
+    device: torch.device,
+    progress: bool,
+) -> TrainedRow:
     """Build (seeded, so both methods of a class start from the same weights) and train one row."""
     torch.manual_seed(seed)
     net = build(model_name, data, dataset, arch, adjoint=adjoint and method == "standard")
@@ -343,14 +382,26 @@ def train_row(model_name: str, method: str, data: VisionData, *, dataset: str, a
     if model_name == "resnet18":
         history = train_classifier(net, loader, epochs=epochs, make_optimizer=make_optimizer, device=device)
         return TrainedRow(model_name, method, StaticFlow(net), history)
-    history = train_flow(net, model_name, method, loader, epochs=epochs, make_optimizer=make_optimizer, lr=lr,
-                         kappa=kappa, seed=seed, device=device, progress=progress)
+    history = train_flow(
+        net,
+        model_name,
+        method,
+        loader,
+        epochs=epochs,
+        make_optimizer=make_optimizer,
+        lr=lr,
+        kappa=kappa,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     return TrainedRow(model_name, method, net, history)
 
 
 # ------------------------------------------------------------------ evaluation
-def error_at(flow: Any, x: Tensor, y: Tensor, *, t_end: float, device: torch.device,
-             solver: Any = EVAL_SOLVER) -> float:
+def error_at(
+    flow: Any, x: Tensor, y: Tensor, *, t_end: float, device: torch.device, solver: Any = EVAL_SOLVER
+) -> float:
     """Error of ``psi(eta(t_end))`` (paper Eq. 3) with ``solver`` on ``[0, t_end]``;
     ``t_end < 1`` is early termination (Section 5.3)."""
     ts = torch.tensor([0.0, t_end], device=device)
@@ -358,7 +409,7 @@ def error_at(flow: Any, x: Tensor, y: Tensor, *, t_end: float, device: torch.dev
     flow.eval()
     with torch.no_grad():
         for i in range(0, len(x), EVAL_BATCH):
-            xb, yb = x[i:i + EVAL_BATCH].to(device), y[i:i + EVAL_BATCH].to(device)
+            xb, yb = x[i : i + EVAL_BATCH].to(device), y[i : i + EVAL_BATCH].to(device)
             final = states_along(flow, xb, ts, solver=solver)[-1]
             wrong += int((flow.readout(final).argmax(-1) != yb).sum())
     return wrong / len(x)
@@ -366,33 +417,60 @@ def error_at(flow: Any, x: Tensor, y: Tensor, *, t_end: float, device: torch.dev
 
 def ode_metrics(flow: Any, data: VisionData, device: torch.device) -> dict[str, float]:
     """The numbers only a Neural ODE has: dopri5 error and NFE, early-termination error."""
-    out = {"clean_error_dopri5": error_at(flow, data.x_test, data.y_test, t_end=1.0, device=device,
-                                          solver=dopri5())}
+    out = {"clean_error_dopri5": error_at(flow, data.x_test, data.y_test, t_end=1.0, device=device, solver=dopri5())}
     for t in EARLY_TIMES:
         out[f"error_t{t}"] = error_at(flow, data.x_test, data.y_test, t_end=t, device=device)
     out["nfe_dopri5"] = nfe_to_end(flow, data.x_test[:NFE_BATCH].to(device), solver=dopri5())
     return out
 
 
-def measure(row: TrainedRow, data: VisionData, *, partner: Any, threat: Threat, budget: AttackBudget,
-            sweep: tuple[float, ...], seed: int, device: torch.device) -> dict[str, Any]:
+def measure(
+    row: TrainedRow,
+    data: VisionData,
+    *,
+    partner: Any,
+    threat: Threat,
+    budget: AttackBudget,
+    sweep: tuple[float, ...],
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
     """Every per-model number of Table 1 and Sections 5.3 / 5.5 for one trained row."""
     is_ode = row.model != "resnet18"
-    out: dict[str, Any] = {"model": row.model, "method": row.method, "label": LABELS[(row.model, row.method)],
-                           "seed": seed, "history": row.history}
+    out: dict[str, Any] = {
+        "model": row.model,
+        "method": row.method,
+        "label": LABELS[(row.model, row.method)],
+        "seed": seed,
+        "history": row.history,
+    }
     out["train_seconds_per_epoch"] = sum(r["train_seconds"] for r in row.history) / len(row.history)
     out["clean_error_rk4"] = error_at(row.flow, data.x_test, data.y_test, t_end=1.0, device=device)
-    not_applicable = {"clean_error_dopri5": math.nan, "nfe_dopri5": math.nan,
-                      **{f"error_t{t}": math.nan for t in EARLY_TIMES}}
+    not_applicable = {
+        "clean_error_dopri5": math.nan,
+        "nfe_dopri5": math.nan,
+        **{f"error_t{t}": math.nan for t in EARLY_TIMES},
+    }
     out.update(ode_metrics(row.flow, data, device) if is_ode else not_applicable)
     n = len(data.y_test) if budget.examples is None else min(budget.examples, len(data.y_test))
     x_att, y_att = data.x_test[:n].to(device), data.y_test[:n].to(device)
     report = evaluate_robustness(
-        row.flow, x_att, y_att, linf_eps=threat.linf, l2_eps=threat.l2, sweep_eps=sweep,
-        attack_steps=budget.steps, strong_steps=budget.strong_steps, strong_restarts=budget.strong_restarts,
-        apgd_steps=budget.apgd_steps, square_queries=budget.square_queries, attack_solver=EVAL_SOLVER,
-        inference_solver=dopri5() if is_ode else None, transfer_from=partner if budget.transfer else None,
-        seed=seed, batch_size=EVAL_BATCH,
+        row.flow,
+        x_att,
+        y_att,
+        linf_eps=threat.linf,
+        l2_eps=threat.l2,
+        sweep_eps=sweep,
+        attack_steps=budget.steps,
+        strong_steps=budget.strong_steps,
+        strong_restarts=budget.strong_restarts,
+        apgd_steps=budget.apgd_steps,
+        square_queries=budget.square_queries,
+        attack_solver=EVAL_SOLVER,
+        inference_solver=dopri5() if is_ode else None,
+        transfer_from=partner if budget.transfer else None,
+        seed=seed,
+        batch_size=EVAL_BATCH,
     )
     out["robustness"] = report.as_dict()
     out["attacked_examples"] = n
@@ -422,28 +500,35 @@ def summary_rows(threat: Threat, budget: AttackBudget, sweep: tuple[float, ...])
         "clean error, dopri5 (%)": lambda r: 100 * r["clean_error_dopri5"],
     }
     for eps in threat.linf:
-        rows[f"PGD-{budget.steps} l_inf {eps_label(eps)} (%)"] = (
-            lambda r, eps=eps: 100 * _attack(r, f"pgd{budget.steps}_linf", eps))
+        rows[f"PGD-{budget.steps} l_inf {eps_label(eps)} (%)"] = lambda r, eps=eps: (
+            100 * _attack(r, f"pgd{budget.steps}_linf", eps)
+        )
     for eps in threat.l2:
-        rows[f"PGD-{budget.steps} l2 {eps_label(eps)} (%)"] = (
-            lambda r, eps=eps: 100 * _attack(r, f"pgd{budget.steps}_l2", eps))
+        rows[f"PGD-{budget.steps} l2 {eps_label(eps)} (%)"] = lambda r, eps=eps: (
+            100 * _attack(r, f"pgd{budget.steps}_l2", eps)
+        )
     strong = f"pgd{budget.strong_steps}x{budget.strong_restarts}_linf"
-    rows[f"PGD-{budget.strong_steps} x {budget.strong_restarts} l_inf {eps_label(main_eps)} (%)"] = (
-        lambda r: 100 * _attack(r, strong, main_eps))
+    rows[f"PGD-{budget.strong_steps} x {budget.strong_restarts} l_inf {eps_label(main_eps)} (%)"] = lambda r: (
+        100 * _attack(r, strong, main_eps)
+    )
     if budget.apgd_steps > 0:
         for loss in ("ce", "dlr"):
-            rows[f"APGD-{loss.upper()} l_inf {eps_label(main_eps)} (%)"] = (
-                lambda r, loss=loss: 100 * _attack(r, f"apgd{budget.apgd_steps}_{loss}_linf", main_eps))
+            rows[f"APGD-{loss.upper()} l_inf {eps_label(main_eps)} (%)"] = lambda r, loss=loss: (
+                100 * _attack(r, f"apgd{budget.apgd_steps}_{loss}_linf", main_eps)
+            )
     if budget.square_queries > 0:
         rows[f"Square l_inf {eps_label(main_eps)} (%)"] = lambda r: 100 * _attack(r, "square_linf", main_eps)
     if budget.transfer:
-        rows[f"transfer PGD l_inf {eps_label(main_eps)} (%)"] = (
-            lambda r: 100 * _attack(r, "transfer_pgd_linf", main_eps))
-    rows[f"worst case over l_inf {eps_label(main_eps)} attacks (%)"] = (
-        lambda r: 100 * r["robustness"]["worst_case_error"])
+        rows[f"transfer PGD l_inf {eps_label(main_eps)} (%)"] = lambda r: (
+            100 * _attack(r, "transfer_pgd_linf", main_eps)
+        )
+    rows[f"worst case over l_inf {eps_label(main_eps)} attacks (%)"] = lambda r: (
+        100 * r["robustness"]["worst_case_error"]
+    )
     if sweep:
-        rows[f"PGD-{budget.steps} l_inf {eps_label(max(sweep))} (sweep) (%)"] = (
-            lambda r: 100 * _attack(r, f"pgd{budget.steps}_linf_sweep", max(sweep)))
+        rows[f"PGD-{budget.steps} l_inf {eps_label(max(sweep))} (sweep) (%)"] = lambda r: (
+            100 * _attack(r, f"pgd{budget.steps}_linf_sweep", max(sweep))
+        )
     for t in EARLY_TIMES:
         rows[f"error at t={t} (%)"] = lambda r, t=t: 100 * r[f"error_t{t}"]
     rows["dopri5 NFE to t=1"] = lambda r: r["nfe_dopri5"]
@@ -466,29 +551,53 @@ def pairs_to_run(models: Sequence[str], methods: Sequence[str]) -> list[tuple[st
     """The Table-1 rows among ``models`` x ``methods`` (ResNet-18 has no LyaNet row)."""
     pairs = [(m, k) for m in models for k in methods if (m, k) in LABELS]
     if not pairs:
-        raise ValueError(f"models={list(models)} with methods={list(methods)} select no row of Table 1 "
-                         "(resnet18 is trained with method 'standard' only)")
+        raise ValueError(
+            f"models={list(models)} with methods={list(methods)} select no row of Table 1 "
+            "(resnet18 is trained with method 'standard' only)"
+        )
     return pairs
 
 
-def run_seed(seed: int, pairs: Sequence[tuple[str, str]], data: VisionData, *, dataset: str, arch: Architecture,
-             training: dict[str, Any], threat: Threat, budget: AttackBudget, sweep: tuple[float, ...],
-             device: torch.device) -> list[dict[str, Any]]:
+def run_seed(
+    seed: int,
+    pairs: Sequence[tuple[str, str]],
+    data: VisionData,
+    *,
+    dataset: str,
+    arch: Architecture,
+    training: dict[str, Any],
+    threat: Threat,
+    budget: AttackBudget,
+    sweep: tuple[float, ...],
+    device: torch.device,
+) -> list[dict[str, Any]]:
     """Train every selected row of Table 1 for one seed, then measure each (the transfer
     attack needs the other method's model of the same class, hence two passes)."""
-    trained = {pair: train_row(*pair, data, dataset=dataset, arch=arch, seed=seed, device=device, **training)
-               for pair in pairs}
+    trained = {
+        pair: train_row(*pair, data, dataset=dataset, arch=arch, seed=seed, device=device, **training) for pair in pairs
+    }
     if not is_main_process():  # every rank trains; rank 0 alone measures and reports
         return []
     results = []
     for (model_name, method), row in trained.items():
         other = trained.get((model_name, "lyanet" if method == "standard" else "standard"))
-        result = measure(row, data, partner=other.flow if other is not None else None, threat=threat,
-                         budget=budget, sweep=sweep, seed=seed, device=device)
+        result = measure(
+            row,
+            data,
+            partner=other.flow if other is not None else None,
+            threat=threat,
+            budget=budget,
+            sweep=sweep,
+            seed=seed,
+            device=device,
+        )
         results.append(result)
-        print(f"[seed {seed}] {result['label']}: clean error {result['clean_error_rk4']:.4f}, "
-              f"worst-case l_inf {eps_label(max(threat.linf))} error "
-              f"{result['robustness']['worst_case_error']:.4f}", flush=True)
+        print(
+            f"[seed {seed}] {result['label']}: clean error {result['clean_error_rk4']:.4f}, "
+            f"worst-case l_inf {eps_label(max(threat.linf))} error "
+            f"{result['robustness']['worst_case_error']:.4f}",
+            flush=True,
+        )
     return results
 
 
@@ -499,8 +608,16 @@ def _check_sizes(**sizes: Optional[int]) -> None:
         _positive_int(key, value, allow_none=key in optional)
 
 
-def attack_budget(*, steps: int, strong_steps: int, strong_restarts: int, apgd_steps: int, square_queries: int,
-                  examples: Optional[int], transfer: bool) -> AttackBudget:
+def attack_budget(
+    *,
+    steps: int,
+    strong_steps: int,
+    strong_restarts: int,
+    apgd_steps: int,
+    square_queries: int,
+    examples: Optional[int],
+    transfer: bool,
+) -> AttackBudget:
     """A checked :class:`AttackBudget` (``apgd_steps`` and ``square_queries`` may be 0)."""
     for key, value in (("attack_steps", steps), ("strong_steps", strong_steps), ("strong_restarts", strong_restarts)):
         _positive_int(key, value)
@@ -510,8 +627,9 @@ def attack_budget(*, steps: int, strong_steps: int, strong_restarts: int, apgd_s
     return AttackBudget(steps, strong_steps, strong_restarts, apgd_steps, square_queries, examples, bool(transfer))
 
 
-def report(runs: list[dict[str, Any]], setup: dict[str, Any], rows: dict[str, Callable], *, out_dir: Path,
-           name: str) -> dict[str, Any]:
+def report(
+    runs: list[dict[str, Any]], setup: dict[str, Any], rows: dict[str, Callable], *, out_dir: Path, name: str
+) -> dict[str, Any]:
     """Write ``<name>.json`` (setup, summary, every run) and ``<name>.md`` (Table 1 layout,
     transposed: one column per row of the paper's table); return the JSON payload."""
     summary = summarise(runs, rows)
@@ -519,26 +637,52 @@ def report(runs: list[dict[str, Any]], setup: dict[str, Any], rows: dict[str, Ca
     columns = list(summary)
     table = markdown_table(summary, columns=columns, headers=[LABELS[tuple(c.split("/"))] for c in columns])
     caveat = " FakeData: the numbers only show that the pipeline runs." if setup["fake"] else ""
-    markdown = (f"{table}\n\nPaper Table 1 rows, mean ± std over seeds {setup['seeds']}; {setup['data']}; "
-                f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}; attacks through "
-                f"RK4-{TRAIN_STEPS} on the first {setup['attacked_examples']} test images. "
-                f"Device: {setup['device']}.{caveat}\n")
+    markdown = (
+        f"{table}\n\nPaper Table 1 rows, mean ± std over seeds {setup['seeds']}; {setup['data']}; "
+        f"{setup['epochs']} epochs, {setup['optimizer']} lr {setup['lr']}; attacks through "
+        f"RK4-{TRAIN_STEPS} on the first {setup['attacked_examples']} test images. "
+        f"Device: {setup['device']}.{caveat}\n"
+    )
     write_outputs(out_dir, name, payload, markdown)
     print(markdown)
     return payload
 
 
 # ------------------------------------------------------------------------ main
-def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bool = False, fake: bool = False,
-         epochs: int = 1, batch_size: Optional[int] = None, seeds: Sequence[int] = (0,),
-         models: Sequence[str] = MODELS, methods: Sequence[str] = METHODS, optimizer: str = "nero",
-         lr: Optional[float] = None, kappa: Optional[float] = None, gradient: str = "backprop",
-         device: Optional[str] = None, out_dir: Path | str = RESULTS_DIR, limit: Optional[int] = 512,
-         test_limit: Optional[int] = 256, width: int = RESNET18_WIDTH, context_dim: int = 64, hidden: int = 64,
-         attack_examples: Optional[int] = 64, attack_steps: int = 10, strong_steps: int = 20,
-         strong_restarts: int = 1, apgd_steps: int = 0, square_queries: int = 50,
-         sweep_eps: Optional[Sequence[float]] = None, transfer: bool = True, progress: bool = False,
-         name: Optional[str] = None, strategy: str = "single") -> dict[str, Any]:
+def main(
+    *,
+    dataset: str = "fashionmnist",
+    data_root: str = "data",
+    download: bool = False,
+    fake: bool = False,
+    epochs: int = 1,
+    batch_size: Optional[int] = None,
+    seeds: Sequence[int] = (0,),
+    models: Sequence[str] = MODELS,
+    methods: Sequence[str] = METHODS,
+    optimizer: str = "nero",
+    lr: Optional[float] = None,
+    kappa: Optional[float] = None,
+    gradient: str = "backprop",
+    device: Optional[str] = None,
+    out_dir: Path | str = RESULTS_DIR,
+    limit: Optional[int] = 512,
+    test_limit: Optional[int] = 256,
+    width: int = RESNET18_WIDTH,
+    context_dim: int = 64,
+    hidden: int = 64,
+    attack_examples: Optional[int] = 64,
+    attack_steps: int = 10,
+    strong_steps: int = 20,
+    strong_restarts: int = 1,
+    apgd_steps: int = 0,
+    square_queries: int = 50,
+    sweep_eps: Optional[Sequence[float]] = None,
+    transfer: bool = True,
+    progress: bool = False,
+    name: Optional[str] = None,
+    strategy: str = "single",
+) -> dict[str, Any]:
     """Train and evaluate the rows of paper Table 1 on one dataset; write
     ``vision_<dataset>.json`` and ``.md`` (``vision_<dataset>_fake`` for FakeData).
 
@@ -577,16 +721,23 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
     seeds = tuple(seeds)
     if not seeds:
         raise ValueError("seeds must list at least one seed, got none")
-    _check_sizes(batch_size=batch_size, limit=limit, test_limit=test_limit, width=width, context_dim=context_dim,
-                 hidden=hidden)
+    _check_sizes(
+        batch_size=batch_size, limit=limit, test_limit=test_limit, width=width, context_dim=context_dim, hidden=hidden
+    )
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if kappa is not None and not kappa > 0:
         raise ValueError(f"kappa must be > 0, got {kappa}")
-    budget = attack_budget(steps=attack_steps, strong_steps=strong_steps, strong_restarts=strong_restarts,
-                           apgd_steps=apgd_steps, square_queries=square_queries, examples=attack_examples,
-                           transfer=transfer)
+    budget = attack_budget(
+        steps=attack_steps,
+        strong_steps=strong_steps,
+        strong_restarts=strong_restarts,
+        apgd_steps=apgd_steps,
+        square_queries=square_queries,
+        examples=attack_examples,
+        transfer=transfer,
+    )
     pairs = pairs_to_run(_choices("models", models, MODELS), _choices("methods", methods, METHODS))
     strategy = _choices("strategy", (strategy,), STRATEGIES)[0]
     target = start_strategy(strategy, device)
@@ -596,31 +747,66 @@ def main(*, dataset: str = "fashionmnist", data_root: str = "data", download: bo
     data = load_data(dataset, root=data_root, download=download, fake=fake, limit=limit, test_limit=test_limit)
 
     started = time.time()
-    training = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "kappa": kappa,
-                "adjoint": gradient == "adjoint", "progress": progress}
-    runs = [result for seed in seeds
-            for result in run_seed(seed, pairs, data, dataset=dataset, arch=arch, training=training, threat=threat,
-                                   budget=budget, sweep=sweep, device=target)]
+    training = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "lr": lr,
+        "kappa": kappa,
+        "adjoint": gradient == "adjoint",
+        "progress": progress,
+    }
+    runs = [
+        result
+        for seed in seeds
+        for result in run_seed(
+            seed,
+            pairs,
+            data,
+            dataset=dataset,
+            arch=arch,
+            training=training,
+            threat=threat,
+            budget=budget,
+            sweep=sweep,
+            device=target,
+        )
+    ]
     if not is_main_process():
         barrier()
         return {}
     setup = {
-        "data": data.description, "dataset": dataset, "fake": fake, "epochs": epochs, "seeds": list(seeds),
-        "rows": ["/".join(p) for p in pairs], "optimizer": optimizer, "lr": lr,
+        "data": data.description,
+        "dataset": dataset,
+        "fake": fake,
+        "epochs": epochs,
+        "seeds": list(seeds),
+        "rows": ["/".join(p) for p in pairs],
+        "optimizer": optimizer,
+        "lr": lr,
         "batch_size": batch_size if batch_size is not None else PAPER_BATCH_SIZE,
         "kappa": kappa if kappa is not None else "LyapunovTrainer default",
-        "lyanet_modes": LYANET_MODES, "standard_gradient": gradient, "architecture": asdict(arch),
-        "threat": asdict(threat), "sweep_eps": list(sweep), "attack_budget": asdict(budget),
+        "lyanet_modes": LYANET_MODES,
+        "standard_gradient": gradient,
+        "architecture": asdict(arch),
+        "threat": asdict(threat),
+        "sweep_eps": list(sweep),
+        "attack_budget": asdict(budget),
         "attacked_examples": runs[0]["attacked_examples"],
         "solver": f"RK4, {TRAIN_STEPS} steps on [0, 1] (training, scoring, attacks); dopri5 rtol=atol=1e-3",
         "device": str(target) + (f" x {rank_and_world_size()[1]} ranks (DDP)" if is_distributed() else ""),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}",
+        f"torch {torch.__version__}",
         "wall_clock_seconds": round(time.time() - started, 1),
     }
-    result = report(runs, setup, summary_rows(threat, budget, sweep), out_dir=Path(out_dir),
-                    name=name or f"vision_{dataset}{'_fake' if fake else ''}")
-    barrier()                   # the other ranks wait here until rank 0 has written the results
+    result = report(
+        runs,
+        setup,
+        summary_rows(threat, budget, sweep),
+        out_dir=Path(out_dir),
+        name=name or f"vision_{dataset}{'_fake' if fake else ''}",
+    )
+    barrier()  # the other ranks wait here until rank 0 has written the results
     return result
 
 
@@ -631,16 +817,24 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--download", action="store_true", help="download the dataset with torchvision")
     parser.add_argument("--fake", action="store_true", help="torchvision FakeData of the same shape")
     parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="for every row (default: Appendix C, 64 for LyaNet and 128 otherwise)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="for every row (default: Appendix C, 64 for LyaNet and 128 otherwise)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="nero")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for Nero, 1e-3 for Adam")
     parser.add_argument("--kappa", type=float, default=None, help="LyaNet rate (default: the trainer's)")
-    parser.add_argument("--gradient", choices=GRADIENTS, default="backprop",
-                        help="standard training of the ODE rows: backprop through RK4 or the adjoint")
+    parser.add_argument(
+        "--gradient",
+        choices=GRADIENTS,
+        default="backprop",
+        help="standard training of the ODE rows: backprop through RK4 or the adjoint",
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--limit", type=int, default=None, help="training images (default: all)")
@@ -657,20 +851,48 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--sweep-eps", type=float, nargs="+", default=None)
     parser.add_argument("--no-transfer", action="store_true", help="skip the transfer attack")
     parser.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="single",
-                        help="'ddp': under torchrun, data-parallel training on every rank (one GPU each)")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="single",
+        help="'ddp': under torchrun, data-parallel training on every rank (one GPU each)",
+    )
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = _parse()
-    main(dataset=args.dataset, data_root=args.data_root, download=args.download, fake=args.fake, epochs=args.epochs,
-         batch_size=args.batch_size, seeds=args.seeds, models=args.models, methods=args.methods,
-         optimizer=args.optimizer, lr=args.lr, kappa=args.kappa, gradient=args.gradient, device=args.device,
-         out_dir=args.out_dir, limit=args.limit, test_limit=args.test_limit, width=args.width,
-         context_dim=args.context_dim, hidden=args.hidden, attack_examples=args.attack_examples,
-         attack_steps=args.attack_steps, strong_steps=args.strong_steps, strong_restarts=args.strong_restarts,
-         apgd_steps=args.apgd_steps, square_queries=args.square_queries, sweep_eps=args.sweep_eps,
-         transfer=not args.no_transfer, progress=args.progress, strategy=args.strategy)
+    main(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        download=args.download,
+        fake=args.fake,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
+        models=args.models,
+        methods=args.methods,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        kappa=args.kappa,
+        gradient=args.gradient,
+        device=args.device,
+        out_dir=args.out_dir,
+        limit=args.limit,
+        test_limit=args.test_limit,
+        width=args.width,
+        context_dim=args.context_dim,
+        hidden=args.hidden,
+        attack_examples=args.attack_examples,
+        attack_steps=args.attack_steps,
+        strong_steps=args.strong_steps,
+        strong_restarts=args.strong_restarts,
+        apgd_steps=args.apgd_steps,
+        square_queries=args.square_queries,
+        sweep_eps=args.sweep_eps,
+        transfer=not args.no_transfer,
+        progress=args.progress,
+        strategy=args.strategy,
+    )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -78,9 +78,7 @@ def check_tensor(name: str, value: Any, *, min_ndim: int = 0, floating: bool = F
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {_describe(value)}")
     if value.ndim < min_ndim:
-        raise ValueError(
-            f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}"
-        )
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}")
     if min_ndim >= 1 and value.shape[0] == 0:
         raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(value.shape)}")
     if floating and not value.is_floating_point():
@@ -115,17 +113,14 @@ def check_batch(name: str, value: Tensor, reference_name: str, batch: int) -> No
     """``value.shape[0]`` must equal ``batch``."""
     if value.ndim == 0 or value.shape[0] != batch:
         raise ValueError(
-            f"{name} must have batch size {batch} (the batch size of {reference_name}), "
-            f"got shape {tuple(value.shape)}"
+            f"{name} must have batch size {batch} (the batch size of {reference_name}), got shape {tuple(value.shape)}"
         )
 
 
 def check_shape(name: str, value: Tensor, expected: Sequence[int], expected_from: str) -> None:
     """``value.shape`` must equal ``expected``."""
     if tuple(value.shape) != tuple(expected):
-        raise ValueError(
-            f"{name} must have shape {tuple(expected)} ({expected_from}), got {tuple(value.shape)}"
-        )
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({expected_from}), got {tuple(value.shape)}")
 
 
 def check_like(name: str, value: Tensor, reference_name: str, reference: Tensor) -> None:
@@ -133,9 +128,7 @@ def check_like(name: str, value: Tensor, reference_name: str, reference: Tensor)
     if value.dtype != reference.dtype:
         raise TypeError(f"{name} must have dtype {reference.dtype} (like {reference_name}), got {value.dtype}")
     if value.device != reference.device:
-        raise ValueError(
-            f"{name} must be on device {reference.device} (like {reference_name}), got {value.device}"
-        )
+        raise ValueError(f"{name} must be on device {reference.device} (like {reference_name}), got {value.device}")
 
 
 def as_labels(y: Tensor) -> Tensor:

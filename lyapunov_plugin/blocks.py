@@ -15,7 +15,7 @@ They are conveniences; any module with the same call signature works.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +53,15 @@ class MLPDynamics(nn.Module):
         activation: ``"tanh"``, ``"relu"``, ``"gelu"``, ``"softplus"`` or ``"elu"``.
     """
 
-    def __init__(self, state_dim: int, context_dim: int, hidden: Sequence[int] = (64, 64), *,
-                 time_dependent: bool = True, activation: str = "tanh") -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        context_dim: int,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        time_dependent: bool = True,
+        activation: str = "tanh",
+    ) -> None:
         super().__init__()
         state_dim = check_positive_int("state_dim", state_dim)
         context_dim = check_positive_int("context_dim", context_dim)
@@ -75,13 +82,19 @@ class MLPDynamics(nn.Module):
         from .diagnostics import spectral_lipschitz_bound
 
         first = cast(nn.Linear, self.net[0])  # _mlp without spectral norm starts with a plain nn.Linear
-        context_cols = first.weight[:, self.state_dim:self.state_dim + self.context_dim]
+        context_cols = first.weight[:, self.state_dim : self.state_dim + self.context_dim]
         with torch.no_grad():
             head = float(torch.linalg.matrix_norm(context_cols.detach().double(), ord=2))
         return head * spectral_lipschitz_bound(self.net[1:])
 
 
-def simplex_corners(num_classes: int, half_width: float, *, dtype=None, device=None) -> Tensor:
+def simplex_corners(
+    num_classes: int,
+    half_width: float,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> Tensor:
     """The ``m`` class corners of ``[-s, s]^m``: ``+s`` on the class, ``-s`` elsewhere
     (the corners of Appendix B, Eq. 49). Row ``j`` is class ``j``'s corner."""
     eye = torch.eye(num_classes, dtype=dtype, device=device)
@@ -107,14 +120,24 @@ class SimplexDynamics(nn.Module):
         time_dependent, activation: as in :class:`MLPDynamics`.
     """
 
-    def __init__(self, num_classes: int, context_dim: int, *, half_width: float, gain: float,
-                 hidden: Sequence[int] = (64,), time_dependent: bool = False, activation: str = "tanh") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        context_dim: int,
+        *,
+        half_width: float,
+        gain: float,
+        hidden: Sequence[int] = (64,),
+        time_dependent: bool = False,
+        activation: str = "tanh",
+    ) -> None:
         super().__init__()
         num_classes = check_positive_int("num_classes", num_classes)
         self.half_width = check_positive("half_width", half_width)
         self.gain = check_positive("gain", gain)
-        self.weights = MLPDynamics(num_classes, context_dim, hidden, time_dependent=time_dependent,
-                                   activation=activation)
+        self.weights = MLPDynamics(
+            num_classes, context_dim, hidden, time_dependent=time_dependent, activation=activation
+        )
         self.register_buffer("corners", simplex_corners(num_classes, self.half_width))
 
     def forward(self, eta: Tensor, context: Tensor, t: Tensor) -> Tensor:
@@ -178,4 +201,3 @@ class Standardize(nn.Module):
 
     def lipschitz_bound(self) -> float:
         return float(1.0 / self.std.min())
-

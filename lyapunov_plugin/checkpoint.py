@@ -28,8 +28,21 @@ __all__ = ["CheckpointError", "FORMAT", "atomic_write", "load_checkpoint", "chec
 
 #: Version 2: library version, optimiser and scheduler classes recorded; weights-only loading.
 FORMAT = "lyapunov_plugin.checkpoint/2"
-REQUIRED_KEYS = ("format", "library_version", "epoch", "mode", "model", "optimizer", "optimizer_class",
-                 "scheduler", "scheduler_class", "base_lrs", "history", "skipped_steps", "rng")
+REQUIRED_KEYS = (
+    "format",
+    "library_version",
+    "epoch",
+    "mode",
+    "model",
+    "optimizer",
+    "optimizer_class",
+    "scheduler",
+    "scheduler_class",
+    "base_lrs",
+    "history",
+    "skipped_steps",
+    "rng",
+)
 _RNG_KEYS = ("torch", "python", "generator")
 
 
@@ -74,8 +87,16 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError,
-            AttributeError, TypeError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+    ) as err:
         raise CheckpointError(
             f"{str(path)!r} is not a readable lyapunov_plugin checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}); a file from another program, a truncated "
@@ -95,8 +116,9 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
     return state
 
 
-def check_compatible(state: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, mode: Any) -> None:
+def check_compatible(
+    state: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, mode: Any
+) -> None:
     """Raise :class:`CheckpointError` unless ``state`` can be restored into these objects
     exactly (before anything is loaded)."""
     if mode is not None and state["mode"] is not None and state["mode"] != mode:
@@ -116,7 +138,8 @@ def check_compatible(state: dict[str, Any], *, model: torch.nn.Module, optimizer
         )
     groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"], dict) else None
     if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
-            len(g["params"]) for g in optimizer.param_groups]:
+        len(g["params"]) for g in optimizer.param_groups
+    ]:
         raise CheckpointError("checkpoint's optimiser parameter groups do not match this trainer's")
     scheduler_class = type(scheduler).__name__ if scheduler is not None else None
     if state["scheduler_class"] != scheduler_class:

@@ -217,9 +217,17 @@ def lyapunov_condition_rate(
                 trajectory_ts.to(x.device) if trajectory is not None and trajectory_ts is not None else None
             )
             out = monte_carlo_lyapunov_loss(
-                model, x, y, potential=potential, kappa=kappa, state_sampler=state_sampler,
-                time_sampler=time_sampler, num_samples=num_samples, trajectory=trajectory,
-                trajectory_times=trajectory_times, generator=generator,
+                model,
+                x,
+                y,
+                potential=potential,
+                kappa=kappa,
+                state_sampler=state_sampler,
+                time_sampler=time_sampler,
+                num_samples=num_samples,
+                trajectory=trajectory,
+                trajectory_times=trajectory_times,
+                generator=generator,
             )
             bad = int((~torch.isfinite(out.pointwise)).sum())
             if bad:
@@ -264,8 +272,9 @@ def trajectory_violation_rate(
             flat_context = (
                 context.repeat(steps, *([1] * (context.ndim - 1))) if isinstance(context, Tensor) else context
             )
-            v, v_dot = potential.evaluate(eta, model.vector_field(eta, flat_context, t), y.repeat(steps),
-                                          readout=model.readout)
+            v, v_dot = potential.evaluate(
+                eta, model.vector_field(eta, flat_context, t), y.repeat(steps), readout=model.readout
+            )
             violated += float((v_dot + kappa * v > 0).sum())
             total += int(v.numel())
     return violated / max(total, 1)
@@ -429,7 +438,6 @@ def empirical_lipschitz(
     return float(sigma.max())
 
 
-
 @dataclass(frozen=True)
 class Theorem3Certificate:
     """Per-example Theorem-3 radii and the evidence they rest on.
@@ -506,8 +514,15 @@ def theorem3_certificate(
         final = states_along(model, x, torch.tensor([0.0, t_end], device=x.device), solver=solver)[-1]
         correct = model.readout(final).argmax(-1) == y
         out = monte_carlo_lyapunov_loss(
-            model, x, y, potential=potential, kappa=kappa, state_sampler=state_sampler,
-            time_sampler=time_sampler, num_samples=num_samples, generator=generator,
+            model,
+            x,
+            y,
+            potential=potential,
+            kappa=kappa,
+            state_sampler=state_sampler,
+            time_sampler=time_sampler,
+            num_samples=num_samples,
+            generator=generator,
         )
         held = (out.pointwise.reshape(x.shape[0], num_samples) <= 0).all(dim=1)
     unconditional = theorem3_radius(delta.cpu(), lipschitz, kappa)

@@ -106,8 +106,9 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
         p.grad.div_(world)
 
 
-def average_metrics(record: dict[str, Any], keys: Iterable[str], device: torch.device,
-                    weight: Optional[float] = None) -> dict[str, Any]:
+def average_metrics(
+    record: dict[str, Any], keys: Iterable[str], device: torch.device, weight: Optional[float] = None
+) -> dict[str, Any]:
     """``record`` with the float entries named in ``keys`` averaged across ranks (weighted by
     ``weight``, e.g. the number of examples each rank saw). Every rank must pass the same
     keys; a key missing on this rank counts as NaN."""
@@ -115,8 +116,9 @@ def average_metrics(record: dict[str, Any], keys: Iterable[str], device: torch.d
         return record
     names = sorted(keys)
     w = 1.0 if weight is None else float(weight)
-    values: Tensor = torch.tensor([w * float(record.get(k, float("nan"))) for k in names] + [w],
-                                  dtype=torch.float64, device=device)
+    values: Tensor = torch.tensor(
+        [w * float(record.get(k, float("nan"))) for k in names] + [w], dtype=torch.float64, device=device
+    )
     torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     total = float(values[-1])
     out = dict(record)

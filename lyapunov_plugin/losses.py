@@ -278,8 +278,9 @@ def monte_carlo_lyapunov_loss(
 
     context, eta0 = model.encode(x)
     batch = eta0.shape[0]
-    sampling = SamplingContext(eta0=eta0.detach(), target=target, trajectory=trajectory,
-                               trajectory_times=trajectory_times)
+    sampling = SamplingContext(
+        eta0=eta0.detach(), target=target, trajectory=trajectory, trajectory_times=trajectory_times
+    )
     if state_sampler.provides_times:
         states, times = state_sampler.sample_with_times(sampling, num_samples, generator=generator)
     else:
@@ -294,8 +295,9 @@ def monte_carlo_lyapunov_loss(
     if counterexamples is not None:
         if not isinstance(counterexamples, CounterexampleSearch):
             raise TypeError(f"counterexamples must be a CounterexampleSearch, got {type(counterexamples).__name__}")
-        eta = counterexamples.refine(model, eta, flat_context, t, flat_target, potential=potential, kappa=kappa,
-                                     samples_per_example=num_samples)
+        eta = counterexamples.refine(
+            model, eta, flat_context, t, flat_target, potential=potential, kappa=kappa, samples_per_example=num_samples
+        )
     velocity = model.vector_field(eta, flat_context, t)
     pointwise, v, v_dot = _pointwise(
         eta, velocity, flat_target, potential, model.readout, kappa, detach_v, validate=True

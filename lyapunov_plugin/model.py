@@ -148,9 +148,7 @@ def check_initial_state(eta0: Any, x: Tensor) -> Tensor:
             "returns one (e.g. nn.Embedding)"
         )
     if eta0.ndim == 0 or eta0.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"eta(0) must have one row per example of x ({x.shape[0]}), got shape {tuple(eta0.shape)}"
-        )
+        raise ValueError(f"eta(0) must have one row per example of x ({x.shape[0]}), got shape {tuple(eta0.shape)}")
     return eta0
 
 
@@ -238,21 +236,36 @@ def integrate(
 
 @overload
 def solve(
-    model: LyapunovModel, context: Context, eta0: State, ts: Tensor, *, solver: Solver,
+    model: LyapunovModel,
+    context: Context,
+    eta0: State,
+    ts: Tensor,
+    *,
+    solver: Solver,
     return_nfe: Literal[False] = ...,
 ) -> Trajectory: ...
 
 
 @overload
 def solve(
-    model: LyapunovModel, context: Context, eta0: State, ts: Tensor, *, solver: Solver,
+    model: LyapunovModel,
+    context: Context,
+    eta0: State,
+    ts: Tensor,
+    *,
+    solver: Solver,
     return_nfe: Literal[True],
 ) -> tuple[Trajectory, int]: ...
 
 
 @overload
 def solve(
-    model: LyapunovModel, context: Context, eta0: State, ts: Tensor, *, solver: Solver,
+    model: LyapunovModel,
+    context: Context,
+    eta0: State,
+    ts: Tensor,
+    *,
+    solver: Solver,
     return_nfe: bool = ...,
 ) -> Trajectory | tuple[Trajectory, int]: ...
 
@@ -373,7 +386,8 @@ class ODEModel(nn.Module):
             return False
         modules = [m for m in (self.encoder, self.initial_state) if isinstance(m, nn.Module)]
         return any(p.requires_grad for m in modules for p in m.parameters()) or not isinstance(
-            self.initial_state, nn.Module)
+            self.initial_state, nn.Module
+        )
 
     def encode(self, x: Tensor) -> tuple[Context, State]:
         check_tensor("x", x, min_ndim=1)
@@ -433,8 +447,14 @@ class Classifier(nn.Module):
             with ``input_shape=(d,)``.
     """
 
-    def __init__(self, model: Any, *, solver: Optional[Solver] = None, t_end: Optional[float] = None,
-                 input_shape: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        solver: Optional[Solver] = None,
+        t_end: Optional[float] = None,
+        input_shape: Optional[Sequence[int]] = None,
+    ) -> None:
         super().__init__()
         from .dispatch import as_lyapunov_model
 

@@ -213,7 +213,15 @@ class MonteCarloObjective(Objective):
             ts = torch.linspace(0.0, t_end, self.rollout_points, dtype=eta0.dtype, device=eta0.device)
             return solve(model, context, eta0, ts, solver=self.rollout_solver), ts
 
-    def __call__(self, model, x, y, *, kappa=DEFAULT_KAPPA, generator=None):
+    def __call__(
+        self,
+        model: Any,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float = DEFAULT_KAPPA,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
         model, kappa = _check_call(model, x, y, kappa, generator)
         trajectory = ts = None
         if self.state_sampler.requires_trajectory:
@@ -222,10 +230,20 @@ class MonteCarloObjective(Objective):
         if time_sampler is None and not self.state_sampler.provides_times:
             time_sampler = UniformTimeSampler(t_end=horizon(model))
         return monte_carlo_lyapunov_loss(
-            model, x, y, potential=self.potential, kappa=kappa, state_sampler=self.state_sampler,
-            time_sampler=time_sampler, num_samples=self.num_samples, detach_v=self.detach_v,
-            trajectory=trajectory, trajectory_times=ts, generator=generator,
-            counterexamples=self.counterexamples, velocity_penalty=self.velocity_penalty,
+            model,
+            x,
+            y,
+            potential=self.potential,
+            kappa=kappa,
+            state_sampler=self.state_sampler,
+            time_sampler=time_sampler,
+            num_samples=self.num_samples,
+            detach_v=self.detach_v,
+            trajectory=trajectory,
+            trajectory_times=ts,
+            generator=generator,
+            counterexamples=self.counterexamples,
+            velocity_penalty=self.velocity_penalty,
         )
 
 
@@ -282,13 +300,22 @@ class PathIntegralObjective(Objective):
             return FixedStepSolver(method="rk4", steps=self.steps)
         return self.solver  # type: ignore[return-value]
 
-    def __call__(self, model, x, y, *, kappa=DEFAULT_KAPPA, generator=None):
+    def __call__(
+        self,
+        model: Any,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float = DEFAULT_KAPPA,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
         model, kappa = _check_call(model, x, y, kappa, generator)
         t_end = horizon(model)
         ts = torch.linspace(0.0, t_end, self.steps + 1, device=x.device)
         if self.form == "continuous":
-            return path_lyapunov_loss(model, x, y, ts, potential=self.potential, kappa=kappa,
-                                      solver=self._solver(), detach_v=self.detach_v)
+            return path_lyapunov_loss(
+                model, x, y, ts, potential=self.potential, kappa=kappa, solver=self._solver(), detach_v=self.detach_v
+            )
         solver = self._solver()
         if solver is None:
             trajectory = model.trajectory(x, ts)
@@ -296,8 +323,9 @@ class PathIntegralObjective(Objective):
             context, eta0 = model.encode(x)
             trajectory = solve(model, context, eta0, ts.to(eta0.dtype), solver=solver)
         step_rate = -math.expm1(-kappa * t_end / self.steps)
-        return discrete_path_lyapunov_loss(trajectory, y, potential=self.potential, kappa=step_rate,
-                                           readout=model.readout, detach_v=self.detach_v)
+        return discrete_path_lyapunov_loss(
+            trajectory, y, potential=self.potential, kappa=step_rate, readout=model.readout, detach_v=self.detach_v
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -325,7 +353,15 @@ class SupervisedObjective(Objective):
         if self.solver is not None:
             _check_solver("solver", self.solver)
 
-    def __call__(self, model, x, y, *, kappa=DEFAULT_KAPPA, generator=None):
+    def __call__(
+        self,
+        model: Any,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float = DEFAULT_KAPPA,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
         model, _ = _check_call(model, x, y, kappa, generator)
         ts = torch.tensor([0.0, horizon(model)], device=x.device)
         if self.solver is None:
@@ -431,4 +467,3 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
         # along the model's own steps.
         return PathIntegralObjective(form="discrete", solver="model", steps=steps)
     return PathIntegralObjective()
-

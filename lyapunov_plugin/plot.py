@@ -28,8 +28,18 @@ from .model import horizon
 
 __all__ = ["phase_portrait", "decision_boundary", "inference_curve", "compare"]
 
-_CLASS_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-                  "tab:gray", "tab:olive", "tab:cyan")
+_CLASS_COLOURS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
 
 
 def _pyplot() -> Any:
@@ -126,13 +136,38 @@ def decision_boundary(
         probs = model.readout(states_along(model, flat, ts)[-1]).softmax(-1)
     num_classes = probs.shape[-1]
     confidence, label = probs.max(-1)
-    ax.imshow(label.reshape(resolution, resolution).cpu().numpy(), origin="lower", extent=box, aspect="auto",
-              cmap=_colours(num_classes), vmin=-0.5, vmax=num_classes - 0.5, alpha=0.25, interpolation="nearest")
-    ax.contour(gx.cpu().numpy(), gy.cpu().numpy(), confidence.reshape(resolution, resolution).cpu().numpy(),
-               levels=[0.6, 0.9, 0.99], colors="k", linewidths=0.4, alpha=0.5)
+    ax.imshow(
+        label.reshape(resolution, resolution).cpu().numpy(),
+        origin="lower",
+        extent=box,
+        aspect="auto",
+        cmap=_colours(num_classes),
+        vmin=-0.5,
+        vmax=num_classes - 0.5,
+        alpha=0.25,
+        interpolation="nearest",
+    )
+    ax.contour(
+        gx.cpu().numpy(),
+        gy.cpu().numpy(),
+        confidence.reshape(resolution, resolution).cpu().numpy(),
+        levels=[0.6, 0.9, 0.99],
+        colors="k",
+        linewidths=0.4,
+        alpha=0.5,
+    )
     colours = y.cpu().numpy() if y is not None else "k"
-    ax.scatter(x[:, 0].cpu().numpy(), x[:, 1].cpu().numpy(), c=colours, cmap=_colours(num_classes), s=6,
-               edgecolors="k", linewidths=0.2, vmin=-0.5, vmax=num_classes - 0.5)
+    ax.scatter(
+        x[:, 0].cpu().numpy(),
+        x[:, 1].cpu().numpy(),
+        c=colours,
+        cmap=_colours(num_classes),
+        s=6,
+        edgecolors="k",
+        linewidths=0.2,
+        vmin=-0.5,
+        vmax=num_classes - 0.5,
+    )
     ax.set_xlim(box[0], box[1])
     ax.set_ylim(box[2], box[3])
     ax.set_title(title or f"prediction at t = {t_end:g} (contours: confidence 0.6, 0.9, 0.99)", fontsize=8)
@@ -191,14 +226,17 @@ def phase_portrait(
         if eta0.ndim != 2 or eta0.shape[1] != 2:
             raise ValueError(f"phase_portrait needs 2-D states eta, got states of shape {tuple(eta0.shape[1:])}")
         if conditioned:
-            base = eta0[example:example + 1]
+            base = eta0[example : example + 1]
             spread = eta0.std(0).clamp_min(1e-3) if eta0.shape[0] > 1 else torch.ones_like(base[0])
             noise = torch.randn(num_starts, 2, generator=torch.Generator().manual_seed(0)).to(base)
             starts = base + perturbation * spread * noise
             starts[0] = base[0]
-            ctx = context[example:example + 1].expand(num_starts, *context.shape[1:]) if isinstance(context, Tensor) \
+            ctx = (
+                context[example : example + 1].expand(num_starts, *context.shape[1:])
+                if isinstance(context, Tensor)
                 else context
-            labels = y[example:example + 1].expand(num_starts) if y is not None else None
+            )
+            labels = y[example : example + 1].expand(num_starts) if y is not None else None
         else:
             starts, ctx = eta0[:num_starts], context
             labels = y[:num_starts] if y is not None else None
@@ -214,24 +252,55 @@ def phase_portrait(
         arrow_ctx = None
         if isinstance(ctx, Tensor):
             arrow_ctx = ctx[:1].expand(arrow_points.shape[0], *ctx.shape[1:])
-        velocity = model.vector_field(arrow_points, arrow_ctx, torch.zeros(arrow_points.shape[0], device=device,
-                                                                           dtype=arrow_points.dtype))
-    ax.imshow(classes.cpu().numpy(), origin="lower", extent=box, aspect="auto", cmap=_colours(num_classes),
-              vmin=-0.5, vmax=num_classes - 0.5, alpha=0.2, interpolation="nearest")
+        velocity = model.vector_field(
+            arrow_points, arrow_ctx, torch.zeros(arrow_points.shape[0], device=device, dtype=arrow_points.dtype)
+        )
+    ax.imshow(
+        classes.cpu().numpy(),
+        origin="lower",
+        extent=box,
+        aspect="auto",
+        cmap=_colours(num_classes),
+        vmin=-0.5,
+        vmax=num_classes - 0.5,
+        alpha=0.2,
+        interpolation="nearest",
+    )
     v = velocity.cpu()
-    ax.quiver(ax_x.cpu().numpy(), ax_y.cpu().numpy(), v[:, 0].reshape(arrows, arrows).numpy(),
-              v[:, 1].reshape(arrows, arrows).numpy(), color="0.35", alpha=0.7, angles="xy")
+    ax.quiver(
+        ax_x.cpu().numpy(),
+        ax_y.cpu().numpy(),
+        v[:, 0].reshape(arrows, arrows).numpy(),
+        v[:, 1].reshape(arrows, arrows).numpy(),
+        color="0.35",
+        alpha=0.7,
+        angles="xy",
+    )
     p = paths.cpu()
     for i in range(p.shape[1]):
         colour = _CLASS_COLOURS[int(labels[i]) % len(_CLASS_COLOURS)] if labels is not None else "k"
         ax.plot(p[:, i, 0].numpy(), p[:, i, 1].numpy(), color=colour, linewidth=0.9)
         ax.plot(p[0, i, 0].item(), p[0, i, 1].item(), "o", color=colour, markersize=2.5)
-        ax.plot(p[-1, i, 0].item(), p[-1, i, 1].item(), "s", color=colour, markersize=3, markeredgecolor="k",
-                markeredgewidth=0.3)
+        ax.plot(
+            p[-1, i, 0].item(),
+            p[-1, i, 1].item(),
+            "s",
+            color=colour,
+            markersize=3,
+            markeredgecolor="k",
+            markeredgewidth=0.3,
+        )
     ax.set_xlim(box[0], box[1])
     ax.set_ylim(box[2], box[3])
-    ax.set_title(title or ("state space of one input: field, perturbed trajectories (o start, s end)" if conditioned
-                           else "state space: field and trajectories (o start, s end)"), fontsize=8)
+    ax.set_title(
+        title
+        or (
+            "state space of one input: field, perturbed trajectories (o start, s end)"
+            if conditioned
+            else "state space: field and trajectories (o start, s end)"
+        ),
+        fontsize=8,
+    )
     return ax
 
 
@@ -257,8 +326,15 @@ def inference_curve(curves: Mapping[str, InferenceCurve], *, ax: Any = None, tit
     return ax
 
 
-def compare(models: Mapping[str, Any], x: Tensor, y: Tensor, *, path: Optional[Any] = None,
-            ts: Optional[Sequence[float]] = None, suptitle: Optional[str] = None) -> Any:
+def compare(
+    models: Mapping[str, Any],
+    x: Tensor,
+    y: Tensor,
+    *,
+    path: Optional[Any] = None,
+    ts: Optional[Sequence[float]] = None,
+    suptitle: Optional[str] = None,
+) -> Any:
     """One row per model: decision boundary (2-D inputs), phase portrait (2-D states) and
     the inference curve, side by side. Saves to ``path`` if given; returns the figure."""
     from .diagnostics import loss_error_curve
@@ -286,8 +362,12 @@ def compare(models: Mapping[str, Any], x: Tensor, y: Tensor, *, path: Optional[A
                 phase_portrait(model, x, y, ax=axes[row][col], title=f"{name}: state space of one input")
             col += 1
         with _Eval(model):
-            curve = loss_error_curve(model, (x.to(_device(model)), y.to(_device(model))),
-                                     (grid * horizon(model)).to(_device(model)), only_correct=False)
+            curve = loss_error_curve(
+                model,
+                (x.to(_device(model)), y.to(_device(model))),
+                (grid * horizon(model)).to(_device(model)),
+                only_correct=False,
+            )
         inference_curve({name: curve}, ax=axes[row][col], title=f"{name}: error / loss against t")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)

@@ -201,8 +201,7 @@ class Potential(ABC):
 def _check_logits(output: Tensor) -> None:
     if output.ndim != 2 or output.shape[1] < 2:
         raise ValueError(
-            "the readout output must be logits of shape (batch, num_classes >= 2), "
-            f"got {tuple(output.shape)}"
+            f"the readout output must be logits of shape (batch, num_classes >= 2), got {tuple(output.shape)}"
         )
 
 

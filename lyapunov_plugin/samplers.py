@@ -50,8 +50,10 @@ def _draw_shape(shape: Any) -> tuple[int, ...]:
     """``shape`` (an int or a sequence of ints >= 0) as a tuple; ``TypeError`` naming it otherwise."""
     if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    if (
+        isinstance(shape, (str, bytes))
+        or not isinstance(shape, (tuple, list, torch.Size))
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
     ):
         raise TypeError(f"shape must be a sequence of non-negative ints, got {shape!r}")
     return tuple(shape)
@@ -214,7 +216,9 @@ class HypercubeSampler(StateSampler):
     def requires_trajectory(self) -> bool:  # type: ignore[override]
         return self.cover is not None
 
-    def sample(self, context, num_samples, *, generator=None):
+    def sample(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         check_positive_int("num_samples", num_samples)
         shape = (context.batch_size, num_samples, *context.state_shape)
         u = _random("uniform", shape, context.eta0, generator)
@@ -253,7 +257,9 @@ class HypersphereSampler(StateSampler):
         state_dim = check_positive_int("state_dim", state_dim)
         return cls(radius=half_width * math.sqrt(state_dim), center=center)
 
-    def sample(self, context, num_samples, *, generator=None):
+    def sample(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         check_positive_int("num_samples", num_samples)
         batch = context.batch_size
         shape = (batch, num_samples, *context.state_shape)
@@ -282,7 +288,9 @@ class TrajectorySampler(StateSampler):
     def __post_init__(self) -> None:
         check_non_negative("noise_std", self.noise_std)
 
-    def sample(self, context, num_samples, *, generator=None):
+    def sample(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         check_positive_int("num_samples", num_samples)
         if context.trajectory is None:
             raise ValueError(
@@ -340,10 +348,14 @@ class RolloutSampler(StateSampler):
             self, "noise_scales", tuple(check_non_negative(f"noise_scales[{i}]", v) for i, v in enumerate(scales))
         )
 
-    def sample(self, context, num_samples, *, generator=None):
+    def sample(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         return self.sample_with_times(context, num_samples, generator=generator)[0]
 
-    def sample_with_times(self, context, num_samples, *, generator=None):
+    def sample_with_times(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> tuple[Tensor, Tensor]:
         check_positive_int("num_samples", num_samples)
         if context.trajectory is None or context.trajectory_times is None:
             raise ValueError(
@@ -367,15 +379,19 @@ class RolloutSampler(StateSampler):
 
             def at(index: Tensor) -> Tensor:
                 gather = index.reshape(batch, num_samples, *([1] * state_dims)).expand(
-                    batch, num_samples, *context.state_shape)
+                    batch, num_samples, *context.state_shape
+                )
                 return per_example.gather(1, gather)
 
             states = (1 - weight) * at(lower) + weight * at(lower + 1)
             w = weight.reshape(batch, num_samples)
             times = (1 - w) * ts[lower] + w * ts[lower + 1]
         if any(s > 0 for s in self.noise_scales):
-            spread = traj.reshape(steps * batch, *context.state_shape).std(0, unbiased=False) if steps * batch > 1 \
+            spread = (
+                traj.reshape(steps * batch, *context.state_shape).std(0, unbiased=False)
+                if steps * batch > 1
                 else torch.zeros(context.state_shape, dtype=traj.dtype, device=traj.device)
+            )
             levels = torch.tensor(self.noise_scales, dtype=traj.dtype, device=traj.device)
             pick = (_random("uniform", (batch, num_samples), context.eta0, generator) * len(self.noise_scales)).long()
             scale = levels[pick.clamp_(max=len(self.noise_scales) - 1)].reshape(batch, num_samples, *([1] * state_dims))
@@ -432,7 +448,9 @@ class MixtureSampler(StateSampler):
             counts[i] += 1
         return counts
 
-    def sample(self, context, num_samples, *, generator=None):
+    def sample(
+        self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         parts = [
             sampler.sample(context, count, generator=generator)
             for sampler, count in zip(self.samplers, self.allocation(num_samples), strict=True)
@@ -480,7 +498,7 @@ class _IntervalTimeSampler(TimeSampler):
 class UniformTimeSampler(_IntervalTimeSampler):
     """Times i.i.d. uniform on ``[t_start, t_end]`` (Algorithm 1's ``mu_[0,1]``)."""
 
-    def sample(self, shape, *, like, generator=None):
+    def sample(self, shape: Sequence[int], *, like: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         u = _random("uniform", shape, like, generator)
         return self.t_start + (self.t_end - self.t_start) * u
 
@@ -494,7 +512,7 @@ class StratifiedTimeSampler(_IntervalTimeSampler):
     example's ``G`` samples cover the whole interval.
     """
 
-    def sample(self, shape, *, like, generator=None):
+    def sample(self, shape: Sequence[int], *, like: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         check_tensor("like", like, floating=True)
         shape = _draw_shape(shape)
         if len(shape) < 1:
@@ -523,4 +541,3 @@ def appendix_b_half_width(kappa: float, num_classes: int) -> float:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     target_loss = math.exp(-kappa)
     return -0.5 * math.log(math.expm1(target_loss) / (num_classes - 1))
-

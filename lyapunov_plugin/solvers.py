@@ -100,7 +100,7 @@ class FixedStepSolver:
         empty = y0.new_empty((0, *y0.shape))
         return torch.stack(states), (torch.stack(slopes) if slopes else empty)
 
-    def _step(self, func, t: Tensor, y: Tensor, h: Tensor, k1: Tensor) -> Tensor:
+    def _step(self, func: Callable[[Tensor, Tensor], Tensor], t: Tensor, y: Tensor, h: Tensor, k1: Tensor) -> Tensor:
         if self.method == "euler":
             return y + h * k1
         if self.method == "midpoint":

@@ -103,8 +103,15 @@ DEFAULT_LR = 1e-2
 #: summary: its numbers mean the same thing from epoch to epoch.
 REFERENCE_SIZE = 256
 #: Settings that configure the objective (legacy keyword form), by the objective they belong to.
-_MC_SETTINGS = ("state_sampler", "time_sampler", "num_samples", "counterexamples", "velocity_penalty",
-                "rollout_solver", "rollout_points")
+_MC_SETTINGS = (
+    "state_sampler",
+    "time_sampler",
+    "num_samples",
+    "counterexamples",
+    "velocity_penalty",
+    "rollout_solver",
+    "rollout_points",
+)
 _PATH_SETTINGS = ("path_steps", "path_loss")
 _SHARED_SETTINGS = ("potential", "detach_v")
 
@@ -159,8 +166,6 @@ def _check_path(name: str, path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a str or os.PathLike file name, got {type(path).__name__} {path!r}")
     return Path(path)
-
-
 
 
 OptimizerSpec = Union[str, torch.optim.Optimizer, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]]
@@ -294,10 +299,17 @@ class LyapunovTrainer:
             )
         self.model = cast("TrainableModel", wrapped)
         settings = {
-            "potential": potential, "state_sampler": state_sampler, "time_sampler": time_sampler,
-            "num_samples": num_samples, "counterexamples": counterexamples, "velocity_penalty": velocity_penalty,
-            "detach_v": detach_v, "path_steps": path_steps, "path_loss": path_loss,
-            "rollout_solver": rollout_solver, "rollout_points": rollout_points,
+            "potential": potential,
+            "state_sampler": state_sampler,
+            "time_sampler": time_sampler,
+            "num_samples": num_samples,
+            "counterexamples": counterexamples,
+            "velocity_penalty": velocity_penalty,
+            "detach_v": detach_v,
+            "path_steps": path_steps,
+            "path_loss": path_loss,
+            "rollout_solver": rollout_solver,
+            "rollout_points": rollout_points,
         }
         settings = {k: v for k, v in settings.items() if v is not None}
         if mode is not None:
@@ -317,8 +329,10 @@ class LyapunovTrainer:
         self._overrides = {k: settings[k] for k in _SHARED_SETTINGS if k in settings} if objective is None else {}
         if objective is None and (
             not getattr(self.model, "conditioned_on_input", True)
-            or (isinstance(getattr(self.model, "readout_module", None), nn.Module)
-                and isinstance(getattr(self.model, "initial_state_trainable", None), bool))
+            or (
+                isinstance(getattr(self.model, "readout_module", None), nn.Module)
+                and isinstance(getattr(self.model, "initial_state_trainable", None), bool)
+            )
         ):
             # The model tells which recipe applies without running it: choose now.
             objective = default_objective(self.model)
@@ -350,8 +364,9 @@ class LyapunovTrainer:
         self.device = _check_device(device) if device is not None else self._parameter_device()
         self.model.to(self.device)
         broadcast_parameters(self.model)  # every rank starts from rank 0's weights
-        self.optimizer = self._build_optimizer(optimizer, check_positive("lr", lr),
-                                               check_non_negative("weight_decay", weight_decay))
+        self.optimizer = self._build_optimizer(
+            optimizer, check_positive("lr", lr), check_non_negative("weight_decay", weight_decay)
+        )
         self.scheduler = self._build_scheduler(scheduler)
         self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         self.generator = torch.Generator(device=self.device)
@@ -548,8 +563,9 @@ class LyapunovTrainer:
         ts = torch.linspace(0.0, self.t_end, 5, device=self.device)
         with self._eval_mode(), torch.no_grad():
             out: dict[str, float] = {
-                "ref_violation": trajectory_violation_rate(self.model, (x, y), potential=self.potential,
-                                                           kappa=kappa, ts=ts),
+                "ref_violation": trajectory_violation_rate(
+                    self.model, (x, y), potential=self.potential, kappa=kappa, ts=ts
+                ),
             }
             logits = self.predict(x)
             out["ref_v_end"] = float(self.potential.value(logits, y).mean())
@@ -558,8 +574,11 @@ class LyapunovTrainer:
         return out
 
     def _summary(self, record: dict[str, Any]) -> str:
-        parts = [f"epoch {record['epoch']}/{record['epochs']}", f"[{record['mode']}]",
-                 f"loss {record.get('train_loss', math.nan):.4g}"]
+        parts = [
+            f"epoch {record['epoch']}/{record['epochs']}",
+            f"[{record['mode']}]",
+            f"loss {record.get('train_loss', math.nan):.4g}",
+        ]
         if "train_violation" in record:
             parts.append(f"viol {record['train_violation']:.3f}")
         if "ref_error" in record:
@@ -599,8 +618,10 @@ class LyapunovTrainer:
         if callable(set_epoch):
             set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
         elif self.world_size > 1 and epoch == self.epoch + 1:
-            logger.warning("training on %d ranks with a loader without a DistributedSampler: every rank sees the "
-                           "whole dataset", self.world_size)
+            logger.warning(
+                "training on %d ranks with a loader without a DistributedSampler: every rank sees the whole dataset",
+                self.world_size,
+            )
         bar = _progress(loader, self.progress and is_main_process(), f"epoch {epoch}/{total}")
         step = -1
         for step, batch in enumerate(bar):
@@ -675,8 +696,10 @@ class LyapunovTrainer:
             _check_loader("val_loader", val_loader)
         epochs = check_positive_int("epochs", epochs)
         if epochs <= self.epoch:
-            message = (f"fit(epochs={epochs}) does nothing: epochs is the total, and {self.epoch} epoch(s) are "
-                       f"already done; pass epochs={self.epoch + epochs} to train {epochs} more")
+            message = (
+                f"fit(epochs={epochs}) does nothing: epochs is the total, and {self.epoch} epoch(s) are "
+                f"already done; pass epochs={self.epoch + epochs} to train {epochs} more"
+            )
             warnings.warn(message, UserWarning, stacklevel=2)
             logger.warning("%s", message)
             return self.history
@@ -794,8 +817,9 @@ class LyapunovTrainer:
         from . import __version__
 
         if state["library_version"] != __version__:
-            logger.warning("checkpoint written by lyapunov_plugin %s, resumed with %s", state["library_version"],
-                           __version__)
+            logger.warning(
+                "checkpoint written by lyapunov_plugin %s, resumed with %s", state["library_version"], __version__
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -811,7 +835,7 @@ class LyapunovTrainer:
         random.setstate(rng["python"])
         ranks = rng.get("generator_ranks")
         if isinstance(ranks, list) and len(ranks) == self.world_size:
-            self.generator.set_state(ranks[self.rank])   # the same ranks: each continues its own stream
+            self.generator.set_state(ranks[self.rank])  # the same ranks: each continues its own stream
         else:
             # Another number of ranks: rank 0 continues the saved stream, the others branch off it.
             self.generator.set_state(rng["generator"])
@@ -843,8 +867,9 @@ class LyapunovTrainer:
         t_end = check_positive("t_end", t_end) if t_end is not None else self.t_end
         with self._eval_mode(), torch.no_grad():
             x = self._input(x)
-            ts = torch.tensor([0.0, t_end], device=self.device,
-                              dtype=x.dtype if x.is_floating_point() else torch.get_default_dtype())
+            ts = torch.tensor(
+                [0.0, t_end], device=self.device, dtype=x.dtype if x.is_floating_point() else torch.get_default_dtype()
+            )
             with _explain_integer_input(x):
                 final = states_along(self.model, x, ts, solver=solver)[-1]
                 return self.model.readout(final)
@@ -854,14 +879,16 @@ class LyapunovTrainer:
     ) -> dict[str, float]:
         """Error rate and mean potential (the supervised loss) of :meth:`predict` on a loader."""
         if loader is None or isinstance(loader, (str, bytes, Tensor)):
-            raise TypeError(f"loader must be an (x, y) pair of tensors or an iterable of (x, y) batches, "
-                            f"got {type(loader).__name__}")
+            raise TypeError(
+                f"loader must be an (x, y) pair of tensors or an iterable of (x, y) batches, "
+                f"got {type(loader).__name__}"
+            )
         errors, loss, count = 0.0, 0.0, 0
         for x, y in iter_batches(loader):
             check_tensor("y", y, min_ndim=1)
             y = as_labels(y).to(self.device)
             out = self.predict(x, t_end=t_end, solver=solver)
-            self.potential.validate(out, y)          # labels in range, shapes: a clear error
+            self.potential.validate(out, y)  # labels in range, shapes: a clear error
             errors += float((out.argmax(-1) != y).sum())
             loss += float(self.potential.value(out, y).sum())
             count += int(y.shape[0])
@@ -904,8 +931,13 @@ class LyapunovTrainer:
         kappa = self.kappa_schedule.final
         with self._eval_mode():
             rate = lyapunov_condition_rate(
-                self.model, loader, potential=self.potential, kappa=kappa, state_sampler=sampler,
-                time_sampler=time_sampler, num_samples=num_samples,
+                self.model,
+                loader,
+                potential=self.potential,
+                kappa=kappa,
+                state_sampler=sampler,
+                time_sampler=time_sampler,
+                num_samples=num_samples,
                 trajectory_ts=torch.linspace(0.0, self.t_end, 5, device=self.device),
                 generator=self.generator,
             )

@@ -25,8 +25,9 @@ def torchdyn_data_controlled(hidden: int = 16, classes: int = 2, solver: str = "
     from torchdyn.core import NeuralODE
     from torchdyn.nn import DataControl, DepthCat
 
-    field = nn.Sequential(DataControl(), DepthCat(1), nn.Linear(2 * classes + 1, hidden), nn.Tanh(),
-                          nn.Linear(hidden, classes))
+    field = nn.Sequential(
+        DataControl(), DepthCat(1), nn.Linear(2 * classes + 1, hidden), nn.Tanh(), nn.Linear(hidden, classes)
+    )
     node = NeuralODE(field, solver=solver, sensitivity=sensitivity, return_t_eval=False)
     return nn.Sequential(nn.Linear(2, classes), node)
 

@@ -37,8 +37,9 @@ def test_trajectory_matches_direct_odeint_with_the_users_settings():
     ts = torch.linspace(0, 1, 4)
     states = model.trajectory(x, ts)
     ctx = enc(x)
-    direct = torchdiffeq.odeint(lambda t, y: func(t, y, ctx), torch.zeros(4, 2), ts, rtol=1e-6, atol=1e-6,
-                                method="dopri5")
+    direct = torchdiffeq.odeint(
+        lambda t, y: func(t, y, ctx), torch.zeros(4, 2), ts, rtol=1e-6, atol=1e-6, method="dopri5"
+    )
     torch.testing.assert_close(states, direct, rtol=1e-5, atol=1e-6)
     assert model.solution(x, ts).nfe > 10
 
@@ -50,12 +51,13 @@ def test_adjoint_gradients_match_backprop_including_the_encoder():
     ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
     grads = []
     for adjoint in (False, True):
-        model = TorchdiffeqModel(func, encoder=enc, state_shape=(2,), method="rk4", options={"step_size": 0.05},
-                                 adjoint=adjoint)
+        model = TorchdiffeqModel(
+            func, encoder=enc, state_shape=(2,), method="rk4", options={"step_size": 0.05}, adjoint=adjoint
+        )
         model.zero_grad()
         model.trajectory(x, ts)[-1].pow(2).sum().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(grads[0], grads[1]):
+    for a, b in zip(grads[0], grads[1], strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
     assert grads[1][-1].abs().sum() > 0  # the encoder (registered last) gets an adjoint gradient
 
@@ -65,9 +67,17 @@ def test_monte_carlo_loss_through_adapter_equals_loss_by_hand():
     model = TorchdiffeqModel(func, encoder=enc, state_shape=(2,))
     x, y = blobs(6)
     sampler, times = HypercubeSampler(half_width=3.0), UniformTimeSampler()
-    out = monte_carlo_lyapunov_loss(model, x, y, potential=CrossEntropyPotential(), kappa=2.0,
-                                    state_sampler=sampler, time_sampler=times, num_samples=4,
-                                    generator=torch.Generator().manual_seed(5))
+    out = monte_carlo_lyapunov_loss(
+        model,
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=2.0,
+        state_sampler=sampler,
+        time_sampler=times,
+        num_samples=4,
+        generator=torch.Generator().manual_seed(5),
+    )
     g = torch.Generator().manual_seed(5)
     eta0 = torch.zeros(6, 2)
     eta = sampler.sample(SamplingContext(eta0=eta0), 4, generator=g).reshape(24, 2)
@@ -88,8 +98,9 @@ def test_training_lowers_lyapunov_loss_and_test_error():
     torch.manual_seed(0)
     x, y = blobs(128, seed=1)
     xt, yt = blobs(128, seed=2)
-    model = TorchdiffeqModel(ConditionedField(), encoder=nn.Linear(2, 2), state_shape=(2,), method="rk4",
-                             options={"step_size": 0.1})
+    model = TorchdiffeqModel(
+        ConditionedField(), encoder=nn.Linear(2, 2), state_shape=(2,), method="rk4", options={"step_size": 0.1}
+    )
     trainer = LyapunovTrainer(model, kappa=1.0, lr=1e-2, progress=False, seed=0, num_samples=16)
     assert_training_improves(trainer, (x, y), (xt, yt))
 

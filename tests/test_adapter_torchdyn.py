@@ -73,8 +73,9 @@ def test_monte_carlo_loss_through_adapter_equals_loss_by_hand():
     x, y = blobs(8)
     kw = dict(potential=CrossEntropyPotential(), kappa=1.5, num_samples=5)
     sampler, times = HypercubeSampler(half_width=2.0), UniformTimeSampler()
-    out = monte_carlo_lyapunov_loss(adapter, x, y, state_sampler=sampler, time_sampler=times,
-                                    generator=torch.Generator().manual_seed(3), **kw)
+    out = monte_carlo_lyapunov_loss(
+        adapter, x, y, state_sampler=sampler, time_sampler=times, generator=torch.Generator().manual_seed(3), **kw
+    )
     # By hand: same draws, the model's own layers, no adapter.
     from lyapunov_plugin import SamplingContext
 
@@ -101,7 +102,7 @@ def test_trajectory_uses_torchdyn_solver_and_counts_nfe():
     expected = model[1](model[0](x), ts)
     torch.testing.assert_close(states, expected)
     assert states.shape == (3, 4, 2)
-    solution = adapter.solution(x, ts)                 # the statistics come back with the states
+    solution = adapter.solution(x, ts)  # the statistics come back with the states
     torch.testing.assert_close(solution.states, states)
     assert solution.nfe > 6 and not hasattr(adapter, "last_nfe")  # adaptive: several stages
 
@@ -112,7 +113,7 @@ def test_per_sample_times_match_scalar_time_evaluations():
     eta, ctx = torch.randn(5, 2), torch.randn(5, 2)
     t = torch.tensor([0.0, 0.2, 0.4, 0.6, 1.0])
     batched = adapter.vector_field(eta, ctx, t)
-    one_by_one = torch.cat([adapter.vector_field(eta[i:i + 1], ctx[i:i + 1], t[i:i + 1]) for i in range(5)])
+    one_by_one = torch.cat([adapter.vector_field(eta[i : i + 1], ctx[i : i + 1], t[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(batched, one_by_one)
 
 

@@ -26,8 +26,9 @@ def _positive_finite(value: float) -> bool:
 
 def test_timing_main_writes_every_method_and_ratio(tmp_path):
     # One thread: on a shared 2-core machine more threads than free cores stall tiny ops.
-    payload = timing.main(repeats=2, warmup=1, batch_size=16, num_samples=4, out_dir=tmp_path, threads=1,
-                          wrapped_models=False)
+    payload = timing.main(
+        repeats=2, warmup=1, batch_size=16, num_samples=4, out_dir=tmp_path, threads=1, wrapped_models=False
+    )
 
     written = json.loads((tmp_path / "timing.json").read_text())
     assert (tmp_path / "timing.md").is_file()

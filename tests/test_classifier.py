@@ -7,13 +7,17 @@ import torch.nn as nn
 from lyapunov_plugin import Classifier, FixedStepSolver, LyapunovTrainer, ODEModel
 from lyapunov_plugin.blocks import MLPDynamics
 
-from .models import blobs, loader
+from .models import loader
 
 
 def _trained(features=4, classes=4):
     torch.manual_seed(0)
-    model = ODEModel(MLPDynamics(classes, 8, (16,)), state_shape=(classes,), encoder=nn.Linear(features, 8),
-                     solver=FixedStepSolver(method="rk4", steps=4))
+    model = ODEModel(
+        MLPDynamics(classes, 8, (16,)),
+        state_shape=(classes,),
+        encoder=nn.Linear(features, 8),
+        solver=FixedStepSolver(method="rk4", steps=4),
+    )
     g = torch.Generator().manual_seed(0)
     y = torch.arange(96) % classes
     # in [0, 1]: attack libraries clamp to the image range
@@ -39,13 +43,17 @@ def test_tabular_inputs_survive_torchattacks_apgd_through_image_shaped_tensors()
     model, x, y = _trained()
     view = Classifier(model, solver=FixedStepSolver(method="rk4", steps=4), input_shape=(4,))
     images = x[:16].reshape(16, 1, 1, 4)
-    for attack in (torchattacks.APGD(view, norm="Linf", eps=0.1, steps=5, seed=0),
-                   torchattacks.APGDT(view, norm="Linf", eps=0.1, steps=5, n_classes=4, seed=0),
-                   torchattacks.PGD(view, eps=0.1, alpha=0.03, steps=5)):
+    for attack in (
+        torchattacks.APGD(view, norm="Linf", eps=0.1, steps=5, seed=0),
+        torchattacks.APGDT(view, norm="Linf", eps=0.1, steps=5, n_classes=4, seed=0),
+        torchattacks.PGD(view, eps=0.1, alpha=0.03, steps=5),
+    ):
         adv = attack(images, y[:16])
         assert adv.shape == images.shape
         assert float((adv - images).abs().max()) <= 0.1 + 1e-5
-    with pytest.raises(ValueError, match=r"x must hold 4 values per example \(input_shape=\(4,\)\), got shape \(3, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"x must hold 4 values per example \(input_shape=\(4,\)\), got shape \(3, 5\)"
+    ):
         view(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="input_shape must be a non-empty sequence of positive ints"):
         Classifier(model, input_shape=(0,))

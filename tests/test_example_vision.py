@@ -14,9 +14,22 @@ from examples.vision import LABELS, main
 # Tiny everything: the test checks that every row of Table 1 is trained, scored and
 # attacked end to end, not what the numbers are.
 TINY = {
-    "fake": True, "epochs": 1, "seeds": (0,), "limit": 16, "test_limit": 8, "width": 4, "context_dim": 8,
-    "hidden": 8, "attack_examples": 8, "attack_steps": 2, "strong_steps": 2, "strong_restarts": 1,
-    "apgd_steps": 0, "square_queries": 2, "sweep_eps": (0.3,), "progress": False,
+    "fake": True,
+    "epochs": 1,
+    "seeds": (0,),
+    "limit": 16,
+    "test_limit": 8,
+    "width": 4,
+    "context_dim": 8,
+    "hidden": 8,
+    "attack_examples": 8,
+    "attack_steps": 2,
+    "strong_steps": 2,
+    "strong_restarts": 1,
+    "apgd_steps": 0,
+    "square_queries": 2,
+    "sweep_eps": (0.3,),
+    "progress": False,
 }
 
 

@@ -18,11 +18,14 @@ def test_compare_digits_quick(tmp_path):
 
     payload = main(epochs=1, seeds=(0,), quick=True, out_dir=tmp_path)
     header = (tmp_path / "digits_comparison.md").read_text().splitlines()[0]
-    assert header == ("| metric | standard, plain encoder | LyaNet, plain encoder | standard, lipschitz encoder "
-                      "| LyaNet, lipschitz encoder |")
+    assert header == (
+        "| metric | standard, plain encoder | LyaNet, plain encoder | standard, lipschitz encoder "
+        "| LyaNet, lipschitz encoder |"
+    )
     saved = json.loads((tmp_path / "digits_comparison.json").read_text())
     assert {(r["method"], r["encoder"]) for r in saved["runs"]} == {
-        (m, e) for m in ("standard", "lyanet") for e in ("plain", "lipschitz")}
+        (m, e) for m in ("standard", "lyanet") for e in ("plain", "lipschitz")
+    }
     lyanet = next(r for r in saved["runs"] if r["method"] == "lyanet")
     assert lyanet["lr"] == 1e-2  # LyapunovTrainer(model) defaults
     assert saved["setup"]["standard_lr"]["plain"]["lr"] in (1e-3, 1e-2)  # tuned on a validation split
@@ -30,11 +33,18 @@ def test_compare_digits_quick(tmp_path):
         row = payload["summary"][column]
         assert _finite(row["clean error, RK4-10 (%)"]["mean"])
         assert _finite(row["worst case over all l_inf 0.1 attacks (%)"]["mean"])
-    assert {"plain encoder: clean within 0.5 pt of standard",
-            "lipschitz encoder: worst-case l_inf 0.1 >= 10 pt lower"} <= set(payload["goals"])
+    assert {
+        "plain encoder: clean within 0.5 pt of standard",
+        "lipschitz encoder: worst-case l_inf 0.1 >= 10 pt lower",
+    } <= set(payload["goals"])
     sanity = saved["runs"][0]["robustness"]["sanity"]
-    assert {"sweep_reaches_high_error", "more_steps_never_help", "square_not_stronger_than_pgd",
-            "transfer_not_stronger_than_direct", "all_ok"} <= set(sanity)
+    assert {
+        "sweep_reaches_high_error",
+        "more_steps_never_help",
+        "square_not_stronger_than_pgd",
+        "transfer_not_stronger_than_direct",
+        "all_ok",
+    } <= set(sanity)
 
 
 def test_circles(tmp_path):
@@ -77,8 +87,11 @@ def test_region_coverage(tmp_path):
     from benchmarks.region_coverage import main
 
     payload = main(seeds=(0,), epochs=1, quick=True, out_dir=tmp_path)
-    assert set(payload["summary"]) == {"fixed Appendix-B cube", "covering cube (issue-4 default)",
-                                       "rollout sampler (default sampler)"}
+    assert set(payload["summary"]) == {
+        "fixed Appendix-B cube",
+        "covering cube (issue-4 default)",
+        "rollout sampler (default sampler)",
+    }
     assert (tmp_path / "region_coverage.md").exists()
 
 

@@ -152,8 +152,15 @@ def test_monte_carlo_estimate_is_unbiased_against_brute_force_average():
     gen = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         out = monte_carlo_lyapunov_loss(
-            model, x, y, potential=pot, kappa=kappa, state_sampler=HypercubeSampler(half_width=s),
-            time_sampler=UniformTimeSampler(), num_samples=40_000, generator=gen,
+            model,
+            x,
+            y,
+            potential=pot,
+            kappa=kappa,
+            state_sampler=HypercubeSampler(half_width=s),
+            time_sampler=UniformTimeSampler(),
+            num_samples=40_000,
+            generator=gen,
         )
     stderr = out.pointwise.std() / math.sqrt(out.pointwise.numel())
     assert abs(float(out.loss - brute)) < 4 * float(stderr) + 1e-3 * float(brute)
@@ -178,9 +185,16 @@ def test_monte_carlo_runs_encoder_once_and_broadcasts():
 
     model = ODEModel(Dyn(), encoder=Enc(), state_shape=(3,))
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
-    out = monte_carlo_lyapunov_loss(model, x, y, potential=CrossEntropyPotential(), kappa=1.0,
-                                    state_sampler=HypercubeSampler(half_width=2.0),
-                                    time_sampler=UniformTimeSampler(), num_samples=7)
+    out = monte_carlo_lyapunov_loss(
+        model,
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=1.0,
+        state_sampler=HypercubeSampler(half_width=2.0),
+        time_sampler=UniformTimeSampler(),
+        num_samples=7,
+    )
     assert calls == [5]
     assert out.pointwise.shape == (35,)
     out.loss.backward()
@@ -198,10 +212,17 @@ def test_monte_carlo_pairs_each_sample_with_its_own_example():
     x = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
     y = torch.tensor([0, 1])
     # Each example's context points towards its own label, so V decreases everywhere.
-    out = monte_carlo_lyapunov_loss(model, x, y, potential=CrossEntropyPotential(), kappa=1e-3,
-                                    state_sampler=HypercubeSampler(half_width=0.1),
-                                    time_sampler=UniformTimeSampler(), num_samples=50,
-                                    generator=torch.Generator().manual_seed(0))
+    out = monte_carlo_lyapunov_loss(
+        model,
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=1e-3,
+        state_sampler=HypercubeSampler(half_width=0.1),
+        time_sampler=UniformTimeSampler(),
+        num_samples=50,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert float(out.violation_fraction) == 0.0
     assert float(out.mean_v_dot) < 0
 
@@ -215,8 +236,8 @@ def test_discrete_path_loss_matches_definition(steps, batch, kappa, seed, detach
     total = 0.0
     for b in range(batch):
         for j in range(1, steps):
-            v_j = float(ce_reference(traj[j, b:b + 1], y[b:b + 1]))
-            v_prev = float(ce_reference(traj[j - 1, b:b + 1], y[b:b + 1]))
+            v_j = float(ce_reference(traj[j, b : b + 1], y[b : b + 1]))
+            v_prev = float(ce_reference(traj[j - 1, b : b + 1], y[b : b + 1]))
             total += max(0.0, v_j + (kappa - 1.0) * v_prev)
     assert math.isclose(float(out.loss), total / batch, rel_tol=1e-10, abs_tol=1e-12)
     assert out.pointwise.shape == (steps - 1, batch)
@@ -255,28 +276,37 @@ class TestValidation:
         self.model = _linear_model()
         self.x = torch.randn(3, 2, dtype=torch.float64)
         self.y = torch.tensor([0, 1, 0])
-        self.kw = dict(potential=CrossEntropyPotential(), kappa=1.0,
-                       state_sampler=HypercubeSampler(half_width=1.0),
-                       time_sampler=UniformTimeSampler(), num_samples=4)
+        self.kw = dict(
+            potential=CrossEntropyPotential(),
+            kappa=1.0,
+            state_sampler=HypercubeSampler(half_width=1.0),
+            time_sampler=UniformTimeSampler(),
+            num_samples=4,
+        )
 
     @pytest.mark.parametrize("kappa", [0.0, -1.0])
     def test_kappa_must_be_positive(self, kappa):
         with pytest.raises(ValueError, match=f"kappa must be > 0, got {float(kappa)}"):
-            lyapunov_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0]),
-                          potential=CrossEntropyPotential(), kappa=kappa)
+            lyapunov_loss(
+                torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0]), potential=CrossEntropyPotential(), kappa=kappa
+            )
 
     def test_discrete_kappa_in_unit_interval(self):
         with pytest.raises(ValueError, match=r"kappa must lie in the open interval \(0, 1\), got 1.5"):
-            discrete_path_lyapunov_loss(torch.zeros(3, 1, 2), torch.tensor([0]),
-                                        potential=CrossEntropyPotential(), kappa=1.5)
+            discrete_path_lyapunov_loss(
+                torch.zeros(3, 1, 2), torch.tensor([0]), potential=CrossEntropyPotential(), kappa=1.5
+            )
 
     def test_potential_type(self):
         with pytest.raises(TypeError, match="potential must be a lyapunov_plugin.Potential, got function"):
-            lyapunov_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0]),
-                          potential=lambda o, t: o.sum(), kappa=1.0)
+            lyapunov_loss(
+                torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0]), potential=lambda o, t: o.sum(), kappa=1.0
+            )
 
     def test_mismatched_batch(self):
-        with pytest.raises(ValueError, match=r"target must have batch size 3 \(the batch size of x\), got shape \(2,\)"):
+        with pytest.raises(
+            ValueError, match=r"target must have batch size 3 \(the batch size of x\), got shape \(2,\)"
+        ):
             monte_carlo_lyapunov_loss(self.model, self.x, self.y[:2], **self.kw)
 
     def test_nan_input(self):
@@ -300,17 +330,25 @@ class TestValidation:
 
     def test_trajectory_too_short(self):
         with pytest.raises(ValueError, match="trajectory needs at least 2 time points"):
-            discrete_path_lyapunov_loss(torch.zeros(1, 2, 3), torch.tensor([0, 1]),
-                                        potential=CrossEntropyPotential(), kappa=0.5)
+            discrete_path_lyapunov_loss(
+                torch.zeros(1, 2, 3), torch.tensor([0, 1]), potential=CrossEntropyPotential(), kappa=0.5
+            )
 
 
 def test_float32_and_float64_preserved_through_monte_carlo():
     for dtype in (torch.float32, torch.float64):
         model = _linear_model(dtype)
         x = torch.randn(3, 2, dtype=dtype)
-        out = monte_carlo_lyapunov_loss(model, x, torch.tensor([0, 1, 1]), potential=CrossEntropyPotential(),
-                                        kappa=1.0, state_sampler=HypercubeSampler(half_width=1.0),
-                                        time_sampler=UniformTimeSampler(), num_samples=3)
+        out = monte_carlo_lyapunov_loss(
+            model,
+            x,
+            torch.tensor([0, 1, 1]),
+            potential=CrossEntropyPotential(),
+            kappa=1.0,
+            state_sampler=HypercubeSampler(half_width=1.0),
+            time_sampler=UniformTimeSampler(),
+            num_samples=3,
+        )
         assert out.loss.dtype == dtype and out.v.dtype == dtype
 
 

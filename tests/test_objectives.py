@@ -40,8 +40,13 @@ class Dynamics(nn.Module):
 
 def paper_model(seed=0, dtype=torch.float32, readout=None, state=3):
     torch.manual_seed(seed)
-    return ODEModel(Dynamics(state=state), state_shape=(state,), encoder=nn.Linear(2, 2), readout=readout,
-                    solver=FixedStepSolver(method="rk4", steps=4)).to(dtype)
+    return ODEModel(
+        Dynamics(state=state),
+        state_shape=(state,),
+        encoder=nn.Linear(2, 2),
+        readout=readout,
+        solver=FixedStepSolver(method="rk4", steps=4),
+    ).to(dtype)
 
 
 def params(model):
@@ -76,14 +81,22 @@ def test_rollout_sampler_noise_is_relative_to_the_rollouts_spread():
     traj = torch.randn(5, 64, 3, generator=g)
     ts = torch.linspace(0, 1, 5)
     sampler = RolloutSampler(noise_scales=(0.3,))
-    small = sampler.sample(SamplingContext(eta0=traj[0], trajectory=traj, trajectory_times=ts), 50,
-                           generator=torch.Generator().manual_seed(1))
-    big = sampler.sample(SamplingContext(eta0=100 * traj[0], trajectory=100 * traj, trajectory_times=ts), 50,
-                         generator=torch.Generator().manual_seed(1))
+    small = sampler.sample(
+        SamplingContext(eta0=traj[0], trajectory=traj, trajectory_times=ts),
+        50,
+        generator=torch.Generator().manual_seed(1),
+    )
+    big = sampler.sample(
+        SamplingContext(eta0=100 * traj[0], trajectory=100 * traj, trajectory_times=ts),
+        50,
+        generator=torch.Generator().manual_seed(1),
+    )
     torch.testing.assert_close(big, 100 * small, rtol=1e-4, atol=1e-3)  # scale-free: same draws, scaled
     on_path = RolloutSampler(noise_scales=(0.0,)).sample(
-        SamplingContext(eta0=traj[0], trajectory=traj, trajectory_times=ts), 50,
-        generator=torch.Generator().manual_seed(1))
+        SamplingContext(eta0=traj[0], trajectory=traj, trajectory_times=ts),
+        50,
+        generator=torch.Generator().manual_seed(1),
+    )
     offset = (small - on_path).flatten(0, 1)
     ratio = offset.std(0) / traj.reshape(-1, 3).std(0)
     assert torch.all((ratio > 0.2) & (ratio < 0.4))
@@ -133,7 +146,7 @@ def test_monte_carlo_objective_is_pure_and_reproducible():
     a = obj(model, x, y, kappa=2.0, generator=torch.Generator().manual_seed(3))
     b = obj(model, x, y, kappa=2.0, generator=torch.Generator().manual_seed(3))
     assert model.training  # the eval-mode rollout restored the mode
-    assert all(torch.equal(p, q) for p, q in zip(before, params(model)))
+    assert all(torch.equal(p, q) for p, q in zip(before, params(model), strict=False))
     torch.testing.assert_close(a.loss, b.loss)
     assert a.pointwise.shape == (30,)
     a.loss.backward()
@@ -234,8 +247,13 @@ def test_default_objective_follows_the_model_structure():
 def test_models_with_coarse_fixed_step_inference_train_on_their_own_steps():
     """A model whose own solver takes fewer fixed steps than the default rollout (4) is
     trained with the discrete path loss along those steps: the map inference computes."""
-    coarse = ODEModel(Dynamics(state=3), state_shape=(3,), encoder=nn.Linear(2, 2), readout=nn.Linear(3, 3),
-                      solver=FixedStepSolver(method="rk4", steps=2))
+    coarse = ODEModel(
+        Dynamics(state=3),
+        state_shape=(3,),
+        encoder=nn.Linear(2, 2),
+        readout=nn.Linear(3, 3),
+        solver=FixedStepSolver(method="rk4", steps=2),
+    )
     assert coarse.fixed_steps == 2
     assert default_objective(coarse) == PathIntegralObjective(form="discrete", solver="model", steps=2)
     assert default_objective(paper_model(readout=nn.Linear(3, 3))) == PathIntegralObjective()  # 4 steps: as fine
@@ -248,8 +266,9 @@ def test_models_with_coarse_fixed_step_inference_train_on_their_own_steps():
 
     assert TorchdynModel(torchdyn_plain(solver="rk4")).fixed_steps == 1
     assert TorchdynModel(torchdyn_plain(solver="dopri5")).fixed_steps is None
-    assert default_objective(torchdyn_plain(solver="rk4")) == PathIntegralObjective(form="discrete", solver="model",
-                                                                                    steps=1)
+    assert default_objective(torchdyn_plain(solver="rk4")) == PathIntegralObjective(
+        form="discrete", solver="model", steps=1
+    )
     field = ConditionedField()
     assert TorchdiffeqModel(field, method="rk4", options={"step_size": 0.5}).fixed_steps == 2
     assert TorchdiffeqModel(field, method="euler").fixed_steps == 1
@@ -267,8 +286,9 @@ def test_a_one_step_rk4_torchdyn_model_trains_as_well_as_the_standard_way():
     errors = {}
     for mode in (None, "standard"):
         torch.manual_seed(0)
-        trainer = LyapunovTrainer(torchdyn_plain(solver="rk4"), progress=False, seed=0,
-                                  **({"mode": mode} if mode else {}))
+        trainer = LyapunovTrainer(
+            torchdyn_plain(solver="rk4"), progress=False, seed=0, **({"mode": mode} if mode else {})
+        )
         trainer.fit(loader(x, y), epochs=8)
         errors[trainer.mode] = trainer.evaluate((x, y))["error"]
     assert errors["path_integral"] <= errors["standard"] + 0.01
@@ -319,15 +339,14 @@ def test_trainer_default_equals_the_public_default_objective_step_for_step():
         optimizer.zero_grad()
         objective(manual_model, xb, yb, kappa=10.0, generator=generator).loss.backward()
         optimizer.step()
-    for a, b in zip(params(trainer.model), params(manual_model)):
+    for a, b in zip(params(trainer.model), params(manual_model), strict=False):
         torch.testing.assert_close(a, b)
 
 
 def test_trainer_keyword_settings_build_the_matching_objective_or_refuse():
     model = paper_model()
     sampler = HypercubeSampler(half_width=2.0)
-    t = LyapunovTrainer(model, progress=False, state_sampler=sampler, time_sampler=UniformTimeSampler(),
-                        num_samples=4)
+    t = LyapunovTrainer(model, progress=False, state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=4)
     assert t.objective == MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=4)
     t = LyapunovTrainer(model, progress=False, path_steps=6, path_loss="discrete")
     assert t.objective == PathIntegralObjective(steps=6, form="discrete")

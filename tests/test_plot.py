@@ -19,8 +19,12 @@ from .models import blobs, loader, torchdyn_plain  # noqa: E402
 
 def _trained_paper_model():
     torch.manual_seed(0)
-    model = ODEModel(MLPDynamics(2, 4, (16,)), state_shape=(2,), encoder=nn.Linear(2, 4),
-                     solver=FixedStepSolver(method="rk4", steps=4))
+    model = ODEModel(
+        MLPDynamics(2, 4, (16,)),
+        state_shape=(2,),
+        encoder=nn.Linear(2, 4),
+        solver=FixedStepSolver(method="rk4", steps=4),
+    )
     x, y = blobs(64, seed=1)
     LyapunovTrainer(model, progress=False, seed=0).fit(loader(x, y), epochs=3)
     return model, x, y

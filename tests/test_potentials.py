@@ -189,7 +189,9 @@ class TestValidation:
 
     def test_batch_mismatch(self):
         eta = torch.zeros(2, 3)
-        with pytest.raises(ValueError, match=r"target must have batch size 2 \(the batch size of the output\), got shape \(3,\)"):
+        with pytest.raises(
+            ValueError, match=r"target must have batch size 2 \(the batch size of the output\), got shape \(3,\)"
+        ):
             CrossEntropyPotential().evaluate(eta, eta, torch.tensor([0, 1, 2]))
 
     def test_velocity_shape(self):
@@ -225,14 +227,16 @@ class TestValidation:
 def test_value_only_potentials_backpropagate_through_a_trainable_readout_float64(readout_kind):
     """Eq. (12) with a potential that defines only value(): its gradient to the readout's
     parameters and to the states equals an independent double-backward computation."""
+
     class Focal(Potential):
         def value(self, output, target):
             log_p = output.log_softmax(-1).gather(-1, target[:, None])[:, 0]
             return -((1 - log_p.exp()) ** 2) * log_p
 
     torch.manual_seed(0)
-    readout = (nn.Linear(3, 4) if readout_kind == "linear"
-               else nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4))).double()
+    readout = (
+        nn.Linear(3, 4) if readout_kind == "linear" else nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4))
+    ).double()
     eta = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     velocity = torch.randn(6, 3, dtype=torch.float64)
     target = torch.randint(0, 4, (6,))
@@ -244,7 +248,7 @@ def test_value_only_potentials_backpropagate_through_a_trainable_readout_float64
         (dv,) = torch.autograd.grad(v.sum(), eta, create_graph=True)
         reference = torch.relu((dv * velocity).sum(-1) + 2.0 * v).sum()
         expected = torch.autograd.grad(reference, [eta, *readout.parameters()])
-        for got, want in zip(grads, expected):
+        for got, want in zip(grads, expected, strict=False):
             torch.testing.assert_close(got, want)
 
 

@@ -30,8 +30,9 @@ def test_quickstart_prints_what_the_readme_shows():
     # identical text; the digits may move a little on another CPU (see outputs_agree)
     assert outputs_agree(printed, shown_output()), (printed, shown_output())
     # the printed errors are the trained models' errors, and LyaNet is within 1 point of standard
-    lyanet, standard = (float(v) for v in re.search(r"test error: LyaNet ([\d.]+)%, standard ([\d.]+)%",
-                                                    printed).groups())
+    lyanet, standard = (
+        float(v) for v in re.search(r"test error: LyaNet ([\d.]+)%, standard ([\d.]+)%", printed).groups()
+    )
     assert abs(lyanet - 100 * namespace["error"](namespace["trainer"])) < 0.05
     assert abs(standard - 100 * namespace["error"](namespace["standard"])) < 0.05
     assert lyanet <= standard + 1.0
@@ -45,7 +46,7 @@ def test_output_comparison_tolerates_rounding_but_not_a_stale_readme():
     shown = "test error: LyaNet 10.3%, standard 11.3%\nNFE to t=1: 38\n{'loss': 8.913}\n"
     assert outputs_agree(shown, shown)
     assert outputs_agree(shown.replace("10.3%", "12.8%").replace("38", "44"), shown)
-    assert not outputs_agree(shown.replace("10.3%", "48.4%"), shown)            # a different result
+    assert not outputs_agree(shown.replace("10.3%", "48.4%"), shown)  # a different result
     assert not outputs_agree(shown.replace("8.913", "0.773"), shown)
-    assert not outputs_agree(shown.replace("LyaNet", "Lyanet"), shown)          # different text
+    assert not outputs_agree(shown.replace("LyaNet", "Lyanet"), shown)  # different text
     assert not outputs_agree(shown + "one more line\n", shown)

@@ -65,8 +65,11 @@ def test_counterexample_search_moves_states_towards_violation_and_spares_paramet
     x, y = torch.randn(6, 2), torch.randint(0, 3, (6,))
     search = CounterexampleSearch(steps=4, step_size=0.3, fraction=1.0)
     context, eta0 = model.encode(x)
-    eta = HypercubeSampler(half_width=2.0).sample(SamplingContext(eta0=eta0), 5,
-                                                  generator=torch.Generator().manual_seed(0)).reshape(30, 3)
+    eta = (
+        HypercubeSampler(half_width=2.0)
+        .sample(SamplingContext(eta0=eta0), 5, generator=torch.Generator().manual_seed(0))
+        .reshape(30, 3)
+    )
     t = torch.rand(30)
     ctx, target = context.repeat_interleave(5, 0), y.repeat_interleave(5)
     pot = CrossEntropyPotential()
@@ -80,11 +83,21 @@ def test_counterexample_search_moves_states_towards_violation_and_spares_paramet
     assert (refined - eta).abs().max() <= 4 * 0.3 + 1e-6
     assert all(p.grad is None for p in model.parameters())
     half = CounterexampleSearch(steps=2, step_size=0.3, fraction=0.4).refine(
-        model, eta, ctx, t, target, potential=pot, kappa=2.0, samples_per_example=5)
+        model, eta, ctx, t, target, potential=pot, kappa=2.0, samples_per_example=5
+    )
     moved = (half != eta).any(-1).reshape(6, 5)
     assert moved[:, 2:].sum() == 0  # only the first round(0.4 * 5) = 2 samples per example move
-    out = monte_carlo_lyapunov_loss(model, x, y, potential=pot, kappa=2.0, state_sampler=HypercubeSampler(half_width=2.0),
-                                    time_sampler=UniformTimeSampler(), num_samples=5, counterexamples=search)
+    out = monte_carlo_lyapunov_loss(
+        model,
+        x,
+        y,
+        potential=pot,
+        kappa=2.0,
+        state_sampler=HypercubeSampler(half_width=2.0),
+        time_sampler=UniformTimeSampler(),
+        num_samples=5,
+        counterexamples=search,
+    )
     out.loss.backward()
     assert model.dynamics.net[0].weight.grad is not None
     with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\], got 1.5"):
@@ -124,11 +137,16 @@ def test_lipschitz_mlp_bound_holds_empirically(inp, out, scale, seed):
 def test_spectral_bound_matches_hand_computation_and_refuses_unknown_layers():
     lin1, lin2 = nn.Linear(3, 4), nn.Linear(4, 2)
     net = nn.Sequential(lin1, nn.Tanh(), lin2)
-    expected = float(torch.linalg.matrix_norm(lin1.weight.double(), 2) * torch.linalg.matrix_norm(lin2.weight.double(), 2))
+    expected = float(
+        torch.linalg.matrix_norm(lin1.weight.double(), 2) * torch.linalg.matrix_norm(lin2.weight.double(), 2)
+    )
     assert math.isclose(spectral_lipschitz_bound(net), expected, rel_tol=1e-9)
     std = Standardize(torch.zeros(1), torch.tensor([0.25]))
-    assert math.isclose(spectral_lipschitz_bound(nn.Sequential(std, lin1)), 4 * expected / float(
-        torch.linalg.matrix_norm(lin2.weight.double(), 2)), rel_tol=1e-6)
+    assert math.isclose(
+        spectral_lipschitz_bound(nn.Sequential(std, lin1)),
+        4 * expected / float(torch.linalg.matrix_norm(lin2.weight.double(), 2)),
+        rel_tol=1e-6,
+    )
     with pytest.raises(TypeError, match="spectral_lipschitz_bound supports .* got Conv1d"):
         spectral_lipschitz_bound(nn.Conv1d(1, 1, 3))
 
@@ -153,8 +171,16 @@ def test_theorem3_radius_solves_eq_15(delta, lipschitz, kappa):
 def test_theorem3_certificate_zero_where_condition_fails_or_misclassified():
     model = _model()
     x, y = torch.randn(10, 2), torch.randint(0, 3, (10,))
-    cert = theorem3_certificate(model, x, y, potential=CrossEntropyPotential(), kappa=1.0, lipschitz=2.0,
-                                state_sampler=HypercubeSampler(half_width=2.0), num_samples=16)
+    cert = theorem3_certificate(
+        model,
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=1.0,
+        lipschitz=2.0,
+        state_sampler=HypercubeSampler(half_width=2.0),
+        num_samples=16,
+    )
     assert cert.radius.shape == (10,)
     assert bool((cert.radius[~(cert.correct & cert.condition_held)] == 0).all())
     assert 0.0 <= cert.violation_rate <= 1.0

@@ -100,7 +100,7 @@ def test_mixture_allocation_is_exact_and_proportional(weights, total):
     mix = MixtureSampler(tuple(HypercubeSampler(half_width=1.0) for _ in weights), tuple(weights))
     counts = mix.allocation(total)
     assert sum(counts) == total
-    for c, w in zip(counts, weights):
+    for c, w in zip(counts, weights, strict=False):
         assert abs(c - total * w / sum(weights)) < 1.0 + 1e-9
 
 

@@ -43,8 +43,15 @@ def test_quick_suite_reports_every_cell(tmp_path):
     written = json.loads((tmp_path / "suite_quick.json").read_text())
     assert len(written["cells"]) == len(payload["cells"]) == 4
     for cell in written["cells"]:
-        assert set(cell["lyanet"]) >= {"acc", "err_t0.25", "err_t0.5", "time_to_target", "nfe", "v_monotone",
-                                       "test_violation"}
+        assert set(cell["lyanet"]) >= {
+            "acc",
+            "err_t0.25",
+            "err_t0.5",
+            "time_to_target",
+            "nfe",
+            "v_monotone",
+            "test_violation",
+        }
         assert cell["standard"]["lr"] == 1e-2  # the quick budget tunes over one learning rate
     markdown = (tmp_path / "suite_quick.md").read_text()
     assert markdown.startswith("| problem | pattern | LyaNet objective")

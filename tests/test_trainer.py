@@ -25,8 +25,9 @@ class Dynamics(nn.Module):
 
     def __init__(self, state=2, inp=2, hidden=16, dropout=0.1):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(state + inp + 1, hidden), nn.Tanh(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, state))
+        self.net = nn.Sequential(
+            nn.Linear(state + inp + 1, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, state)
+        )
 
     def forward(self, eta, x, t):
         return self.net(torch.cat([eta, x, t[:, None]], dim=1))
@@ -78,11 +79,12 @@ def test_resume_reproduces_uninterrupted_training_bit_for_bit(tmp_path):
     first = make_trainer(make_model(), scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5))
     first.fit(loader(x, y), epochs=2, checkpoint_path=tmp_path / "ckpt.pt")
     torch.manual_seed(999)  # anything the process does in between must not matter
-    second = make_trainer(make_model(seed=7), scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5),
-                          seed=42)
+    second = make_trainer(
+        make_model(seed=7), scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5), seed=42
+    )
     assert second.resume(tmp_path / "ckpt.pt") == 2
     second.fit(loader(x, y), epochs=4)
-    for a, b in zip(reference, params(second.model)):
+    for a, b in zip(reference, params(second.model), strict=False):
         assert torch.equal(a, b)
     assert [r["train_loss"] for r in second.history] == [r["train_loss"] for r in full.history]
 
@@ -112,13 +114,14 @@ def test_ctrl_c_leaves_a_valid_checkpoint_that_resumes_exactly(tmp_path):
     trainer = make_trainer(make_model())
     ckpt = tmp_path / "run" / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(_InterruptingLoader(loader(x, y), interrupt_epoch=2, after_batches=1), epochs=3,
-                    checkpoint_path=ckpt)
+        trainer.fit(
+            _InterruptingLoader(loader(x, y), interrupt_epoch=2, after_batches=1), epochs=3, checkpoint_path=ckpt
+        )
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt.pt"]  # no temporary files left
     resumed = make_trainer(make_model(seed=3))
     assert resumed.resume(ckpt) == 1
     resumed.fit(loader(x, y), epochs=3)
-    for a, b in zip(params(full.model), params(resumed.model)):
+    for a, b in zip(params(full.model), params(resumed.model), strict=False):
         assert torch.equal(a, b)
 
 
@@ -142,13 +145,13 @@ def test_nan_input_raises_and_leaves_parameters_unchanged():
     before = params(trainer.model)
     with pytest.raises(NonFiniteLossError, match=r"input batch x \(1 NaN/Inf entries\) at epoch 1, step 0"):
         trainer.fit(loader(x, y, shuffle=False), epochs=1)
-    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.model), strict=False))
     assert trainer.epoch == 0 and trainer.history == []
 
 
 def test_nan_input_batch_is_skipped_and_counted_under_skip():
     x, y = blobs(64, seed=1)
-    x[40, 1] = math.nan                                   # in the second batch of 32
+    x[40, 1] = math.nan  # in the second batch of 32
     trainer = make_trainer(nonfinite="skip")
     history = trainer.fit(loader(x, y, shuffle=False, batch_size=32), epochs=1)
     assert trainer.skipped_steps == 1 and history[-1]["skipped_steps"] == 1
@@ -173,9 +176,11 @@ def test_non_finite_loss_raises_by_default_and_never_updates():
     x[0] = 1000.0
     trainer = make_trainer(model)
     before = params(model)
-    with pytest.raises(NonFiniteLossError, match="non-finite (loss|gradient) at epoch 1, step 0; parameters were not updated"):
+    with pytest.raises(
+        NonFiniteLossError, match="non-finite (loss|gradient) at epoch 1, step 0; parameters were not updated"
+    ):
         trainer.fit(loader(x, y, batch_size=16, shuffle=False), epochs=1)
-    assert all(torch.equal(a, b) for a, b in zip(before, params(model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(model), strict=False))
 
 
 def test_non_finite_loss_can_be_skipped_and_counted():
@@ -198,7 +203,7 @@ def test_resume_rejects_a_checkpoint_of_another_model_without_touching_state(tmp
     before = params(other_model)
     with pytest.raises(ValueError, match="checkpoint shapes differ from the model"):
         other.resume(tmp_path / "a.pt")
-    assert other.epoch == 0 and all(torch.equal(a, b) for a, b in zip(before, params(other_model)))
+    assert other.epoch == 0 and all(torch.equal(a, b) for a, b in zip(before, params(other_model), strict=False))
     with pytest.raises(ValueError, match="trained with mode='monte_carlo', this trainer uses 'standard'"):
         make_trainer(mode="standard").resume(tmp_path / "a.pt")
     (tmp_path / "junk.pt").write_bytes(b"")
@@ -232,8 +237,9 @@ def test_inference_diagnostics_run_through_the_trainer():
 
 def test_kappa_warmup_schedule_is_used_per_epoch():
     x, y = blobs(32, seed=1)
-    trainer = make_trainer(kappa=KappaWarmup(start=0.1, end=1.0, epochs=2, shape="linear"),
-                           state_sampler=HypercubeSampler(half_width=2.0))
+    trainer = make_trainer(
+        kappa=KappaWarmup(start=0.1, end=1.0, epochs=2, shape="linear"), state_sampler=HypercubeSampler(half_width=2.0)
+    )
     history = trainer.fit(loader(x, y), epochs=3)
     assert [round(r["kappa"], 6) for r in history] == [0.1, 0.55, 1.0]
 
@@ -252,8 +258,11 @@ def test_optimizer_choices():
 
 class TestValidation:
     def test_unsupported_model_lists_what_is_supported(self):
-        with pytest.raises(TypeError, match="(?s)model of type Linear is not supported.*torchdyn NeuralODE.*"
-                                            "torchdiffeq vector field.*LyapunovModel protocol"):
+        with pytest.raises(
+            TypeError,
+            match="(?s)model of type Linear is not supported.*torchdyn NeuralODE.*"
+            "torchdiffeq vector field.*LyapunovModel protocol",
+        ):
             LyapunovTrainer(nn.Linear(2, 2))
 
     def test_bad_settings(self):
@@ -292,18 +301,25 @@ def test_fit_checks_the_model_once_before_any_update():
     before = params(model)
     with pytest.raises(ValueError, match=r"returned shape \(2, 3\) for states of shape \(2, 2\)"):
         trainer.fit(loader(*blobs(16, seed=1)), epochs=1)
-    assert all(torch.equal(a, b) for a, b in zip(before, params(model)))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(model), strict=False))
 
 
 def test_fit_says_when_it_would_do_nothing_and_refuses_an_empty_loader():
     x, y = blobs(32, seed=1)
     trainer = make_trainer()
     trainer.fit(loader(x, y), epochs=1)
-    with pytest.warns(UserWarning, match=r"fit\(epochs=1\) does nothing: epochs is the total, and 1 epoch\(s\) are "
-                                         r"already done; pass epochs=2 to train 1 more"):
+    with pytest.warns(
+        UserWarning,
+        match=r"fit\(epochs=1\) does nothing: epochs is the total, and 1 epoch\(s\) are "
+        r"already done; pass epochs=2 to train 1 more",
+    ):
         assert len(trainer.fit(loader(x, y), epochs=1)) == 1
     fresh = make_trainer()
     before = params(fresh.model)
     with pytest.raises(ValueError, match="train_loader yielded no batches in epoch 1"):
         fresh.fit([], epochs=2)
-    assert fresh.epoch == 0 and fresh.history == [] and all(torch.equal(a, b) for a, b in zip(before, params(fresh.model)))
+    assert (
+        fresh.epoch == 0
+        and fresh.history == []
+        and all(torch.equal(a, b) for a, b in zip(before, params(fresh.model), strict=False))
+    )

@@ -21,8 +21,9 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from examples.common.report import embed_markdown
 
@@ -75,16 +76,22 @@ class _Pool:
 
     def map(self, tasks: list[tuple]) -> list[dict[str, Any]]:
         results: list[Optional[dict[str, Any]]] = [None] * len(tasks)
-        iterator = (self.pool.imap_unordered(_indexed, list(enumerate(tasks))) if self.pool is not None
-                    else (_indexed(item) for item in enumerate(tasks)))
+        iterator = (
+            self.pool.imap_unordered(_indexed, list(enumerate(tasks)))
+            if self.pool is not None
+            else (_indexed(item) for item in enumerate(tasks))
+        )
         for index, result in iterator:
             results[index] = result
             self.done += 1
-            print(f"[{self.done}/{self.total} {time.perf_counter() - self.started:6.0f}s] {result['problem']}/"
-                  f"{result['pattern']} {result['method']} lr={result['lr']:g} seed {result['seed']}: "
-                  f"{result['schedule']}: acc {100 * result['test_acc']:.1f}% ({result['objective']}), "
-                  f"{result['train_seconds']:.1f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{self.done}/{self.total} {time.perf_counter() - self.started:6.0f}s] {result['problem']}/"
+                f"{result['pattern']} {result['method']} lr={result['lr']:g} seed {result['seed']}: "
+                f"{result['schedule']}: acc {100 * result['test_acc']:.1f}% ({result['objective']}), "
+                f"{result['train_seconds']:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -102,10 +109,18 @@ def _majority(problem: Problem) -> float:
     return max(Counter(problem.y_test.tolist()).values()) / len(problem.y_test)
 
 
-def run_suite(problems: Sequence[str], patterns: Sequence[str], seeds: Sequence[int], variants: Sequence[str], *,
-              jobs: int, epochs: Optional[int] = None, lrs: Sequence[float] = BASELINE_LRS,
-              schedules: Sequence[str] = BASELINE_SCHEDULES,
-              baseline: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def run_suite(
+    problems: Sequence[str],
+    patterns: Sequence[str],
+    seeds: Sequence[int],
+    variants: Sequence[str],
+    *,
+    jobs: int,
+    epochs: Optional[int] = None,
+    lrs: Sequence[float] = BASELINE_LRS,
+    schedules: Sequence[str] = BASELINE_SCHEDULES,
+    baseline: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """Run standard training (lr and schedule tuned on seed ``seeds[0]``) and each variant
     on every cell; ``baseline`` (the ``runs`` of an earlier suite JSON) reuses its standard
     runs instead of training them again."""
@@ -115,29 +130,51 @@ def run_suite(problems: Sequence[str], patterns: Sequence[str], seeds: Sequence[
         keep = {(p, q) for p, q in cells}
 
         def reused(kind: str, method: Optional[str] = None) -> list[dict[str, Any]]:
-            return [r for r in baseline[kind] if (r["problem"], r["pattern"]) in keep and r["seed"] in seeds
-                    and (method is None or r["method"] == method)]
+            return [
+                r
+                for r in baseline[kind]
+                if (r["problem"], r["pattern"]) in keep
+                and r["seed"] in seeds
+                and (method is None or r["method"] == method)
+            ]
 
-        tasks = [(p, q, name, s, {}, epochs) for name in variants if name != DEFAULT.name for p, q in cells
-                 for s in seeds if VARIANTS[name].patterns is None or q in VARIANTS[name].patterns]
+        tasks = [
+            (p, q, name, s, {}, epochs)
+            for name in variants
+            if name != DEFAULT.name
+            for p, q in cells
+            for s in seeds
+            if VARIANTS[name].patterns is None or q in VARIANTS[name].patterns
+        ]
         pool = _Pool(jobs, len(tasks))
         try:
             lyanet_runs = pool.map(tasks)
         finally:
             pool.close()
-        return {"search": [r for r in baseline["search"] if (r["problem"], r["pattern"]) in keep],
-                "standard": reused("standard"), "lyanet": reused("lyanet", DEFAULT.name) + lyanet_runs}
-    search = [(p, q, STANDARD.name, first, {"lr": lr, "schedule": sched}, epochs)
-              for p, q in cells for lr in lrs for sched in schedules]
+        return {
+            "search": [r for r in baseline["search"] if (r["problem"], r["pattern"]) in keep],
+            "standard": reused("standard"),
+            "lyanet": reused("lyanet", DEFAULT.name) + lyanet_runs,
+        }
+    search = [
+        (p, q, STANDARD.name, first, {"lr": lr, "schedule": sched}, epochs)
+        for p, q in cells
+        for lr in lrs
+        for sched in schedules
+    ]
     lyanet = []
     for name in variants:
         method = VARIANTS[name]
-        lyanet += [(p, q, name, s, {}, epochs) for p, q in cells for s in seeds
-                   if name == DEFAULT.name or method.patterns is None or q in method.patterns]
+        lyanet += [
+            (p, q, name, s, {}, epochs)
+            for p, q in cells
+            for s in seeds
+            if name == DEFAULT.name or method.patterns is None or q in method.patterns
+        ]
     pool = _Pool(jobs, len(search) + len(lyanet) + len(cells) * len(rest))
     try:
         phase_one = pool.map(search + lyanet)
-        searched, lyanet_runs = phase_one[:len(search)], phase_one[len(search):]
+        searched, lyanet_runs = phase_one[: len(search)], phase_one[len(search) :]
         chosen: dict[tuple[str, str], dict[str, Any]] = {}
         for r in searched:
             key = (r["problem"], r["pattern"])
@@ -145,9 +182,13 @@ def run_suite(problems: Sequence[str], patterns: Sequence[str], seeds: Sequence[
             if best is None or (r["val_acc"], -r["val_loss"]) > (best["val_acc"], -best["val_loss"]):
                 chosen[key] = r
         standard_runs = list(chosen.values())
-        standard_runs += pool.map([(p, q, STANDARD.name, s, {"lr": chosen[(p, q)]["lr"],
-                                                             "schedule": chosen[(p, q)]["schedule"]}, epochs)
-                                   for p, q in cells for s in rest])
+        standard_runs += pool.map(
+            [
+                (p, q, STANDARD.name, s, {"lr": chosen[(p, q)]["lr"], "schedule": chosen[(p, q)]["schedule"]}, epochs)
+                for p, q in cells
+                for s in rest
+            ]
+        )
     finally:
         pool.close()
     return {"search": searched, "standard": standard_runs, "lyanet": lyanet_runs}
@@ -160,8 +201,11 @@ def cells_of(runs: dict[str, Any], variant: str, problems: Sequence[str], patter
         for q in patterns:
             mine = [r for r in runs["lyanet"] if r["method"] == variant and (r["problem"], r["pattern"]) == (p, q)]
             if not mine:
-                mine = [dict(r, method=variant) for r in runs["lyanet"]
-                        if r["method"] == DEFAULT.name and (r["problem"], r["pattern"]) == (p, q)]
+                mine = [
+                    dict(r, method=variant)
+                    for r in runs["lyanet"]
+                    if r["method"] == DEFAULT.name and (r["problem"], r["pattern"]) == (p, q)
+                ]
             standard = [r for r in runs["standard"] if (r["problem"], r["pattern"]) == (p, q)]
             out.append(report.summarise_cell(mine, standard, chance=_majority(_problem(p))))
     return out
@@ -186,21 +230,33 @@ def pictures(runs: dict[str, Any], problems: Sequence[str], out: Path, stem: str
         problem = _problem(name)
         if not problem.is_2d:
             continue
-        standard = next((r for r in runs["standard"] if (r["problem"], r["pattern"]) == (name, PICTURE_PATTERN)),
-                        None)
+        standard = next((r for r in runs["standard"] if (r["problem"], r["pattern"]) == (name, PICTURE_PATTERN)), None)
         if standard is None:
             continue
         trained = {}
-        for label, method, overrides in (("LyaNet (defaults)", DEFAULT, {}),
-                                         ("standard", STANDARD, {"lr": standard["lr"],
-                                                                 "schedule": standard["schedule"]})):
+        for label, method, overrides in (
+            ("LyaNet (defaults)", DEFAULT, {}),
+            ("standard", STANDARD, {"lr": standard["lr"], "schedule": standard["schedule"]}),
+        ):
             keep: dict[str, Any] = {}
-            run(problem, PICTURE_PATTERN, method, seed=standard["seed"], epochs=standard["epochs"], keep=keep,
-                **overrides)
+            run(
+                problem,
+                PICTURE_PATTERN,
+                method,
+                seed=standard["seed"],
+                epochs=standard["epochs"],
+                keep=keep,
+                **overrides,
+            )
             trained[label] = keep["trainer"].model
         path = out / f"{stem}_{name}.png"
-        fig = compare(trained, problem.x_test, problem.y_test, path=path,
-                      suptitle=f"{name}, torchdyn DataControl NeuralODE + linear readout (seed {standard['seed']})")
+        fig = compare(
+            trained,
+            problem.x_test,
+            problem.y_test,
+            path=path,
+            suptitle=f"{name}, torchdyn DataControl NeuralODE + linear readout (seed {standard['seed']})",
+        )
         plt.close(fig)
         written.append(path)
     return written
@@ -229,25 +285,35 @@ def _jsonable(value: Any) -> Any:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, help="default: the development problems")
     parser.add_argument("--held-out", action="store_true", help="run the held-out problems instead")
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(set(VARIANTS) - {DEFAULT.name}),
-                        help="levers to run besides the defaults (the lever study)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(set(VARIANTS) - {DEFAULT.name}),
+        help="levers to run besides the defaults (the lever study)",
+    )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel runs")
     parser.add_argument("--epochs", type=int, help="override the per-problem budget")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 problems, 2 patterns, 1 seed, 2 epochs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default=None, help="output file stem (default suite / suite_held_out)")
-    parser.add_argument("--update-readme", action="store_true",
-                        help="embed the tables in README.md and docs/defaults.md")
+    parser.add_argument(
+        "--update-readme", action="store_true", help="embed the tables in README.md and docs/defaults.md"
+    )
     parser.add_argument("--no-pictures", action="store_true", help="skip the per-problem pictures")
     parser.add_argument("--from-json", type=Path, help="re-render the markdown of an earlier run (no training)")
-    parser.add_argument("--baseline-from", type=Path,
-                        help="reuse the standard runs of an earlier suite JSON (same problems, patterns, seeds)")
+    parser.add_argument(
+        "--baseline-from",
+        type=Path,
+        help="reuse the standard runs of an earlier suite JSON (same problems, patterns, seeds)",
+    )
     args = parser.parse_args(argv)
     if args.from_json is not None:
         payload = _loaded(json.loads(args.from_json.read_text()))
@@ -271,8 +337,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     variants = [DEFAULT.name, *args.variants]
     started = time.perf_counter()
     baseline = _loaded(json.loads(args.baseline_from.read_text()))["runs"] if args.baseline_from else None
-    runs = run_suite(problems, patterns, seeds, variants, jobs=args.jobs, epochs=epochs, lrs=lrs,
-                     schedules=("cosine",) if args.quick else BASELINE_SCHEDULES, baseline=baseline)
+    runs = run_suite(
+        problems,
+        patterns,
+        seeds,
+        variants,
+        jobs=args.jobs,
+        epochs=epochs,
+        lrs=lrs,
+        schedules=("cosine",) if args.quick else BASELINE_SCHEDULES,
+        baseline=baseline,
+    )
     wall = time.perf_counter() - started
 
     cells = cells_of(runs, DEFAULT.name, problems, patterns)
@@ -280,23 +355,47 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.variants:
         for variant in variants:
             vcells = cells_of(runs, variant, problems, patterns)
-            lever_rows.append({"name": variant, "targets": report.targets(vcells),
-                               "deltas": [c["delta"] for c in vcells],
-                               "cells": [{"problem": c["problem"], "pattern": c["pattern"], "delta": c["delta"],
-                                          "acc": c["lyanet"]["acc"], "time_ratio": c["time_ratio"]}
-                                         for c in vcells]})
-    payload = {"problems": problems, "patterns": patterns, "seeds": seeds, "variants": variants,
-               "held_out": bool(args.held_out), "jobs": args.jobs, "machine": report.machine(),
-               "wall_seconds": wall, "cells": cells, "targets": report.targets(cells), "levers": lever_rows,
-               "runs": runs}
+            lever_rows.append(
+                {
+                    "name": variant,
+                    "targets": report.targets(vcells),
+                    "deltas": [c["delta"] for c in vcells],
+                    "cells": [
+                        {
+                            "problem": c["problem"],
+                            "pattern": c["pattern"],
+                            "delta": c["delta"],
+                            "acc": c["lyanet"]["acc"],
+                            "time_ratio": c["time_ratio"],
+                        }
+                        for c in vcells
+                    ],
+                }
+            )
+    payload = {
+        "problems": problems,
+        "patterns": patterns,
+        "seeds": seeds,
+        "variants": variants,
+        "held_out": bool(args.held_out),
+        "jobs": args.jobs,
+        "machine": report.machine(),
+        "wall_seconds": wall,
+        "cells": cells,
+        "targets": report.targets(cells),
+        "levers": lever_rows,
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     # The runs are saved before anything else can fail (the pictures retrain two models).
     (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
     if not args.no_pictures and not args.quick:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            payload["pictures"] = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
-                                   for p in pictures(runs, problems, args.out, name)]
+            payload["pictures"] = [
+                str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+                for p in pictures(runs, problems, args.out, name)
+            ]
         (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
     markdown, levers = render(payload)
     (args.out / f"{name}.md").write_text(markdown + "\n")
@@ -323,18 +422,30 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
     runs = payload["runs"]
     count = len(runs["search"]) + len(runs["standard"]) - len(payload["cells"]) + len(runs["lyanet"])
     label = "held-out problems" if payload.get("held_out") else "development problems"
-    note = report.note([_problem(p) for p in payload["problems"]], payload["seeds"],
-                       f"{count} training runs, {payload.get('jobs', 2)} in parallel, wall clock "
-                       f"{payload['wall_seconds']:.0f} s; 'L / S' = LyaNet / standard; time to target = median over "
-                       "seeds of the training seconds until test accuracy first reaches the baseline's mean final "
-                       "accuracy - 1 pt (training CPU seconds: runs share the machine, so the wall clock would depend on "
-                       "what ran beside them)", machine_line=payload["machine"])
-    markdown = "\n\n".join([report.cells_table(payload["cells"]),
-                             report.targets_markdown(payload["targets"], label=label), note])
-    levers = ("\n\n".join([report.variant_table(payload["levers"]),
-                            "By cell group (the levers that apply to one objective change only its cells):",
-                            report.variant_groups_table(payload["levers"])])
-              if payload.get("levers") else "")
+    note = report.note(
+        [_problem(p) for p in payload["problems"]],
+        payload["seeds"],
+        f"{count} training runs, {payload.get('jobs', 2)} in parallel, wall clock "
+        f"{payload['wall_seconds']:.0f} s; 'L / S' = LyaNet / standard; time to target = median over "
+        "seeds of the training seconds until test accuracy first reaches the baseline's mean final "
+        "accuracy - 1 pt (training CPU seconds: runs share the machine, so the wall clock would depend on "
+        "what ran beside them)",
+        machine_line=payload["machine"],
+    )
+    markdown = "\n\n".join(
+        [report.cells_table(payload["cells"]), report.targets_markdown(payload["targets"], label=label), note]
+    )
+    levers = (
+        "\n\n".join(
+            [
+                report.variant_table(payload["levers"]),
+                "By cell group (the levers that apply to one objective change only its cells):",
+                report.variant_groups_table(payload["levers"]),
+            ]
+        )
+        if payload.get("levers")
+        else ""
+    )
     return markdown, levers
 
 

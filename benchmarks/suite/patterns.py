@@ -19,7 +19,7 @@ torchdyn and torchdiffeq models integrate with dopri5 (rtol = atol = 1e-3), the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -79,8 +79,14 @@ class _Func(nn.Module):
 def torchdiffeq_func(d: int, m: int) -> nn.Module:
     from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel
 
-    return TorchdiffeqModel(_Func(LATENT), encoder=nn.Linear(d, LATENT), readout=nn.Linear(LATENT, m),
-                            method="dopri5", rtol=TOLERANCE, atol=TOLERANCE)
+    return TorchdiffeqModel(
+        _Func(LATENT),
+        encoder=nn.Linear(d, LATENT),
+        readout=nn.Linear(LATENT, m),
+        method="dopri5",
+        rtol=TOLERANCE,
+        atol=TOLERANCE,
+    )
 
 
 def paper(d: int, m: int) -> nn.Module:

@@ -13,8 +13,8 @@ their numbers say how the defaults do on problems nobody tuned them to.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -80,8 +80,15 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray, str, bool]:
         return x, y, "make_circles(600, noise=0.05, factor=0.5)", False
     if name == "blobs10":
         x, y = datasets.make_classification(
-            n_samples=2000, n_features=20, n_informative=10, n_redundant=4, n_classes=10,
-            n_clusters_per_class=1, class_sep=1.5, random_state=SPLIT_SEED)
+            n_samples=2000,
+            n_features=20,
+            n_informative=10,
+            n_redundant=4,
+            n_classes=10,
+            n_clusters_per_class=1,
+            class_sep=1.5,
+            random_state=SPLIT_SEED,
+        )
         return x, y, "make_classification(2000, 20 features, 10 informative, 10 classes)", True
     if name == "iris":
         data = datasets.load_iris()
@@ -106,13 +113,19 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray, str, bool]:
         x, y = _spiral(900, 3, 0.03, rng)
         return x, y, "three-arm spiral (900, 1.5 turns, noise 0.03)", False
     if name == "quantiles":
-        x, y = datasets.make_gaussian_quantiles(n_samples=900, n_features=4, n_classes=3,
-                                                random_state=SPLIT_SEED)
+        x, y = datasets.make_gaussian_quantiles(n_samples=900, n_features=4, n_classes=3, random_state=SPLIT_SEED)
         return x, y, "make_gaussian_quantiles(900, 4 features, 3 classes)", True
     if name == "classif5":
         x, y = datasets.make_classification(
-            n_samples=1200, n_features=12, n_informative=6, n_redundant=2, n_classes=5,
-            n_clusters_per_class=2, flip_y=0.02, random_state=SPLIT_SEED + 1)
+            n_samples=1200,
+            n_features=12,
+            n_informative=6,
+            n_redundant=2,
+            n_classes=5,
+            n_clusters_per_class=2,
+            flip_y=0.02,
+            random_state=SPLIT_SEED + 1,
+        )
         return x, y, "make_classification(1200, 12 features, 5 classes, 2 clusters each)", True
     raise ValueError(f"problem must be one of {list(PROBLEMS)}, got {name!r}")
 
@@ -128,7 +141,8 @@ def load_problem(name: str) -> Problem:
     idx = np.arange(len(y))
     idx_rest, idx_test = train_test_split(idx, test_size=_TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
     idx_train, idx_val = train_test_split(
-        idx_rest, test_size=_VAL_FRACTION / (1 - _TEST_FRACTION), random_state=SPLIT_SEED, stratify=y[idx_rest])
+        idx_rest, test_size=_VAL_FRACTION / (1 - _TEST_FRACTION), random_state=SPLIT_SEED, stratify=y[idx_rest]
+    )
     if standardise:
         mean, std = x[idx_train].mean(0), x[idx_train].std(0)
         x = (x - mean) / np.where(std > 0, std, 1.0)

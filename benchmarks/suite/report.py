@@ -7,7 +7,8 @@ import math
 import os
 import platform
 import statistics
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -31,20 +32,25 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def summarise_cell(lyanet: list[dict[str, Any]], standard: list[dict[str, Any]], *,
-                   chance: float) -> dict[str, Any]:
+def summarise_cell(lyanet: list[dict[str, Any]], standard: list[dict[str, Any]], *, chance: float) -> dict[str, Any]:
     """One (problem, pattern) cell: LyaNet runs against the tuned standard runs."""
+
     def side(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
         acc = [r["test_acc"] for r in runs]
         times = [time_to(r["curve"], target) for r in runs]
         out: dict[str, Any] = {
-            "acc": _mean(acc), "acc_std": _std(acc), "seeds": [r["seed"] for r in runs],
-            "time_to_target": _median(times), "train_seconds": _mean([r["train_seconds"] for r in runs]),
+            "acc": _mean(acc),
+            "acc_std": _std(acc),
+            "seeds": [r["seed"] for r in runs],
+            "time_to_target": _median(times),
+            "train_seconds": _mean([r["train_seconds"] for r in runs]),
             "seconds_per_epoch": _mean([r["train_seconds"] / r["epochs"] for r in runs]),
             "nfe": _mean([r["nfe"] for r in runs]),
             "v_monotone": _mean([r["v_monotone"] for r in runs]),
             "test_violation": _mean([r["test_violation"] for r in runs]),
-            "objective": runs[0]["objective"], "lr": runs[0]["lr"], "schedule": runs[0]["schedule"],
+            "objective": runs[0]["objective"],
+            "lr": runs[0]["lr"],
+            "schedule": runs[0]["schedule"],
         }
         for t in EARLY_TIMES:
             out[f"err_t{t}"] = 1.0 - _mean([r[f"test_acc_t{t}"] for r in runs])
@@ -56,8 +62,13 @@ def summarise_cell(lyanet: list[dict[str, Any]], standard: list[dict[str, Any]],
     ly, st = side(lyanet, target), side(standard, target)
     ratio = ly["time_to_target"] / st["time_to_target"] if math.isfinite(ly["time_to_target"]) else math.inf
     return {
-        "problem": lyanet[0]["problem"], "pattern": lyanet[0]["pattern"], "method": lyanet[0]["method"],
-        "lyanet": ly, "standard": st, "target": target, "chance": chance,
+        "problem": lyanet[0]["problem"],
+        "pattern": lyanet[0]["pattern"],
+        "method": lyanet[0]["method"],
+        "lyanet": ly,
+        "standard": st,
+        "target": target,
+        "chance": chance,
         "delta": ly["acc"] - st["acc"],
         "time_ratio": ratio,
         "meets_accuracy": ly["acc"] >= st["acc"] - MARGIN - 1e-12,
@@ -92,7 +103,8 @@ def cells_table(cells: list[dict[str, Any]]) -> str:
         flag = "" if c["meets_accuracy"] else " ✗"
         lines.append(
             f"| {c['problem']} | {c['pattern']} | {ly['objective']} "
-            f"| {_pct(ly['acc'])} ± {_pct(ly['acc_std'])}{flag} | {_pct(st['acc'])} ± {_pct(st['acc_std'])}, {st['lr']:g}, "
+            f"| {_pct(ly['acc'])} ± {_pct(ly['acc_std'])}{flag} "
+            f"| {_pct(st['acc'])} ± {_pct(st['acc_std'])}, {st['lr']:g}, "
             f"{st['schedule']} "
             f"| {100 * c['delta']:+.1f} "
             f"| {_pct(ly['err_t0.25'])} / {_pct(st['err_t0.25'])} | {_pct(ly['err_t0.5'])} / {_pct(st['err_t0.5'])} "
@@ -106,18 +118,23 @@ def cells_table(cells: list[dict[str, Any]]) -> str:
 def targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue-7 targets over a set of cells."""
     mc = [c["time_ratio"] for c in cells if c["lyanet"]["objective"] == "monte_carlo"]
-    per_epoch = [c["lyanet"]["seconds_per_epoch"] / c["standard"]["seconds_per_epoch"] for c in cells
-                 if c["lyanet"]["objective"] == "path_integral"]
+    per_epoch = [
+        c["lyanet"]["seconds_per_epoch"] / c["standard"]["seconds_per_epoch"]
+        for c in cells
+        if c["lyanet"]["objective"] == "path_integral"
+    ]
     return {
         "cells": len(cells),
         "accuracy_met": sum(c["meets_accuracy"] for c in cells),
         "at_chance": [f"{c['problem']}/{c['pattern']}" for c in cells if c["at_chance"]],
-        "accuracy_missed": {f"{c['problem']}/{c['pattern']}": round(100 * c["delta"], 1)
-                            for c in cells if not c["meets_accuracy"]},
+        "accuracy_missed": {
+            f"{c['problem']}/{c['pattern']}": round(100 * c["delta"], 1) for c in cells if not c["meets_accuracy"]
+        },
         "mean_delta": _mean([c["delta"] for c in cells]),
         "early_met": sum(c["meets_early"] for c in cells),
-        "early_met_standard": sum(abs(c["standard"]["err_t0.25"] - c["standard"]["err_t1"]) <= MARGIN + 1e-12
-                                  for c in cells),
+        "early_met_standard": sum(
+            abs(c["standard"]["err_t0.25"] - c["standard"]["err_t1"]) <= MARGIN + 1e-12 for c in cells
+        ),
         "speed_met": sum(c["meets_speed"] for c in cells),
         "median_ratio": _median([c["time_ratio"] for c in cells]),
         "median_ratio_monte_carlo": _median(mc) if mc else math.nan,
@@ -131,37 +148,45 @@ def targets_markdown(t: dict[str, Any], *, label: str) -> str:
         return ", ".join(items) if items else "none"
 
     missed = ", ".join(f"{k} ({v:+.1f} pt)" for k, v in t["accuracy_missed"].items()) or "none"
-    return "\n".join([
-        f"**{label}** ({t['cells']} cells):",
-        f"- accuracy within 1 point of tuned standard training: {t['accuracy_met']}/{t['cells']} cells "
-        f"(mean Δ {100 * t['mean_delta']:+.1f} pt); missed: {missed}",
-        f"- cells at chance: {names(t['at_chance'])}",
-        f"- error at t=0.25 within 1 point of t=1: LyaNet {t['early_met']}/{t['cells']}, "
-        f"standard {t['early_met_standard']}/{t['cells']}",
-        f"- reaches the baseline's accuracy - 1 pt no later than standard training: {t['speed_met']}/{t['cells']} "
-        f"(median time ratio {_ratio(t['median_ratio'])}; Monte Carlo cells: {t['monte_carlo_cells']}, "
-        f"median ratio {_ratio(t['median_ratio_monte_carlo'])})",
-        f"- path-integral cost per epoch relative to standard training of the same model (median): "
-        f"{_ratio(t['median_epoch_cost_path_integral'])}",
-    ])
+    return "\n".join(
+        [
+            f"**{label}** ({t['cells']} cells):",
+            f"- accuracy within 1 point of tuned standard training: {t['accuracy_met']}/{t['cells']} cells "
+            f"(mean Δ {100 * t['mean_delta']:+.1f} pt); missed: {missed}",
+            f"- cells at chance: {names(t['at_chance'])}",
+            f"- error at t=0.25 within 1 point of t=1: LyaNet {t['early_met']}/{t['cells']}, "
+            f"standard {t['early_met_standard']}/{t['cells']}",
+            f"- reaches the baseline's accuracy - 1 pt no later than standard training: {t['speed_met']}/{t['cells']} "
+            f"(median time ratio {_ratio(t['median_ratio'])}; Monte Carlo cells: {t['monte_carlo_cells']}, "
+            f"median ratio {_ratio(t['median_ratio_monte_carlo'])})",
+            f"- path-integral cost per epoch relative to standard training of the same model (median): "
+            f"{_ratio(t['median_epoch_cost_path_integral'])}",
+        ]
+    )
 
 
 def machine(threads_per_run: int = 1) -> str:
-    return (f"{platform.machine()} ({platform.platform()}), {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{threads_per_run} intra-op thread(s) per run")
+    return (
+        f"{platform.machine()} ({platform.platform()}), {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{threads_per_run} intra-op thread(s) per run"
+    )
 
 
 def variant_table(rows: list[dict[str, Any]]) -> str:
     """Lever study: one row per variant, its targets over the cells."""
-    lines = ["| variant | cells within 1 pt | mean Δ (pt) | worst Δ (pt) | at chance | early-termination met "
-             "| speed met | median time ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | cells within 1 pt | mean Δ (pt) | worst Δ (pt) | at chance | early-termination met "
+        "| speed met | median time ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         t = row["targets"]
         worst = min(row["deltas"]) if row["deltas"] else math.nan
-        lines.append(f"| {row['name']} | {t['accuracy_met']}/{t['cells']} | {100 * t['mean_delta']:+.1f} "
-                     f"| {100 * worst:+.1f} | {len(t['at_chance'])} | {t['early_met']}/{t['cells']} "
-                     f"| {t['speed_met']}/{t['cells']} | {_ratio(t['median_ratio'])} |")
+        lines.append(
+            f"| {row['name']} | {t['accuracy_met']}/{t['cells']} | {100 * t['mean_delta']:+.1f} "
+            f"| {100 * worst:+.1f} | {len(t['at_chance'])} | {t['early_met']}/{t['cells']} "
+            f"| {t['speed_met']}/{t['cells']} | {_ratio(t['median_ratio'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -173,29 +198,36 @@ CELL_GROUPS = {"paper cells": lambda pattern: pattern == "paper", "path cells": 
 def variant_groups_table(rows: list[dict[str, Any]]) -> str:
     """Lever study per cell group: within 1 pt, mean and worst Δ, median time ratio and the
     cells that never reach the target, for the paper cells and the other (path) cells."""
-    lines = ["| variant | cells | within 1 pt | mean Δ (pt) | worst Δ (pt) | median time ratio | never |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | cells | within 1 pt | mean Δ (pt) | worst Δ (pt) | median time ratio | never |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         for group, member in CELL_GROUPS.items():
             cells = [c for c in row["cells"] if member(c["pattern"])]
             if not cells:
                 continue
             deltas = [c["delta"] for c in cells]
-            ratios = [c["time_ratio"] for c in cells]          # inf: never reaches the target
+            ratios = [c["time_ratio"] for c in cells]  # inf: never reaches the target
             within = sum(d >= -MARGIN - 1e-12 for d in deltas)
             never = sum(not math.isfinite(r) for r in ratios)
-            lines.append(f"| {row['name']} | {group} ({len(cells)}) | {within}/{len(cells)} | "
-                         f"{100 * _mean(deltas):+.1f} | {100 * min(deltas):+.1f} | {_ratio(_median(ratios))} | "
-                         f"{never} |")
+            lines.append(
+                f"| {row['name']} | {group} ({len(cells)}) | {within}/{len(cells)} | "
+                f"{100 * _mean(deltas):+.1f} | {100 * min(deltas):+.1f} | {_ratio(_median(ratios))} | "
+                f"{never} |"
+            )
     return "\n".join(lines)
 
 
-def note(problems: Sequence[Any], seeds: Sequence[int], extra: Optional[str] = None, *,
-         machine_line: Optional[str] = None) -> str:
+def note(
+    problems: Sequence[Any], seeds: Sequence[int], extra: Optional[str] = None, *, machine_line: Optional[str] = None
+) -> str:
     parts = ["; ".join(f"{p.name}: {p.description}" for p in problems)]
-    parts.append(f"seeds {list(seeds)}; standard training (`mode=\"standard\"`) at the best of lr 1e-3, 3e-3, 1e-2 "
-                 f"and a cosine or constant schedule by validation accuracy (seed {seeds[0]}), Adam; LyaNet: "
-                 "`LyapunovTrainer(model)` defaults (Adam, lr 1e-2, cosine schedule)")
+    parts.append(
+        f'seeds {list(seeds)}; standard training (`mode="standard"`) at the best of lr 1e-3, 3e-3, 1e-2 '
+        f"and a cosine or constant schedule by validation accuracy (seed {seeds[0]}), Adam; LyaNet: "
+        "`LyapunovTrainer(model)` defaults (Adam, lr 1e-2, cosine schedule)"
+    )
     if extra:
         parts.append(extra)
     parts.append(f"machine: {machine_line if machine_line is not None else machine()}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.randperm(len(self.y), generator=self.generator)
         for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             yield self.x[index], self.y[index]
 
     def __len__(self) -> int:
@@ -78,9 +79,17 @@ def _accuracy(trainer: LyapunovTrainer, x: Tensor, y: Tensor, t_end: Optional[fl
     return float((trainer.predict(x, t_end=t_end).argmax(-1) == y).double().mean())
 
 
-def run(problem: Problem, pattern: str, method: Method, *, seed: int, lr: Optional[float] = None,
-        schedule: Optional[str] = None, epochs: Optional[int] = None, keep: Optional[dict[str, Any]] = None
-        ) -> dict[str, Any]:
+def run(
+    problem: Problem,
+    pattern: str,
+    method: Method,
+    *,
+    seed: int,
+    lr: Optional[float] = None,
+    schedule: Optional[str] = None,
+    epochs: Optional[int] = None,
+    keep: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """Train ``pattern`` on ``problem`` with ``method``; return curves and final metrics.
 
     ``lr`` and ``schedule`` (``"cosine"`` or ``"constant"``) override the method's (the
@@ -115,8 +124,9 @@ def run(problem: Problem, pattern: str, method: Method, *, seed: int, lr: Option
     ts = torch.linspace(0.0, trainer.t_end, 11)
     potential = CrossEntropyPotential()
     with torch.no_grad():
-        monotone = decay_statistics(trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts,
-                                    only_correct=False).monotone_fraction
+        monotone = decay_statistics(
+            trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts, only_correct=False
+        ).monotone_fraction
         violation = trajectory_violation_rate(trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts)
         nfe = nfe_to_end(trainer.model, x, t_end=trainer.t_end)
     return {

@@ -8,8 +8,9 @@ that one lever does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,12 +42,18 @@ def _previous_default(problem, pattern):
     rollouts (Appendix B's half-width for an identity readout), 32 samples, Adam 1e-3;
     path integral through the model's own solver where the field does not see the input."""
     if pattern in ("plain", "augmented", "torchdiffeq"):
-        return {"objective": PathIntegralObjective(steps=10, form="discrete", solver="model"), "lr": 1e-3,
-                "scheduler": "constant"}
+        return {
+            "objective": PathIntegralObjective(steps=10, form="discrete", solver="model"),
+            "lr": 1e-3,
+            "scheduler": "constant",
+        }
     half_width = appendix_b_half_width(10.0, problem.num_classes) if pattern == "paper" else 1.0
     sampler = HypercubeSampler(half_width=half_width, cover=2.0)
-    return {"objective": MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(),
-                                             num_samples=32), "lr": 1e-3, "scheduler": "constant"}
+    return {
+        "objective": MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=32),
+        "lr": 1e-3,
+        "scheduler": "constant",
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,15 +67,18 @@ class PathWithTerminalLoss(Objective):
     def __call__(self, model, x, y, *, kappa=10.0, generator=None):  # type: ignore[no-untyped-def]
         path = PathIntegralObjective()(model, x, y, kappa=kappa, generator=generator)
         terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4))(model, x, y)
-        return LyapunovLossOutput(loss=path.loss + self.weight * terminal.loss, pointwise=path.pointwise,
-                                  v=path.v, v_dot=path.v_dot)
+        return LyapunovLossOutput(
+            loss=path.loss + self.weight * terminal.loss, pointwise=path.pointwise, v=path.v, v_dot=path.v_dot
+        )
 
 
 def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, Any], dict[str, Any]]:
     """Lever: a learning-rate schedule ``lr * factor(epoch, epochs)`` over the problem's budget."""
+
     def kwargs(problem: Any, pattern: str) -> dict[str, Any]:
         epochs = budget(len(problem.y_train))[1]
         return {"scheduler": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor(e, epochs))}
+
     return kwargs
 
 
@@ -92,34 +102,71 @@ VARIANTS: dict[str, Method] = {
         Method("lr_3e-3", lambda problem, pattern: {"lr": 3e-3}),
         Method("grad_clip_1", lambda problem, pattern: {"grad_clip": 1.0}),
         Method("constant_lr", lambda problem, pattern: {"scheduler": "constant"}),
-        Method("monte_carlo_everywhere", lambda problem, pattern: {"objective": MonteCarloObjective()},
-               patterns=PATH_PATTERNS),
-        Method("path_everywhere", lambda problem, pattern: {"objective": PathIntegralObjective()},
-               patterns=MC_PATTERNS),
-        Method("path_discrete", lambda problem, pattern: {"objective": PathIntegralObjective(form="discrete")},
-               patterns=PATH_PATTERNS),
-        Method("path_model_solver", lambda problem, pattern: {"objective": PathIntegralObjective(solver="model")},
-               patterns=PATH_PATTERNS),
-        Method("path_detach_v", lambda problem, pattern: {"objective": PathIntegralObjective(detach_v=True)},
-               patterns=PATH_PATTERNS),
-        Method("path_steps_8", lambda problem, pattern: {"objective": PathIntegralObjective(steps=8)},
-               patterns=PATH_PATTERNS),
-        Method("mc_no_noise", lambda problem, pattern: {
-            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))},
-               patterns=MC_PATTERNS),
-        Method("mc_noise_to_1", lambda problem, pattern: {
-            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0)))},
-               patterns=MC_PATTERNS),
-        Method("mc_noise_to_3", lambda problem, pattern: {
-            "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))},
-               patterns=MC_PATTERNS),
-        Method("path_terminal_0.1", lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=0.1)},
-               patterns=PATH_PATTERNS),
-        Method("path_terminal_1", lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=1.0)},
-               patterns=PATH_PATTERNS),
+        Method(
+            "monte_carlo_everywhere",
+            lambda problem, pattern: {"objective": MonteCarloObjective()},
+            patterns=PATH_PATTERNS,
+        ),
+        Method(
+            "path_everywhere", lambda problem, pattern: {"objective": PathIntegralObjective()}, patterns=MC_PATTERNS
+        ),
+        Method(
+            "path_discrete",
+            lambda problem, pattern: {"objective": PathIntegralObjective(form="discrete")},
+            patterns=PATH_PATTERNS,
+        ),
+        Method(
+            "path_model_solver",
+            lambda problem, pattern: {"objective": PathIntegralObjective(solver="model")},
+            patterns=PATH_PATTERNS,
+        ),
+        Method(
+            "path_detach_v",
+            lambda problem, pattern: {"objective": PathIntegralObjective(detach_v=True)},
+            patterns=PATH_PATTERNS,
+        ),
+        Method(
+            "path_steps_8",
+            lambda problem, pattern: {"objective": PathIntegralObjective(steps=8)},
+            patterns=PATH_PATTERNS,
+        ),
+        Method(
+            "mc_no_noise",
+            lambda problem, pattern: {
+                "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))
+            },
+            patterns=MC_PATTERNS,
+        ),
+        Method(
+            "mc_noise_to_1",
+            lambda problem, pattern: {
+                "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0)))
+            },
+            patterns=MC_PATTERNS,
+        ),
+        Method(
+            "mc_noise_to_3",
+            lambda problem, pattern: {
+                "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))
+            },
+            patterns=MC_PATTERNS,
+        ),
+        Method(
+            "path_terminal_0.1",
+            lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=0.1)},
+            patterns=PATH_PATTERNS,
+        ),
+        Method(
+            "path_terminal_1",
+            lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=1.0)},
+            patterns=PATH_PATTERNS,
+        ),
         Method("cosine_to_0.2", _epoch_schedule(_cosine_to_floor), patterns=PATH_PATTERNS),
         Method("constant_then_cosine", _epoch_schedule(_constant_then_cosine), patterns=PATH_PATTERNS),
-        Method("mc_32_samples", lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
-               patterns=MC_PATTERNS),
+        Method(
+            "mc_32_samples",
+            lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
+            patterns=MC_PATTERNS,
+        ),
     )
 }

@@ -36,14 +36,16 @@ class Split:
     image_shape: tuple[int, ...]
 
     def loaders(self, batch_size: int, *, test_batch_size: int = 512, generator: Optional[torch.Generator] = None):
-        train = DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=batch_size, shuffle=True,
-                           generator=generator)
+        train = DataLoader(
+            TensorDataset(self.x_train, self.y_train), batch_size=batch_size, shuffle=True, generator=generator
+        )
         test = DataLoader(TensorDataset(self.x_test, self.y_test), batch_size=test_batch_size, shuffle=False)
         return train, test
 
 
-def digits(*, test_fraction: float = DIGITS_TEST_FRACTION, seed: int = DIGITS_SPLIT_SEED,
-           limit: Optional[int] = None) -> Split:
+def digits(
+    *, test_fraction: float = DIGITS_TEST_FRACTION, seed: int = DIGITS_SPLIT_SEED, limit: Optional[int] = None
+) -> Split:
     """scikit-learn digits as (N, 1, 8, 8) float images in [0, 1], stratified split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -83,8 +85,9 @@ VISION_SETS = {
 }
 
 
-def vision_dataset(name: str, *, root: str, download: bool = False, fake: bool = False,
-                   fake_size: int = 64) -> tuple[Dataset, Dataset, int, tuple[int, ...]]:
+def vision_dataset(
+    name: str, *, root: str, download: bool = False, fake: bool = False, fake_size: int = 64
+) -> tuple[Dataset, Dataset, int, tuple[int, ...]]:
     """Train and test sets of FashionMNIST / CIFAR-10 / CIFAR-100 as [0, 1] tensors.
 
     With ``fake=True`` the same pipeline serves ``torchvision.datasets.FakeData`` of the
@@ -101,8 +104,11 @@ def vision_dataset(name: str, *, root: str, download: bool = False, fake: bool =
         train = torchvision.datasets.FakeData(fake_size, shape, classes, transform=to_tensor, random_offset=0)
         test = torchvision.datasets.FakeData(fake_size // 2, shape, classes, transform=to_tensor, random_offset=1)
         return train, test, classes, shape
-    cls = {"FashionMNIST": torchvision.datasets.FashionMNIST, "CIFAR10": torchvision.datasets.CIFAR10,
-           "CIFAR100": torchvision.datasets.CIFAR100}[cls_name]
+    cls = {
+        "FashionMNIST": torchvision.datasets.FashionMNIST,
+        "CIFAR10": torchvision.datasets.CIFAR10,
+        "CIFAR100": torchvision.datasets.CIFAR100,
+    }[cls_name]
     train = cls(root, train=True, download=download, transform=to_tensor)
     test = cls(root, train=False, download=download, transform=to_tensor)
     return train, test, classes, shape
@@ -111,6 +117,5 @@ def vision_dataset(name: str, *, root: str, download: bool = False, fake: bool =
 def as_tensors(dataset: Dataset, limit: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack a (small) dataset into tensors."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    xs, ys = zip(*(dataset[i] for i in range(n)))
+    xs, ys = zip(*(dataset[i] for i in range(n)), strict=False)
     return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
-

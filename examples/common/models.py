@@ -34,8 +34,14 @@ def dopri5(rtol: float = 1e-3, atol: float = 1e-3, first_step: Optional[float] =
     return partial(torchdiffeq.odeint, method="dopri5", rtol=rtol, atol=atol, options=options)
 
 
-def image_encoder(x_train: torch.Tensor, *, out_dim: int, hidden: int = 64, lipschitz: Optional[float] = None,
-                  activation: str = "relu") -> nn.Module:
+def image_encoder(
+    x_train: torch.Tensor,
+    *,
+    out_dim: int,
+    hidden: int = 64,
+    lipschitz: Optional[float] = None,
+    activation: str = "relu",
+) -> nn.Module:
     """Flatten -> standardise (training statistics) -> 2-layer MLP; spectrally normalised
     with overall scale ``lipschitz`` if given."""
     in_dim = int(x_train[0].numel())
@@ -72,8 +78,13 @@ def digits_node(
     if dynamics == "mlp":
         field: nn.Module = MLPDynamics(num_classes, context_dim, (hidden,))
     elif dynamics == "simplex":
-        field = SimplexDynamics(num_classes, context_dim, half_width=appendix_b_half_width(kappa, num_classes),
-                                gain=gain if gain is not None else 2.0 * kappa, hidden=(hidden,))
+        field = SimplexDynamics(
+            num_classes,
+            context_dim,
+            half_width=appendix_b_half_width(kappa, num_classes),
+            gain=gain if gain is not None else 2.0 * kappa,
+            hidden=(hidden,),
+        )
     else:
         raise ValueError(f"dynamics must be 'mlp' or 'simplex', got {dynamics!r}")
     return ODEModel(field, state_shape=(num_classes,), encoder=encoder, solver=solver)

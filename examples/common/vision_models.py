@@ -92,8 +92,9 @@ def narrow_resnet18(in_channels: int, num_classes: int, width: int) -> nn.Module
             stride = 2 if stage > 0 and block == 0 else 1
             downsample = None
             if stride != 1 or inplanes != planes:
-                downsample = nn.Sequential(nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False),
-                                           nn.BatchNorm2d(planes))
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                )
             layers.append(BasicBlock(inplanes, planes, stride, downsample))
             inplanes = planes
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, num_classes)]
@@ -163,8 +164,15 @@ class FlowParts:
         return self.state_shape is not None
 
 
-def node_parts(dataset: str, in_channels: int, num_classes: int, *, width: int = RESNET18_WIDTH,
-               context_dim: int = 64, hidden: int = 64) -> FlowParts:
+def node_parts(
+    dataset: str,
+    in_channels: int,
+    num_classes: int,
+    *,
+    width: int = RESNET18_WIDTH,
+    context_dim: int = 64,
+    hidden: int = 64,
+) -> FlowParts:
     """Data-controlled Neural ODE (Section 5.1): ResNet-18 trunk -> context vector,
     :class:`~lyapunov_plugin.blocks.MLPDynamics` over ``[eta, context, t]``, a state of
     ``num_classes`` dimensions, ``eta(0) = 0``, identity readout."""
@@ -173,16 +181,20 @@ def node_parts(dataset: str, in_channels: int, num_classes: int, *, width: int =
     return FlowParts(encoder, dynamics, nn.Identity(), (num_classes,))
 
 
-def continuous_parts(dataset: str, in_channels: int, num_classes: int, *, width: int = RESNET18_WIDTH,
-                     hidden: int = RESNET18_WIDTH) -> FlowParts:
+def continuous_parts(
+    dataset: str, in_channels: int, num_classes: int, *, width: int = RESNET18_WIDTH, hidden: int = RESNET18_WIDTH
+) -> FlowParts:
     """Continuous-in-depth network (Queiruga et al., 2020): stem -> ODE block over a
     ``(width, H/2, W/2)`` feature map with :class:`ConvDynamics` -> global average pool
     -> linear readout; ``eta(0)`` is the stem's output."""
     stem = nn.Sequential(
         standardize(dataset),
-        nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
         nn.Conv2d(width, width, kernel_size=3, stride=CONTINUOUS_STEM_STRIDE, padding=1, bias=False),
-        nn.BatchNorm2d(width), nn.ReLU(),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
     )
     readout = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
     return FlowParts(stem, ConvDynamics(width, hidden), readout, None)
@@ -229,11 +241,23 @@ def assemble(parts: FlowParts, *, adjoint: bool = False) -> nn.Module:
         from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel
 
         field = _ContextField(parts.dynamics) if parts.data_controlled else _StateField(parts.dynamics)
-        return TorchdiffeqModel(field, encoder=parts.encoder, readout=parts.readout, state_shape=parts.state_shape,
-                                method="rk4", options={"step_size": 1.0 / TRAIN_STEPS}, adjoint=True)
-    model = ODEModel(parts.dynamics, state_shape=parts.state_shape, encoder=parts.encoder,
-                     initial_state=None if parts.data_controlled else nn.Identity(), readout=parts.readout,
-                     solver=FixedStepSolver(method="rk4", steps=TRAIN_STEPS))
+        return TorchdiffeqModel(
+            field,
+            encoder=parts.encoder,
+            readout=parts.readout,
+            state_shape=parts.state_shape,
+            method="rk4",
+            options={"step_size": 1.0 / TRAIN_STEPS},
+            adjoint=True,
+        )
+    model = ODEModel(
+        parts.dynamics,
+        state_shape=parts.state_shape,
+        encoder=parts.encoder,
+        initial_state=None if parts.data_controlled else nn.Identity(),
+        readout=parts.readout,
+        solver=FixedStepSolver(method="rk4", steps=TRAIN_STEPS),
+    )
     # ODEModel declares every model data-controlled; this one's dynamics see the input
     # only through eta(0) (the attribute the LyapunovModel protocol reads).
     model.conditioned_on_input = parts.data_controlled

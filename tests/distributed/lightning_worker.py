@@ -21,11 +21,19 @@ from .worker import EXAMPLES, build, flat
 def main(out: str) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    module = LyapunovModule(build(seed=rank))      # different weights per rank: DDP broadcasts rank 0's
+    module = LyapunovModule(build(seed=rank))  # different weights per rank: DDP broadcasts rank 0's
     before = flat(module.net)
     x, y = blobs(EXAMPLES, seed=1)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
     record = {"rank": rank, "before": before, "after": flat(module.net), "world_size": trainer.world_size}
     (Path(out) / f"lightning_rank{rank}.json").write_text(json.dumps(record))

@@ -49,7 +49,7 @@ def test_every_rank_holds_the_same_parameters_after_every_step(path_run):
     _, (rank0, rank1) = path_run
     steps = EXAMPLES // (2 * BATCH) * 2
     assert len(rank0["steps"]) == len(rank1["steps"]) == steps
-    assert rank0["steps"] == rank1["steps"]                     # bit-identical, step by step
+    assert rank0["steps"] == rank1["steps"]  # bit-identical, step by step
     assert rank0["history"][-1]["train_loss"] == rank1["history"][-1]["train_loss"]  # metrics reduced
 
 
@@ -88,14 +88,53 @@ def test_monte_carlo_ranks_draw_different_samples_and_stay_in_step(tmp_path):
 def test_the_vision_example_trains_data_parallel(tmp_path):
     """``torchrun ... -m examples.vision --strategy ddp`` on FakeData: every rank trains, rank 0
     writes the results."""
-    _launch("examples.vision", "--strategy", "ddp", "--dataset", "fashionmnist", "--fake", "--epochs", "1",
-            "--limit", "32", "--test-limit", "16", "--models", "node", "--width", "4", "--context-dim", "8",
-            "--hidden", "8", "--batch-size", "8", "--attack-examples", "4", "--attack-steps", "1",
-            "--strong-steps", "1", "--strong-restarts", "1", "--apgd-steps", "0", "--square-queries", "0",
-            "--sweep-eps", "0.1", "--no-transfer", "--optimizer", "adam", "--out-dir", str(tmp_path), timeout=600)
+    _launch(
+        "examples.vision",
+        "--strategy",
+        "ddp",
+        "--dataset",
+        "fashionmnist",
+        "--fake",
+        "--epochs",
+        "1",
+        "--limit",
+        "32",
+        "--test-limit",
+        "16",
+        "--models",
+        "node",
+        "--width",
+        "4",
+        "--context-dim",
+        "8",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "8",
+        "--attack-examples",
+        "4",
+        "--attack-steps",
+        "1",
+        "--strong-steps",
+        "1",
+        "--strong-restarts",
+        "1",
+        "--apgd-steps",
+        "0",
+        "--square-queries",
+        "0",
+        "--sweep-eps",
+        "0.1",
+        "--no-transfer",
+        "--optimizer",
+        "adam",
+        "--out-dir",
+        str(tmp_path),
+        timeout=600,
+    )
     result = json.loads((tmp_path / "vision_fashionmnist_fake.json").read_text())
     assert "x 2 ranks (DDP)" in result["setup"]["device"]
-    assert len(result["runs"]) == 2                              # node/standard and node/lyanet
+    assert len(result["runs"]) == 2  # node/standard and node/lyanet
 
 
 def test_lightning_ddp_keeps_the_ranks_in_step(tmp_path):
@@ -105,8 +144,8 @@ def test_lightning_ddp_keeps_the_ranks_in_step(tmp_path):
     _launch("tests.distributed.lightning_worker", str(tmp_path))
     rank0, rank1 = (json.loads((tmp_path / f"lightning_rank{r}.json").read_text()) for r in range(2))
     assert rank0["world_size"] == 2
-    assert rank0["before"] != rank1["before"]          # the ranks started from different weights
-    assert rank0["after"] == rank1["after"]            # and end identical
+    assert rank0["before"] != rank1["before"]  # the ranks started from different weights
+    assert rank0["after"] == rank1["after"]  # and end identical
     assert rank0["after"] != rank0["before"]
 
 

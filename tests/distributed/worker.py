@@ -21,14 +21,18 @@ from lyapunov_plugin.blocks import MLPDynamics
 
 from ..models import blobs
 
-BATCH = 16          # per rank
+BATCH = 16  # per rank
 EXAMPLES = 128
 
 
 def build(seed: int = 0) -> ODEModel:
     torch.manual_seed(seed)
-    return ODEModel(MLPDynamics(2, 2, (16,)), state_shape=(2,), encoder=nn.Linear(2, 2),
-                    solver=FixedStepSolver(method="rk4", steps=4))
+    return ODEModel(
+        MLPDynamics(2, 2, (16,)),
+        state_shape=(2,),
+        encoder=nn.Linear(2, 2),
+        solver=FixedStepSolver(method="rk4", steps=4),
+    )
 
 
 def trainer_for(model, mode: str) -> LyapunovTrainer:
@@ -52,10 +56,15 @@ def main(out: str, mode: str) -> None:
     trainer.optimizer.register_step_post_hook(lambda *_: steps.append(flat(trainer.model)))
     trainer.fit(loader, epochs=2, checkpoint_path=Path(out) / "checkpoint.pt")
     draws = torch.rand(4, generator=trainer.generator).tolist()
-    record = {"rank": rank, "steps": steps, "draws": draws, "history": trainer.history,
-              "world_size": dist.get_world_size()}
+    record = {
+        "rank": rank,
+        "steps": steps,
+        "draws": draws,
+        "history": trainer.history,
+        "world_size": dist.get_world_size(),
+    }
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
-    dist.barrier()              # nobody leaves the group while another rank still uses it
+    dist.barrier()  # nobody leaves the group while another rank still uses it
     dist.destroy_process_group()
 
 

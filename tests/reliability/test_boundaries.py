@@ -43,9 +43,41 @@ from .state import assert_unchanged, snapshot
 #: Inputs tried by the fuzzes of this module, reported by conftest's terminal summary.
 FUZZ_COUNTS: dict[str, int] = {}
 
-GARBAGE = [None, True, False, 0, 1, -1, 3, 0.5, 2.5, -0.5, 1e-9, math.nan, math.inf, -math.inf, 10**30, "",
-           "x", "1", "cpu", "raise", "skip", "cosine", "constant", "adam", "epoch", "monte_carlo", [], {}, (1,),
-           object(), torch.tensor(1.0), torch.tensor([1.0, 2.0]), torch.device("cpu")]
+GARBAGE = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    3,
+    0.5,
+    2.5,
+    -0.5,
+    1e-9,
+    math.nan,
+    math.inf,
+    -math.inf,
+    10**30,
+    "",
+    "x",
+    "1",
+    "cpu",
+    "raise",
+    "skip",
+    "cosine",
+    "constant",
+    "adam",
+    "epoch",
+    "monte_carlo",
+    [],
+    {},
+    (1,),
+    object(),
+    torch.tensor(1.0),
+    torch.tensor([1.0, 2.0]),
+    torch.device("cpu"),
+]
 
 
 def _count(name: str) -> None:
@@ -54,8 +86,9 @@ def _count(name: str) -> None:
 
 def _model(seed: int = 0) -> ODEModel:
     torch.manual_seed(seed)
-    return ODEModel(MLPDynamics(2, 2, (8,)), state_shape=(2,), encoder=nn.Identity(),
-                    solver=FixedStepSolver(method="rk4", steps=2))
+    return ODEModel(
+        MLPDynamics(2, 2, (8,)), state_shape=(2,), encoder=nn.Identity(), solver=FixedStepSolver(method="rk4", steps=2)
+    )
 
 
 def _real(v):
@@ -91,8 +124,11 @@ VALID = {
 def test_the_trainer_constructor_accepts_exactly_the_valid_values(argument, value):
     _count("LyapunovTrainer(...) arguments")
     try:
-        trainer = LyapunovTrainer(_model(), progress=False, **{argument: value}) if argument != "progress" \
+        trainer = (
+            LyapunovTrainer(_model(), progress=False, **{argument: value})
+            if argument != "progress"
             else LyapunovTrainer(_model(), progress=value)
+        )
     except (TypeError, ValueError) as err:
         assert not VALID[argument](value), f"{argument}={value!r} is valid but was refused: {err}"
         assert argument in str(err), f"the message does not name {argument}: {err}"
@@ -101,10 +137,14 @@ def test_the_trainer_constructor_accepts_exactly_the_valid_values(argument, valu
     assert isinstance(trainer, LyapunovTrainer)
 
 
-@given(dtype=st.sampled_from([torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float32,
-                              torch.bool]),
-       low=st.integers(-3, 4), high=st.integers(-3, 6), batch=st.integers(1, 5), extra_dim=st.booleans(),
-       potential=st.sampled_from([CrossEntropyPotential(), MarginPotential()]))
+@given(
+    dtype=st.sampled_from([torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float32, torch.bool]),
+    low=st.integers(-3, 4),
+    high=st.integers(-3, 6),
+    batch=st.integers(1, 5),
+    extra_dim=st.booleans(),
+    potential=st.sampled_from([CrossEntropyPotential(), MarginPotential()]),
+)
 def test_class_labels_are_used_or_refused_with_the_argument_named(dtype, low, high, batch, extra_dim, potential):
     _count("potential targets")
     classes = 3
@@ -116,8 +156,12 @@ def test_class_labels_are_used_or_refused_with_the_argument_named(dtype, low, hi
     target = values.to(dtype)
     if extra_dim:
         target = target[:, None]
-    valid = (dtype not in (torch.float32, torch.bool) and not extra_dim
-             and int(values.min()) >= 0 and int(values.max()) < classes)
+    valid = (
+        dtype not in (torch.float32, torch.bool)
+        and not extra_dim
+        and int(values.min()) >= 0
+        and int(values.max()) < classes
+    )
     try:
         v = potential.value(logits, target)
     except (TypeError, ValueError) as err:
@@ -148,12 +192,17 @@ def _calls(tmp_path, x, y):
         "fit(epochs=0)": (lambda t: t.fit(loader(x, y), 0), ValueError, "epochs"),
         "fit(epochs='3')": (lambda t: t.fit(loader(x, y), "3"), TypeError, "epochs"),
         "fit(val_loader=5)": (lambda t: t.fit(loader(x, y), 2, val_loader=5), TypeError, "val_loader"),
-        "fit(checkpoint_path=dir)": (lambda t: t.fit(loader(x, y), 2, checkpoint_path=tmp_path), ValueError,
-                                     "checkpoint_path"),
-        "fit(checkpoint_path=3)": (lambda t: t.fit(loader(x, y), 2, checkpoint_path=3), TypeError,
-                                   "checkpoint_path"),
-        "fit(metrics_path=.txt)": (lambda t: t.fit(loader(x, y), 2, metrics_path=tmp_path / "m.txt"), ValueError,
-                                   "metrics_path"),
+        "fit(checkpoint_path=dir)": (
+            lambda t: t.fit(loader(x, y), 2, checkpoint_path=tmp_path),
+            ValueError,
+            "checkpoint_path",
+        ),
+        "fit(checkpoint_path=3)": (lambda t: t.fit(loader(x, y), 2, checkpoint_path=3), TypeError, "checkpoint_path"),
+        "fit(metrics_path=.txt)": (
+            lambda t: t.fit(loader(x, y), 2, metrics_path=tmp_path / "m.txt"),
+            ValueError,
+            "metrics_path",
+        ),
         "fit(labels out of range)": (lambda t: t.fit([(x, y + 5)], 2), ValueError, "target"),
         "fit(float labels)": (lambda t: t.fit([(x, y.float())], 2), TypeError, "target"),
         "fit(y batch)": (lambda t: t.fit([(x, y[:5])], 2), ValueError, "y"),
@@ -226,7 +275,7 @@ def test_numpy_style_inputs_are_cast_to_the_model():
         trainer = LyapunovTrainer(_model(), progress=False, seed=0)
         trainer.fit(loader(features, labels, shuffle=False), epochs=2)
         runs.append(trainer)
-    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
+    for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert runs[1].predict(x.double()).dtype == torch.float32
     assert runs[1].evaluate((x.double(), y.to(torch.int16))) == runs[0].evaluate((x, y))
@@ -251,9 +300,11 @@ def test_objectives_and_losses_name_bad_arguments():
         _count("objective calls")
 
 
-@given(like=st.sampled_from(["x", None, torch.zeros(1, dtype=torch.long), torch.zeros(2)]),
-       shape=st.sampled_from([(2, 3), "ab", (2, -1), (True, 2), 3, [4]]),
-       sampler=st.sampled_from([UniformTimeSampler(), StratifiedTimeSampler()]))
+@given(
+    like=st.sampled_from(["x", None, torch.zeros(1, dtype=torch.long), torch.zeros(2)]),
+    shape=st.sampled_from([(2, 3), "ab", (2, -1), (True, 2), 3, [4]]),
+    sampler=st.sampled_from([UniformTimeSampler(), StratifiedTimeSampler()]),
+)
 def test_time_samplers_name_a_bad_like_or_shape(like, shape, sampler):
     _count("time sampler calls")
     valid_like = isinstance(like, torch.Tensor) and like.is_floating_point()
@@ -334,8 +385,13 @@ def test_adapters_validate_their_settings_and_time_grids():
         (lambda: TorchdiffeqModel(func, rtol=-1), ValueError, "rtol"),
     ]
     model = TorchdiffeqModel(func)
-    for ts in (torch.tensor([0.0, math.nan]), torch.tensor([0.0, 1.0, 0.5]), torch.zeros(2, 2), torch.tensor([0.0]),
-               torch.tensor([0, 1])):
+    for ts in (
+        torch.tensor([0.0, math.nan]),
+        torch.tensor([0.0, 1.0, 0.5]),
+        torch.zeros(2, 2),
+        torch.tensor([0.0]),
+        torch.tensor([0, 1]),
+    ):
         cases.append((lambda ts=ts: model.trajectory(torch.randn(3, 2), ts), (TypeError, ValueError), "ts"))
     for call, error, mentioned in cases:
         with pytest.raises(error, match=mentioned):

@@ -19,8 +19,9 @@ from .state import snapshot as _snapshot
 
 def _trainer(optimizer="adam", seed=0):
     torch.manual_seed(seed)
-    model = ODEModel(MLPDynamics(2, 2, (8,)), state_shape=(2,), encoder=nn.Identity(),
-                     solver=FixedStepSolver(method="rk4", steps=2))
+    model = ODEModel(
+        MLPDynamics(2, 2, (8,)), state_shape=(2,), encoder=nn.Identity(), solver=FixedStepSolver(method="rk4", steps=2)
+    )
     return LyapunovTrainer(model, optimizer=optimizer, progress=False, seed=seed)
 
 
