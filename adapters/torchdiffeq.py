@@ -28,23 +28,15 @@ from typing import Any, Optional, cast
 import torch
 from torch import Tensor, nn
 
-from lyapunov_plugin._validation import (
+from lyapunov_plugin.adapter import (
+    NeuralODEAdapter,
+    Solution,
     check_choice,
-    check_finite,
     check_positive,
     check_positive_int,
-    check_tensor,
-    check_time_grid,
+    check_shape_sequence,
 )
 from lyapunov_plugin.budget import DEFAULT_MAX_EVALUATIONS, EvaluationBudget, SolverError
-from lyapunov_plugin.model import (
-    Solution,
-    check_initial_state,
-    check_model,
-    check_velocity,
-    expand_to_batch,
-    readout_at,
-)
 
 from ._time import PerSampleTime, select_rows
 
@@ -136,7 +128,7 @@ class _Counted(nn.Module):
         return out
 
 
-class TorchdiffeqModel(nn.Module):
+class TorchdiffeqModel(NeuralODEAdapter):
     """A torchdiffeq vector field with input layer and readout (see module docstring).
 
     Arguments:
@@ -154,6 +146,8 @@ class TorchdiffeqModel(nn.Module):
             ``AssertionError`` about ``dt`` underflowing, after a long time).
     """
 
+    field_name = "func"
+
     def __init__(
         self,
         func: Callable[..., Tensor],
@@ -169,7 +163,6 @@ class TorchdiffeqModel(nn.Module):
         t_end: float = 1.0,
         max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     ) -> None:
-        super().__init__()
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y) or func(t, y, context), got {type(func).__name__}")
         registry = _solver_registry()
@@ -182,17 +175,15 @@ class TorchdiffeqModel(nn.Module):
                 f"func must be an nn.Module for adjoint=True (odeint_adjoint needs its parameters), "
                 f"got {type(func).__name__}"
             )
+        super().__init__(t_end=t_end, conditioned_on_input=takes_context(func))
         self.func = func
-        self.conditioned_on_input = takes_context(func)
         if state_shape is not None:
+            shape = check_shape_sequence("state_shape", state_shape)
             if not self.conditioned_on_input:
                 raise ValueError(
                     "state_shape (zero initial state) needs a conditioned func(t, y, context): with func(t, y) "
                     "and eta(0) = 0 every example would follow the same trajectory"
                 )
-            shape = tuple(state_shape)
-            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
-                raise ValueError(f"state_shape must be a non-empty sequence of positive ints, got {state_shape!r}")
             self.state_shape: Optional[tuple[int, ...]] = shape
         else:
             self.state_shape = None
@@ -208,7 +199,6 @@ class TorchdiffeqModel(nn.Module):
         self.atol = check_positive("atol", atol)
         self.options = dict(options) if options is not None else None
         self.adjoint = bool(adjoint)
-        self.t_end = check_positive("t_end", t_end)
         self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
         self._time = PerSampleTime("the torchdiffeq func")
 
@@ -241,34 +231,25 @@ class TorchdiffeqModel(nn.Module):
             return self.func(t, eta, context)
         return self.func(t, eta)
 
-    def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
-        check_tensor("x", x, min_ndim=1)
-        check_finite("x", x)
+    def _encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
         h = self.encoder(x)
         if self.state_shape is not None:
             eta0 = torch.zeros((x.shape[0], *self.state_shape), dtype=h.dtype, device=h.device)
         else:
             eta0 = h
-        return (h if self.conditioned_on_input else None), check_initial_state(eta0, x)
+        return (h if self.conditioned_on_input else None), eta0
 
-    def vector_field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
-        if self.conditioned_on_input and (not isinstance(context, Tensor) or context.shape[0] != eta.shape[0]):
-            got = tuple(context.shape) if isinstance(context, Tensor) else context
-            raise ValueError(f"context must be a tensor with one row per state ({eta.shape[0]}), got {got}")
+    def _field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
+        if self.conditioned_on_input and not isinstance(context, Tensor):
+            raise ValueError(f"context must be a tensor with one row per state ({eta.shape[0]}), got {context!r}")
 
         def field(tt: Tensor, rows: Optional[Tensor]) -> Tensor:
             return self._call(tt, select_rows(eta, rows), select_rows(context, rows))
 
-        out = self._time(field, eta, expand_to_batch(t, eta.shape[0], eta))
-        return check_velocity(out, eta, source="func")
+        return self._time(field, eta, t)
 
-    def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
-        return self.solution(x, ts).states
-
-    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+    def _solve(self, context: Optional[Tensor], eta0: Tensor, ts: Tensor) -> Solution:
         """torchdiffeq's solve of ``eta(0)`` at ``ts``, with the evaluations of ``func`` it used."""
-        check_time_grid("ts", ts)
-        context, eta0 = self.encode(x)
         ts = ts.to(device=eta0.device, dtype=eta0.dtype)
         budget = EvaluationBudget(self.max_evaluations, source="func")
         kwargs: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
@@ -299,14 +280,3 @@ class TorchdiffeqModel(nn.Module):
                 f"{budget.count} evaluations of func): the field is too stiff or diverges"
             ) from err
         return Solution(states=out[0] if augmented else out, ts=ts, nfe=budget.count)
-
-    def readout(self, eta: Tensor) -> Tensor:
-        return self.readout_module(eta)
-
-    def check(self, x: Tensor) -> None:
-        """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
-        check_model(self, x, source="func")
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``psi(eta(t_end))`` with the configured torchdiffeq solver."""
-        return readout_at(self, x, self.t_end)

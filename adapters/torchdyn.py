@@ -27,26 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional, cast
+from typing import Any, Optional, cast
 
 from torch import Tensor, nn
 
-from lyapunov_plugin._validation import (
-    check_finite,
-    check_positive,
-    check_positive_int,
-    check_tensor,
-    check_time_grid,
-)
+from lyapunov_plugin.adapter import NeuralODEAdapter, Solution, check_positive_int
 from lyapunov_plugin.budget import DEFAULT_MAX_EVALUATIONS, EvaluationBudget
-from lyapunov_plugin.model import (
-    Solution,
-    check_initial_state,
-    check_model,
-    check_velocity,
-    expand_to_batch,
-    readout_at,
-)
 
 from ._time import PerSampleTime, select_rows
 
@@ -83,7 +69,7 @@ def is_torchdyn_model(model: object) -> bool:
     return isinstance(model, nn.Module) and find_neural_ode(model) is not None
 
 
-class TorchdynModel(nn.Module):
+class TorchdynModel(NeuralODEAdapter):
     """Protocol view of an existing torchdyn model (see the module docstring).
 
     Arguments:
@@ -95,8 +81,9 @@ class TorchdynModel(nn.Module):
             (torchdyn's adaptive loop has no limit of its own).
     """
 
+    field_name = "the torchdyn vector field"
+
     def __init__(self, model: nn.Module, *, t_end: float = 1.0, max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> None:
-        super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torchdyn NeuralODE or nn.Sequential, got {type(model).__name__}")
         index = find_neural_ode(model)
@@ -104,18 +91,18 @@ class TorchdynModel(nn.Module):
             raise TypeError(
                 f"model must be a torchdyn NeuralODE or an nn.Sequential containing one, got {type(model).__name__}"
             )
-        self.model = model
-        self._index = index
-        node = self.node
+        node = model if index == -1 else cast(nn.Sequential, model)[index]
         if node.order != 1:
             raise ValueError(f"only first-order NeuralODEs are supported, got order={node.order}")
         if node.integral_loss is not None:
             raise ValueError("NeuralODEs with an integral_loss are not supported (the state is augmented by torchdyn)")
-        self._controls = [m for m in node.vf.modules() if hasattr(m, "_control")]
-        self.conditioned_on_input = bool(self._controls)
-        self.t_end = check_positive("t_end", t_end)
-        self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
-        self._time = PerSampleTime("the torchdyn vector field")
+        controls = [m for m in node.vf.modules() if hasattr(m, "_control")]
+        super().__init__(t_end=t_end, conditioned_on_input=bool(controls))
+        self.model: nn.Module = model
+        self._index: int = index
+        self._controls: list[Any] = controls  # DataControl modules (their `_control` is untyped)
+        self.max_evaluations: int = check_positive_int("max_evaluations", max_evaluations)
+        self._time: PerSampleTime = PerSampleTime(self.field_name)
 
     @property
     def _sequential(self) -> nn.Sequential:
@@ -126,11 +113,6 @@ class TorchdynModel(nn.Module):
     def node(self) -> NeuralODE:
         """The wrapped ``NeuralODE``."""
         return self.model if self._index == -1 else self._sequential[self._index]
-
-    def _encoder(self, x: Tensor) -> Tensor:
-        if self._index <= 0:
-            return x
-        return self._sequential[: self._index](x)
 
     @property
     def initial_state_trainable(self) -> bool:
@@ -147,21 +129,19 @@ class TorchdynModel(nn.Module):
         return 1 if getattr(self.node.solver, "stepping_class", None) == "fixed" else None
 
     @property
-    def readout_module(self) -> nn.Module:
+    def _has_readout(self) -> bool:
+        return not (self._index == -1 or self._index == len(self._sequential) - 1)
+
+    @property
+    def readout_module(self) -> nn.Module:  # type: ignore[override]
         """``psi``: the layers after the ``NeuralODE`` (``nn.Identity`` if there are none)."""
-        if self._index == -1 or self._index == len(self._sequential) - 1:
-            return nn.Identity()
-        return self._sequential[self._index + 1 :]
+        return self._sequential[self._index + 1 :] if self._has_readout else nn.Identity()
 
     def readout(self, eta: Tensor) -> Tensor:
-        if self._index == -1 or self._index == len(self._sequential) - 1:
-            return eta
-        return self._sequential[self._index + 1 :](eta)
+        return self._sequential[self._index + 1 :](eta) if self._has_readout else eta
 
-    def encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
-        check_tensor("x", x, min_ndim=1)
-        check_finite("x", x)
-        eta0 = check_initial_state(self._encoder(x), x)
+    def _encode(self, x: Tensor) -> tuple[Optional[Tensor], Tensor]:
+        eta0 = x if self._index <= 0 else self._sequential[: self._index](x)
         return (eta0 if self.conditioned_on_input else None), eta0
 
     @contextmanager
@@ -175,32 +155,24 @@ class TorchdynModel(nn.Module):
             for m, value in zip(self._controls, saved, strict=True):
                 m._control = value
 
-    def vector_field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
-        if self.conditioned_on_input:
-            if not isinstance(context, Tensor) or context.shape[0] != eta.shape[0]:
-                got = tuple(context.shape) if isinstance(context, Tensor) else context
-                raise ValueError(
-                    f"context must be a tensor with one row per state ({eta.shape[0]}) for a DataControl "
-                    f"vector field, got {got}"
-                )
+    def _field(self, eta: Tensor, context: Optional[Tensor], t: Tensor) -> Tensor:
+        if self.conditioned_on_input and not isinstance(context, Tensor):
+            raise ValueError(
+                f"context must be a tensor with one row per state ({eta.shape[0]}) for a DataControl "
+                f"vector field, got {context!r}"
+            )
 
         def field(tt: Tensor, rows: Optional[Tensor]) -> Tensor:
             with self._conditioned(select_rows(context, rows)):
                 return self.node.vf(tt, select_rows(eta, rows))
 
-        out = self._time(field, eta, expand_to_batch(t, eta.shape[0], eta))
-        return check_velocity(out, eta, source="the torchdyn vector field")
+        return self._time(field, eta, t)
 
-    def trajectory(self, x: Tensor, ts: Tensor) -> Tensor:
-        return self.solution(x, ts).states
-
-    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+    def _solve(self, context: Optional[Tensor], eta0: Tensor, ts: Tensor) -> Solution:
         """torchdyn's solve of ``eta(0) = phi(x)`` at ``ts``, with the evaluations it used."""
-        check_time_grid("ts", ts)
-        _, eta0 = self.encode(x)
         node = self.node
         before = node.vf.nfe
-        budget = EvaluationBudget(self.max_evaluations, source="the torchdyn vector field")
+        budget = EvaluationBudget(self.max_evaluations, source=self.field_name)
         # Every solver evaluation goes through node.vf (torchdyn's DEFunc): count it there.
         hook = node.vf.register_forward_hook(lambda module, args, out: budget(args[0], args[1], out))
         try:
@@ -209,11 +181,3 @@ class TorchdynModel(nn.Module):
             hook.remove()
         states = result[1] if isinstance(result, tuple) else result
         return Solution(states=states, ts=ts, nfe=int(node.vf.nfe - before))
-
-    def check(self, x: Tensor) -> None:
-        """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
-        check_model(self, x, source="the torchdyn vector field")
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``psi(eta(t_end))`` through torchdyn's solver: an ordinary classifier."""
-        return readout_at(self, x, self.t_end)

@@ -1,53 +1,47 @@
 """Choosing how ``LyapunovTrainer(model)`` reads a model (paper Eq. 1-3 protocol).
 
-The core never imports an ODE library: a torchdyn model can only exist if the user
-already imported torchdyn, so its adapter is only looked up then; likewise for a
-torchdiffeq vector field, recognised by its ``forward(t, y, ...)`` signature.
+A model that implements :class:`~lyapunov_plugin.LyapunovModel` is used as it is; any other
+model goes to the first adapter in :mod:`lyapunov_plugin.registry` that claims it. The core
+names no ODE library: the builtin adapters register themselves in
+``lyapunov_plugin.adapters``, each asked only once its library has been imported.
 """
 
 from __future__ import annotations
 
-import inspect
-import sys
 from typing import Any
 
-from torch import nn
-
 from .model import LyapunovModel, is_lyapunov_model
+from .registry import registered_adapters
 
-__all__ = ["as_lyapunov_model", "SUPPORTED_MODELS"]
+__all__ = ["as_lyapunov_model", "supported_models"]
 
-SUPPORTED_MODELS = """\
-Supported models:
-  - a torchdyn NeuralODE, alone or inside an nn.Sequential (layers before it form the
-    input layer phi, layers after it the readout psi), with or without DataControl/DepthCat;
-  - a torchdiffeq vector field: an nn.Module with forward(t, y) or forward(t, y, context)
-    (wrap it in lyapunov_plugin.adapters.torchdiffeq.TorchdiffeqModel to add an encoder,
-    readout, solver settings or the adjoint);
-  - anything implementing the LyapunovModel protocol: encode(x) -> (context, eta0),
-    vector_field(eta, context, t), readout(eta), trajectory(x, ts)
-    (lyapunov_plugin.ODEModel builds one from plain PyTorch modules)."""
+_PROTOCOL = (
+    "anything implementing the LyapunovModel protocol: encode(x) -> (context, eta0), "
+    "vector_field(eta, context, t), readout(eta), trajectory(x, ts) "
+    "(lyapunov_plugin.ODEModel builds one from plain PyTorch modules; "
+    "lyapunov_plugin.NeuralODEAdapter is a base class for new adapters)"
+)
 
 
-def _looks_like_torchdiffeq_func(model: Any) -> bool:
-    if not isinstance(model, nn.Module):
-        return False
-    params = list(inspect.signature(model.forward).parameters)
-    return len(params) >= 2 and params[0] == "t"
+def supported_models() -> str:
+    """What ``as_lyapunov_model`` accepts (Eq. 1-3 models): one line per registered adapter,
+    then the protocol; the text of the unsupported-model error."""
+    lines = ["Supported models (registered adapters, asked in this order):"]
+    for entry in registered_adapters():
+        needs = f" [asked once {entry.requires} is imported]" if entry.requires else ""
+        lines.append(f"  - {entry.name}: {entry.description or 'see its adapter'}{needs};")
+    lines.append(f"  - {_PROTOCOL}.")
+    lines.append("A new backend registers with lyapunov_plugin.register_adapter(name, matches=..., wrap=...).")
+    return "\n".join(lines)
 
 
 def as_lyapunov_model(model: Any) -> LyapunovModel:
     """Return ``model`` as a :class:`~lyapunov_plugin.LyapunovModel` (Eq. 1-3), wrapping it
-    in the matching adapter; raise ``TypeError`` listing what is supported otherwise."""
+    in the first registered adapter that claims it; raise ``TypeError`` listing the
+    registered adapters otherwise."""
     if is_lyapunov_model(model):
         return model
-    if "torchdyn" in sys.modules and isinstance(model, nn.Module):
-        from lyapunov_plugin.adapters.torchdyn import TorchdynModel, is_torchdyn_model
-
-        if is_torchdyn_model(model):
-            return TorchdynModel(model)
-    if _looks_like_torchdiffeq_func(model):
-        from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel
-
-        return TorchdiffeqModel(model)
-    raise TypeError(f"model of type {type(model).__name__} is not supported by LyapunovTrainer.\n{SUPPORTED_MODELS}")
+    for entry in registered_adapters():
+        if entry.applies() and entry.matches(model):
+            return entry.wrap(model)
+    raise TypeError(f"model of type {type(model).__name__} is not supported by LyapunovTrainer.\n{supported_models()}")

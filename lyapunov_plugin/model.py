@@ -14,14 +14,23 @@ ODE can be trained without the core knowing which library built it. The adapters
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, cast, overload, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from ._typing import Context, Output, Solver, State, Times, Trajectory
-from ._validation import check_finite, check_positive, check_tensor, check_time_grid
+from ._validation import check_positive, check_tensor, check_time_grid
+from .adapter import (
+    NeuralODEAdapter,
+    Solution,
+    check_initial_state,
+    check_model,
+    check_shape_sequence,
+    check_velocity,
+    expand_to_batch,
+    readout_at,
+)
 from .solvers import FixedStepSolver
 
 __all__ = [
@@ -36,24 +45,9 @@ __all__ = [
     "check_initial_state",
     "readout_at",
     "is_lyapunov_model",
-    "Classifier",
     "Solution",
+    "expand_to_batch",
 ]
-
-
-@dataclass(frozen=True)
-class Solution:
-    """A solve of Eq. (1)-(2): states at the requested times and solver statistics.
-
-    Attributes:
-        states: ``(T, B, *S)``, the states at ``ts``.
-        ts: the ``(T,)`` times.
-        nfe: vector-field evaluations the solve used (all stages, all steps).
-    """
-
-    states: Tensor
-    ts: Tensor
-    nfe: int
 
 
 @runtime_checkable
@@ -117,63 +111,6 @@ _PROTOCOL_MEMBERS = ("encode", "vector_field", "readout", "trajectory")
 def is_lyapunov_model(obj: Any) -> bool:
     """True if ``obj`` has callable ``encode``, ``vector_field``, ``readout``, ``trajectory``."""
     return all(callable(getattr(obj, name, None)) for name in _PROTOCOL_MEMBERS)
-
-
-def check_velocity(velocity: Any, eta: Tensor, *, source: str = "the vector field") -> Tensor:
-    """Raise a precise error unless ``velocity`` is a tensor shaped, typed and placed like ``eta``."""
-    if not isinstance(velocity, Tensor):
-        raise TypeError(f"{source} must return a torch.Tensor d eta/dt, got {type(velocity).__name__}")
-    if velocity.shape != eta.shape:
-        raise ValueError(
-            f"{source} returned shape {tuple(velocity.shape)} for states of shape {tuple(eta.shape)}; "
-            "d eta/dt must have exactly the shape of eta"
-        )
-    if velocity.dtype != eta.dtype or velocity.device != eta.device:
-        raise TypeError(
-            f"{source} returned dtype={velocity.dtype}, device={velocity.device} for states with "
-            f"dtype={eta.dtype}, device={eta.device}; they must match"
-        )
-    return velocity
-
-
-def check_initial_state(eta0: Any, x: Tensor) -> Tensor:
-    """``eta(0) = phi(x)`` must be a floating-point tensor with one row per example: an
-    integer state (integer ``x`` through an identity input layer) cannot be integrated."""
-    if not isinstance(eta0, Tensor):
-        raise TypeError(f"the input layer must return a tensor eta(0), got {type(eta0).__name__}")
-    if not eta0.is_floating_point():
-        raise TypeError(
-            f"eta(0) must be floating point, got dtype {eta0.dtype} from x of dtype {x.dtype}; pass "
-            "floating-point x (e.g. x.float(), or x.float() / 255 for uint8 images) or an input layer that "
-            "returns one (e.g. nn.Embedding)"
-        )
-    if eta0.ndim == 0 or eta0.shape[0] != x.shape[0]:
-        raise ValueError(f"eta(0) must have one row per example of x ({x.shape[0]}), got shape {tuple(eta0.shape)}")
-    return eta0
-
-
-def check_model(model: LyapunovModel, x: Tensor, *, source: str = "the vector field") -> None:
-    """Run ``model`` once on two examples of ``x`` (encode, ``f`` at ``t = 0``, readout) and
-    raise a precise ``ValueError``/``TypeError`` if the shapes disagree (paper Eq. 1-3)."""
-    context, eta0 = model.encode(x[:2])
-    t = torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device)
-    check_velocity(model.vector_field(eta0, context, t), eta0, source=source)
-    out = model.readout(eta0)
-    if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"the readout must map states {tuple(eta0.shape)} to one output per example, got {got}")
-
-
-def readout_at(model: LyapunovModel, x: Tensor, t_end: float) -> Tensor:
-    """``psi(eta(t_end))`` with the model's own solver (Eq. 3): a model's ``forward``."""
-    ts = torch.tensor([0.0, t_end], device=x.device)
-    return model.readout(model.trajectory(x, ts)[-1])
-
-
-def expand_to_batch(t: Tensor, batch: int, like: Tensor) -> Tensor:
-    """A scalar (or ``(B,)``) time as a ``(B,)`` tensor with ``like``'s dtype and device."""
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    return t.expand(batch) if t.ndim == 0 else t
 
 
 class _CountingField:
@@ -314,7 +251,7 @@ def horizon(model: Any) -> float:
     return 1.0 if t_end is None else check_positive("the model's t_end", t_end)
 
 
-class ODEModel(nn.Module):
+class ODEModel(NeuralODEAdapter):
     """A Neural ODE from plain PyTorch modules, implementing :class:`LyapunovModel`.
 
     ``eta(0) = initial_state(context)`` (zeros by default, as in Section 4 "Restriction on
@@ -334,6 +271,8 @@ class ODEModel(nn.Module):
             which makes the trainer default to trajectory-based training.
     """
 
+    field_name = "dynamics"
+
     def __init__(
         self,
         dynamics: Callable[[State, Context, Times], State],
@@ -346,31 +285,23 @@ class ODEModel(nn.Module):
         t_end: float = 1.0,
         conditioned_on_input: bool = True,
     ) -> None:
-        super().__init__()
-        if not isinstance(conditioned_on_input, bool):
-            raise TypeError(f"conditioned_on_input must be a bool, got {type(conditioned_on_input).__name__}")
-        self.conditioned_on_input = conditioned_on_input
+        super().__init__(t_end=t_end, conditioned_on_input=conditioned_on_input)
         if not callable(dynamics):
             raise TypeError(f"dynamics must be callable as dynamics(eta, context, t), got {type(dynamics).__name__}")
         optional = {"encoder": encoder, "initial_state": initial_state, "readout": readout, "solver": solver}
         for name, value in optional.items():
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
-        if initial_state is None:
-            if state_shape is None:
-                raise ValueError("state_shape is required when initial_state is None (eta(0) = zeros of state_shape)")
-            shape = tuple(state_shape) if isinstance(state_shape, Sequence) else None
-            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
-                raise ValueError(f"state_shape must be a non-empty sequence of positive ints, got {state_shape!r}")
-            self.state_shape: Optional[tuple[int, ...]] = shape
-        else:
-            self.state_shape = tuple(state_shape) if state_shape is not None else None
+        if initial_state is None and state_shape is None:
+            raise ValueError("state_shape is required when initial_state is None (eta(0) = zeros of state_shape)")
+        self.state_shape: Optional[tuple[int, ...]] = (
+            check_shape_sequence("state_shape", state_shape) if state_shape is not None else None
+        )
         self.dynamics = dynamics
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.initial_state = initial_state
         self.readout_module = readout if readout is not None else nn.Identity()
         self.solver = solver if solver is not None else FixedStepSolver(method="rk4", steps=20)
-        self.t_end = check_positive("t_end", t_end)
 
     @property
     def fixed_steps(self) -> Optional[int]:
@@ -389,9 +320,7 @@ class ODEModel(nn.Module):
             self.initial_state, nn.Module
         )
 
-    def encode(self, x: Tensor) -> tuple[Context, State]:
-        check_tensor("x", x, min_ndim=1)
-        check_finite("x", x)
+    def _encode(self, x: Tensor) -> tuple[Context, State]:
         context = self.encoder(x)
         if self.initial_state is None:
             ref = context if isinstance(context, Tensor) and context.is_floating_point() else x
@@ -400,91 +329,12 @@ class ODEModel(nn.Module):
             eta0 = torch.zeros((x.shape[0], *state_shape), dtype=ref.dtype, device=ref.device)
         else:
             eta0 = self.initial_state(context)
-        return context, check_initial_state(eta0, x)
+        return context, eta0
 
-    def vector_field(self, eta: State, context: Context, t: Times) -> State:
-        t = expand_to_batch(t, eta.shape[0], eta)
-        return check_velocity(self.dynamics(eta, context, t), eta, source="dynamics")
+    def _field(self, eta: State, context: Context, t: Times) -> State:
+        return self.dynamics(eta, context, t)
 
-    def readout(self, eta: State) -> Output:
-        return self.readout_module(eta)
-
-    def solution(self, x: Tensor, ts: Tensor) -> Solution:
+    def _solve(self, context: Context, eta0: State, ts: Tensor) -> Solution:
         """The trajectory at ``ts`` with this model's solver, and its evaluation count."""
-        states, nfe = integrate(self, x, ts, solver=self.solver, return_nfe=True)
+        states, nfe = solve(self, context, eta0, ts, solver=self.solver, return_nfe=True)
         return Solution(states=states, ts=ts, nfe=nfe)
-
-    def trajectory(self, x: Tensor, ts: Tensor) -> Trajectory:
-        return self.solution(x, ts).states
-
-    def check(self, x: Tensor) -> None:
-        """Run the model once on two examples of ``x``; raise a precise error on mismatch."""
-        check_model(self, x, source="dynamics")
-
-    def forward(self, x: Tensor) -> Output:
-        """``psi(eta(t_end))``: the prediction, usable as an ordinary classifier."""
-        return readout_at(self, x, self.t_end)
-
-
-class Classifier(nn.Module):
-    """``x -> psi(eta(t_end))`` as a plain differentiable ``nn.Module`` (paper Eq. 3): the
-    trained model as attack libraries and other tools expect a classifier.
-
-    Unlike ``LyapunovTrainer.predict`` it keeps gradients, so torchattacks (PGD, APGD,
-    AutoAttack, ...) can attack it. Attack through a fixed-step ``solver``
-    (:class:`~lyapunov_plugin.FixedStepSolver`): adaptive step control masks gradients
-    (docs/evaluation.md).
-
-    Arguments:
-        model: a :class:`LyapunovModel` (or a model the dispatcher wraps).
-        solver: ``solver(func, y0, ts)``; ``None`` uses the model's own solver.
-        t_end: prediction time (default the model's horizon); ``t_end < 1`` attacks the
-            early-terminated prediction.
-        input_shape: the shape of one example. When given, inputs are reshaped to
-            ``(x.shape[0], *input_shape)``, so tabular data can travel through libraries
-            that require image-shaped tensors: torchattacks' APGD / APGD-T add a leading
-            dimension to anything that is not 4-D, so pass ``x.reshape(B, 1, 1, d)``
-            with ``input_shape=(d,)``.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        *,
-        solver: Optional[Solver] = None,
-        t_end: Optional[float] = None,
-        input_shape: Optional[Sequence[int]] = None,
-    ) -> None:
-        super().__init__()
-        from .dispatch import as_lyapunov_model
-
-        self.model = as_lyapunov_model(model)
-        if solver is not None and not callable(solver):
-            raise TypeError(f"solver must be callable as solver(func, y0, ts) or None, got {type(solver).__name__}")
-        self.solver = solver
-        self.t_end = check_positive("t_end", t_end) if t_end is not None else horizon(self.model)
-        if input_shape is not None:
-            shape = tuple(input_shape) if isinstance(input_shape, Sequence) else None
-            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
-                raise ValueError(f"input_shape must be a non-empty sequence of positive ints, got {input_shape!r}")
-            self.input_shape: Optional[tuple[int, ...]] = shape
-        else:
-            self.input_shape = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.input_shape is not None:
-            per_example = 1
-            for d in self.input_shape:
-                per_example *= d
-            if x.numel() != x.shape[0] * per_example:
-                raise ValueError(
-                    f"x must hold {per_example} values per example (input_shape={self.input_shape}), "
-                    f"got shape {tuple(x.shape)}"
-                )
-            x = x.reshape(x.shape[0], *self.input_shape)
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
-        if self.solver is None:
-            final = self.model.trajectory(x, ts)[-1]
-        else:
-            final = integrate(self.model, x, ts, solver=self.solver)[-1]
-        return self.model.readout(final)

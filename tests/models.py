@@ -74,3 +74,101 @@ def assert_training_improves(trainer, train, test, *, epochs=8, max_error=0.1):
     after = trainer.evaluate(loader(*test))["error"]
     assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
     assert after < max_error and after <= before
+
+
+# -- torchdiffeq's ODE-block model shape (as in torchdiffeq's examples/odenet_mnist.py), tiny ---------
+
+try:  # bound at module level, the way a torchdiffeq user imports the solvers
+    from torchdiffeq import odeint, odeint_adjoint
+except ImportError:  # pragma: no cover - the block tests skip without torchdiffeq
+    odeint = odeint_adjoint = None
+
+
+class TimeConcatConv(nn.Module):
+    """A 3x3 convolution that sees the time as one extra constant input channel."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in + 1, channels_out, 3, padding=1)
+
+    def forward(self, t, x):
+        return self.conv(torch.cat([torch.ones_like(x[:, :1]) * t, x], dim=1))
+
+
+class ConvODEFunc(nn.Module):
+    """GroupNorm -> ReLU -> time-conv, twice: an odenet-style ``func(t, x)`` on feature maps."""
+
+    def __init__(self, channels: int = 4, groups: int = 2):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, channels), TimeConcatConv(channels, channels)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, channels), TimeConcatConv(channels, channels)
+
+    def forward(self, t, x):
+        out = self.conv1(t, torch.relu(self.norm1(x)))
+        return self.conv2(t, torch.relu(self.norm2(out)))
+
+
+class ODEBlock(nn.Module):
+    """``forward(x) = odeint(odefunc, x, [0, 1], rtol=tol, atol=tol)[1]`` (or the adjoint)."""
+
+    def __init__(self, odefunc: nn.Module, *, tol: float = 1e-3, adjoint: bool = False, method=None):
+        super().__init__()
+        self.odefunc = odefunc
+        self.integration_time = torch.tensor([0, 1]).float()
+        self.tol, self.adjoint, self.method = tol, adjoint, method
+
+    def forward(self, x):
+        self.integration_time = self.integration_time.type_as(x)
+        solve = odeint_adjoint if self.adjoint else odeint
+        out = solve(self.odefunc, x, self.integration_time, rtol=self.tol, atol=self.tol, method=self.method)
+        return out[1]
+
+
+def odenet(channels: int = 4, classes: int = 2, **block_kwargs) -> nn.Sequential:
+    """Conv downsampling (with GroupNorm) -> ODEBlock(ConvODEFunc) -> GroupNorm/pool/linear head,
+    on 1 x 8 x 8 images."""
+    downsampling = nn.Sequential(
+        nn.Conv2d(1, channels, 3, 1, padding=1),
+        nn.GroupNorm(2, channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, 2, 1),
+    )
+    head = nn.Sequential(
+        nn.GroupNorm(2, channels), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(channels, classes)
+    )
+    return nn.Sequential(downsampling, ODEBlock(ConvODEFunc(channels), **block_kwargs), head)
+
+
+def tiny_images(n: int = 32, seed: int = 0):
+    """1 x 8 x 8 images whose class is which half (top or bottom) is bright, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = 0.3 * torch.randn(n, 1, 8, 8, generator=g)
+    x[y == 0, :, :4] += 1.0
+    x[y == 1, :, 4:] += 1.0
+    return x, y
+
+
+# -- torchode fields ------------------------------------------------------------------------------
+
+
+class TorchodePlainField(nn.Module):
+    """torchode-style autonomous field ``f(t, y)``, ``t`` of shape ``(B,)``."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+class TorchodeConditionedField(nn.Module):
+    """torchode-style data-controlled field ``f(t, y, args)`` seeing the time per example."""
+
+    def __init__(self, state: int = 2, context: int = 2, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(state + context + 1, hidden), nn.Tanh(), nn.Linear(hidden, state))
+
+    def forward(self, t, y, args):
+        return self.net(torch.cat([y, args, t.reshape(-1, 1).expand(y.shape[0], 1).to(y.dtype)], dim=1))

@@ -10,6 +10,8 @@ from lyapunov_plugin import (  # noqa: E402
     CrossEntropyPotential,
     HypercubeSampler,
     LyapunovTrainer,
+    MonteCarloObjective,
+    Recipe,
     SamplingContext,
     UniformTimeSampler,
     lyapunov_loss,
@@ -101,7 +103,9 @@ def test_training_lowers_lyapunov_loss_and_test_error():
     model = TorchdiffeqModel(
         ConditionedField(), encoder=nn.Linear(2, 2), state_shape=(2,), method="rk4", options={"step_size": 0.1}
     )
-    trainer = LyapunovTrainer(model, kappa=1.0, lr=1e-2, progress=False, seed=0, num_samples=16)
+    trainer = LyapunovTrainer(
+        model, Recipe(objective=MonteCarloObjective(num_samples=16), kappa=1.0), progress=False, seed=0
+    )
     assert_training_improves(trainer, (x, y), (xt, yt))
 
 
@@ -115,3 +119,134 @@ def test_adjoint_forward_solve_takes_the_same_steps_as_plain_odeint():
     a, b = plain.trajectory(x, ts), adjoint.trajectory(x, ts)
     assert plain.solution(x, ts).nfe == adjoint.solution(x, ts).nfe
     torch.testing.assert_close(a, b)
+
+
+# -- boundary checks ------------------------------------------------------------------------------
+
+
+def test_state_shape_must_be_a_sequence():
+    with pytest.raises(TypeError, match=r"state_shape must be a non-empty sequence of positive ints \(did you mean"):
+        TorchdiffeqModel(ConditionedField(), state_shape=2)
+
+
+def test_float64_inputs_reach_a_float32_model_cast_to_its_dtype():
+    torch.manual_seed(0)
+    model = TorchdiffeqModel(ConditionedField(), encoder=nn.Linear(2, 2), state_shape=(2,), method="rk4")
+    x = torch.randn(3, 2)
+    out = model(x.double())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, model(x))
+
+
+def test_time_or_context_of_another_batch_is_blamed_on_t_or_context():
+    model = TorchdiffeqModel(ConditionedField(), state_shape=(2,))
+    eta = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(4,\).*got shape \(3,\)"):
+        model.vector_field(eta, torch.randn(4, 2), torch.rand(3))
+    with pytest.raises(ValueError, match=r"context must have one row per state of eta \(4\), got shape \(5, 2\)"):
+        model.vector_field(eta, torch.randn(5, 2), torch.rand(4))
+
+
+# -- torchdiffeq's ODE-block model shape (odenet_mnist) -------------------------------------------
+
+
+def test_odenet_block_shape_is_read_with_its_own_solver_settings():
+    from lyapunov_plugin import as_lyapunov_model
+
+    from .models import odenet, tiny_images
+
+    torch.manual_seed(0)
+    net = odenet(tol=1e-4)
+    adapter = as_lyapunov_model(net)
+    assert isinstance(adapter, TorchdiffeqModel)
+    assert (adapter.method, adapter.rtol, adapter.atol, adapter.adjoint, adapter.t_end) == (
+        "dopri5",
+        1e-4,
+        1e-4,
+        False,
+        1.0,
+    )
+    assert adapter.func is net[1].odefunc and not adapter.conditioned_on_input
+    assert {id(p) for p in adapter.parameters()} == {id(p) for p in net.parameters()}  # training it trains net
+    x, _ = tiny_images(4)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(x), net(x))  # the user's own forward, through odeint
+        context, eta0 = adapter.encode(x)
+        torch.testing.assert_close(eta0, net[0](x))
+    # The trace restored torchdiffeq's solvers, in the package and in the block's module.
+    from . import models
+
+    assert torchdiffeq.odeint is models.odeint and models.odeint.__module__.startswith("torchdiffeq")
+
+
+def test_adjoint_block_gives_the_adjoint_gradients_of_the_users_model():
+    from lyapunov_plugin import as_lyapunov_model
+
+    from .models import odenet, tiny_images
+
+    torch.manual_seed(0)
+    net = odenet(tol=1e-5, adjoint=True).double()
+    adapter = as_lyapunov_model(net)
+    assert adapter.adjoint and adapter.rtol == 1e-5
+    x, _ = tiny_images(3)
+    x = x.double()
+    grads = []
+    for run in (net, adapter):
+        net.zero_grad()
+        run(x).pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    assert grads[1][6].abs().sum() > 0  # net[1].odefunc.norm1.weight gets an adjoint gradient
+
+
+def test_odenet_block_trains_with_the_default_recipe():
+    from .models import odenet, tiny_images
+
+    torch.manual_seed(0)
+    x, y = tiny_images(48, seed=1)
+    net = odenet()
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer = LyapunovTrainer(net, progress=False, seed=0)
+    trainer.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16), epochs=3)
+    assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+class _PostProcessingBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.odefunc = PlainField()
+
+    def forward(self, x):
+        return 2 * torchdiffeq.odeint(self.odefunc, x, torch.tensor([0.0, 1.0]), rtol=1e-4, atol=1e-5)[1]
+
+
+class _ScalingBlock(_PostProcessingBlock):
+    def forward(self, x):
+        return torchdiffeq.odeint(self.odefunc, 0.5 * x, torch.tensor([0.0, 1.0]))[-1]
+
+
+class _LastOfThreeBlock(_PostProcessingBlock):
+    def forward(self, x):
+        return torchdiffeq.odeint(self.odefunc, x, torch.tensor([0.0, 0.5, 2.0]), method="rk4")[-1]
+
+
+def test_a_block_that_cannot_be_read_names_the_one_line_conversion():
+    model = nn.Sequential(nn.Linear(2, 2), _PostProcessingBlock(), nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="post-processes the solution") as err:
+        LyapunovTrainer(model, progress=False)
+    assert (
+        "TorchdiffeqModel(block.odefunc, encoder=model[:1], readout=model[2:], method='dopri5', rtol=0.0001, "
+        "atol=1e-05)" in str(err.value)
+    )
+    with pytest.raises(TypeError, match="does not integrate its input x unchanged"):
+        LyapunovTrainer(nn.Sequential(_ScalingBlock(), nn.Linear(2, 2)), progress=False)
+
+
+def test_a_bare_block_reading_a_later_time_sets_the_horizon():
+    from lyapunov_plugin import as_lyapunov_model
+
+    adapter = as_lyapunov_model(_LastOfThreeBlock())
+    assert isinstance(adapter, TorchdiffeqModel) and adapter.method == "rk4" and adapter.t_end == 2.0
+    assert (adapter.rtol, adapter.atol) == (1e-7, 1e-9)  # torchdiffeq's own defaults, not TorchdiffeqModel's

@@ -12,6 +12,10 @@ from lyapunov_plugin import (  # noqa: E402
     CrossEntropyPotential,
     HypercubeSampler,
     LyapunovTrainer,
+    MonteCarloObjective,
+    PathIntegralObjective,
+    Recipe,
+    SupervisedObjective,
     UniformTimeSampler,
     lyapunov_loss,
     monte_carlo_lyapunov_loss,
@@ -157,7 +161,9 @@ def test_training_lowers_lyapunov_loss_and_test_error():
     x, y = blobs(128, seed=1)
     xt, yt = blobs(128, seed=2)
     model = torchdyn_data_controlled()
-    trainer = LyapunovTrainer(model, kappa=1.0, lr=1e-2, progress=False, seed=0, num_samples=16)
+    trainer = LyapunovTrainer(
+        model, Recipe(objective=MonteCarloObjective(num_samples=16), kappa=1.0), progress=False, seed=0
+    )
     before = trainer.evaluate(loader(xt, yt))["error"]
     first = trainer.loss(x, y).loss.item()
     trainer.fit(loader(x, y), epochs=8)
@@ -170,7 +176,7 @@ def test_path_integral_training_of_plain_model_lowers_error():
     torch.manual_seed(0)
     x, y = blobs(128, seed=1)
     xt, yt = blobs(128, seed=2)
-    trainer = LyapunovTrainer(torchdyn_plain(), lr=1e-2, progress=False, seed=0, path_steps=4)
+    trainer = LyapunovTrainer(torchdyn_plain(), objective=PathIntegralObjective(steps=4), progress=False, seed=0)
     assert_training_improves(trainer, (x, y), (xt, yt))
 
 
@@ -178,6 +184,24 @@ def test_standard_mode_with_adjoint_sensitivity_trains():
     torch.manual_seed(0)
     x, y = blobs(96, seed=1)
     model = torchdyn_data_controlled(solver="rk4", sensitivity="adjoint")
-    trainer = LyapunovTrainer(model, mode="standard", lr=1e-2, progress=False)
+    trainer = LyapunovTrainer(model, objective=SupervisedObjective(), progress=False)
     trainer.fit(loader(x, y), epochs=4)
     assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
+
+
+def test_a_time_vector_of_the_wrong_length_is_blamed_on_t():
+    adapter = TorchdynModel(torchdyn_data_controlled())
+    eta, ctx = torch.randn(4, 2), torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(4,\).*got shape \(3,\)"):
+        adapter.vector_field(eta, ctx, torch.tensor([0.1, 0.5, 0.9]))
+    with pytest.raises(ValueError, match=r"context must have one row per state of eta \(4\), got shape \(2, 2\)"):
+        adapter.vector_field(eta, ctx[:2], torch.rand(4))
+
+
+def test_float64_inputs_reach_a_float32_model_cast_to_its_dtype():
+    torch.manual_seed(0)
+    adapter = TorchdynModel(torchdyn_plain())
+    x = torch.randn(3, 2)
+    out = adapter(x.double())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, adapter(x))
