@@ -55,12 +55,18 @@ def check_open_unit(name: str, value: Any) -> float:
     return as_float
 
 
+_INT64_LIMIT = 2**63
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """An ``int`` >= 1 (``bool`` is rejected)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    if int(value) >= _INT64_LIMIT:
+        # torch counts in int64: a larger count would fail inside torch without naming it.
+        raise ValueError(f"{name} must be < 2**63 (an int64 count), got {value}")
     return int(value)
 
 
@@ -153,3 +159,43 @@ def check_class_labels(name: str, target: Any, batch: int, num_classes: int) -> 
             f"{name} must lie in [0, {num_classes - 1}] for {num_classes} classes, got values in [{lo}, {hi}]"
         )
     return target
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A ``bool`` (``0``/``1`` and strings such as ``"false"`` are refused: ``"false"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return value
+
+
+def check_readout(name: str, readout: Any) -> Any:
+    """``None`` (the identity readout) or a callable ``psi(eta)``."""
+    if readout is not None and not callable(readout):
+        raise TypeError(
+            f"{name} must be None (the identity) or a callable psi(eta) -> output, got {_describe(readout)}"
+        )
+    return readout
+
+
+def check_generator(name: str, generator: Any) -> Any:
+    """``None`` or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {_describe(generator)}")
+    return generator
+
+
+def floating_dtype_of(model: Any) -> Any:
+    """The dtype of the first floating-point parameter of ``model`` (``None`` when it has none
+    or is not an ``nn.Module``): the dtype its layers compute in."""
+    parameters = getattr(model, "parameters", None)
+    if not isinstance(model, torch.nn.Module) or not callable(parameters):
+        return None
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def as_model_dtype(value: Tensor, dtype: Any) -> Tensor:
+    """A floating-point ``value`` in ``dtype`` (float64 features, numpy's default, for a
+    float32 model); integer tensors (class labels) and ``dtype=None`` leave it unchanged."""
+    if dtype is not None and value.is_floating_point() and value.dtype != dtype:
+        return value.to(dtype)
+    return value

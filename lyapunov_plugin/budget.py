@@ -48,6 +48,8 @@ class EvaluationBudget:
 
     def __init__(self, max_evaluations: int, *, source: str) -> None:
         self.max_evaluations = check_positive_int("max_evaluations", max_evaluations)
+        if not isinstance(source, str):
+            raise TypeError(f"source must be a str naming the vector field, got {type(source).__name__}")
         self.source = source
         self.count = 0
 

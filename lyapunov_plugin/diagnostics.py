@@ -16,7 +16,21 @@ import torch
 from torch import Tensor, nn
 
 from ._typing import Solver
-from ._validation import as_labels, check_non_negative, check_positive, check_positive_int, check_tensor
+from ._validation import (
+    as_labels,
+    as_model_dtype,
+    check_batch,
+    check_bool,
+    check_generator,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_real,
+    check_tensor,
+    check_time_grid,
+    floating_dtype_of,
+)
+from .dispatch import as_lyapunov_model
 from .losses import monte_carlo_lyapunov_loss
 from .model import LyapunovModel, integrate
 from .potentials import CrossEntropyPotential, Potential
@@ -45,10 +59,44 @@ def iter_batches(data: Any) -> Iterable[tuple[Tensor, Tensor]]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
         yield data[0], data[1]
         return
+    if isinstance(data, (Tensor, str, bytes, dict)) or not isinstance(data, Iterable):
+        raise TypeError(
+            "data must be an (x, y) pair of tensors or an iterable of (x, y) batches (e.g. a DataLoader), "
+            f"got {type(data).__name__}"
+        )
     for batch in data:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise TypeError(f"data must yield (x, y) batches, got {type(batch).__name__}")
+        for name, value in (("x", batch[0]), ("y", batch[1])):
+            if not isinstance(value, Tensor):
+                raise TypeError(f"data must yield (x, y) batches of tensors, got {name} of type {type(value).__name__}")
         yield batch[0], batch[1]
+
+
+def _check_solver(solver: Any) -> Optional[Solver]:
+    if solver is not None and not callable(solver):
+        raise TypeError(f"solver must be None or callable as solver(func, y0, ts), got {type(solver).__name__}")
+    return cast(Optional[Solver], solver)
+
+
+def _check_potential(potential: Any, *, optional: bool) -> Potential:
+    if potential is None and optional:
+        return CrossEntropyPotential()
+    if not isinstance(potential, Potential):
+        expected = "a lyapunov_plugin.Potential or None" if optional else "a lyapunov_plugin.Potential"
+        raise TypeError(f"potential must be {expected}, got {type(potential).__name__}")
+    return potential
+
+
+def _is_class_labels(y: Tensor) -> bool:
+    """Integer targets ``(B,)`` are class labels; error rates and "correct" only exist for them
+    (a regression potential such as MSE takes float targets ``(B, k)``)."""
+    return y.ndim == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+
+
+def _tile(value: Tensor, times: int) -> Tensor:
+    """``(B, ...) -> (times * B, ...)``, time-major like a flattened ``(T, B, ...)`` trajectory."""
+    return value.repeat(times, *([1] * (value.ndim - 1)))
 
 
 def _model_device(model: Any) -> Optional[torch.device]:
@@ -60,16 +108,33 @@ def _model_device(model: Any) -> Optional[torch.device]:
 
 def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optional[Solver] = None) -> Tensor:
     """States ``(T, B, *S)`` at ``ts``: the model's own solver, or ``solver`` through the protocol."""
+    model = as_lyapunov_model(model)
+    check_tensor("x", x, min_ndim=1)
+    check_time_grid("ts", ts)
+    _check_solver(solver)
+    x = as_model_dtype(x, floating_dtype_of(model))
     if solver is None:
         return model.trajectory(x, ts)
     return integrate(model, x, ts, solver=solver)
 
 
 def _batches_on_model_device(model: Any, data: Any) -> Iterable[tuple[Tensor, Tensor]]:
-    """:func:`iter_batches`, each batch moved to the device of the model's parameters."""
+    """:func:`iter_batches`, each batch moved to the device of the model's parameters, with
+    floating-point features and targets in the model's dtype (float64 numpy data for a
+    float32 model, as the trainer does)."""
     device = _model_device(model)
+    dtype = floating_dtype_of(model)
     for x, y in iter_batches(data):
-        yield (x.to(device), y.to(device)) if device is not None else (x, y)
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        yield as_model_dtype(x, dtype), as_model_dtype(y, dtype)
+
+
+def _end_grid(model: Any, x: Tensor, t_end: float) -> Tensor:
+    """``[0, t_end]`` in the model's floating dtype (a float32 grid would round ``t_end`` in a
+    float64 model), on ``x``'s device."""
+    dtype = floating_dtype_of(model) or (x.dtype if x.is_floating_point() else torch.get_default_dtype())
+    return torch.tensor([0.0, t_end], dtype=dtype, device=x.device)
 
 
 def _outputs_along(
@@ -90,7 +155,8 @@ class InferenceCurve:
     Attributes:
         ts: the grid.
         loss: mean potential ``V_y(eta(t))`` per grid time.
-        error: error rate per grid time.
+        error: error rate per grid time (NaN for targets that are not class labels, e.g.
+            regression targets of :class:`~lyapunov_plugin.MSEPotential`).
         num_points: examples averaged over.
     """
 
@@ -120,36 +186,42 @@ def loss_error_curve(
         ts: increasing grid starting at 0.
         potential: the loss to report (default cross entropy).
         solver: integrate with this solver instead of the model's own.
-        only_correct: restrict to examples correct at ``ts[-1]``.
+        only_correct: restrict to examples correct at ``ts[-1]`` (class labels only; with
+            regression targets every example counts and the error is NaN).
     """
-    check_tensor("ts", ts, min_ndim=1, floating=True)
-    potential = potential if potential is not None else CrossEntropyPotential()
+    model = as_lyapunov_model(model)
+    check_time_grid("ts", ts)
+    potential = _check_potential(potential, optional=True)
+    _check_solver(solver)
+    check_bool("only_correct", only_correct)
     loss_sum = torch.zeros(ts.numel(), dtype=torch.float64)
     err_sum = torch.zeros(ts.numel(), dtype=torch.float64)
     count, batches = 0, 0
+    classes = True
     steps = ts.numel()
     with torch.no_grad():
         for out, y in _outputs_along(model, data, ts, solver):
             batches += 1
             potential.validate(out[-1], y)  # labels in range: a clear error, not an empty curve
             y = as_labels(y)
-            keep = out[-1].argmax(-1) == y if only_correct else torch.ones_like(y, dtype=torch.bool)
+            classes = classes and _is_class_labels(y)
+            if _is_class_labels(y) and only_correct:
+                keep = out[-1].argmax(-1) == y
+            else:
+                keep = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
             if not bool(keep.any()):
                 continue
             out, yk = out[:, keep], y[keep]
-            values = potential.value(out.reshape(-1, *out.shape[2:]), yk.repeat(steps)).reshape(steps, -1)
+            values = potential.value(out.reshape(-1, *out.shape[2:]), _tile(yk, steps)).reshape(steps, -1)
             loss_sum += values.double().sum(1).cpu()
-            err_sum += (out.argmax(-1) != yk).double().sum(1).cpu()
+            if _is_class_labels(yk):
+                err_sum += (out.argmax(-1) != yk).double().sum(1).cpu()
             count += int(keep.sum())
     if batches == 0:
         raise ValueError("data yielded no batches; loss_error_curve needs at least one (x, y) batch")
     denom = max(count, 1)
-    return InferenceCurve(
-        ts=[float(t) for t in ts],
-        loss=(loss_sum / denom).tolist(),
-        error=(err_sum / denom).tolist(),
-        num_points=count,
-    )
+    error = (err_sum / denom).tolist() if classes else [math.nan] * steps
+    return InferenceCurve(ts=[float(t) for t in ts], loss=(loss_sum / denom).tolist(), error=error, num_points=count)
 
 
 def nfe_to_end(model: LyapunovModel, x: Tensor, *, t_end: float = 1.0, solver: Optional[Solver] = None) -> int:
@@ -161,11 +233,15 @@ def nfe_to_end(model: LyapunovModel, x: Tensor, *, t_end: float = 1.0, solver: O
     evaluations of ``solver`` through the protocol are counted, e.g.
     ``functools.partial(torchdiffeq.odeint, method="dopri5", rtol=1e-3, atol=1e-3)``.
     """
+    model = as_lyapunov_model(model)
+    check_tensor("x", x, min_ndim=1)
     t_end = check_positive("t_end", t_end)
+    _check_solver(solver)
     device = _model_device(model)
     if device is not None:
         x = x.to(device)
-    ts = torch.tensor([0.0, t_end], device=x.device)
+    x = as_model_dtype(x, floating_dtype_of(model))
+    ts = _end_grid(model, x, t_end)
     with torch.no_grad():
         if solver is None:
             solution = getattr(model, "solution", None)
@@ -200,6 +276,17 @@ def lyapunov_condition_rate(
     Arguments:
         trajectory_ts: grid for rollouts when ``state_sampler`` needs trajectories.
     """
+    model = as_lyapunov_model(model)
+    potential = _check_potential(potential, optional=False)
+    kappa = check_positive("kappa", kappa)
+    if not isinstance(state_sampler, StateSampler):
+        raise TypeError(f"state_sampler must be a StateSampler, got {type(state_sampler).__name__}")
+    if time_sampler is not None and not isinstance(time_sampler, TimeSampler):
+        raise TypeError(f"time_sampler must be a TimeSampler or None, got {type(time_sampler).__name__}")
+    num_samples = check_positive_int("num_samples", num_samples)
+    if trajectory_ts is not None:
+        check_time_grid("trajectory_ts", trajectory_ts)
+    check_generator("generator", generator)
     if state_sampler.provides_times:
         time_sampler = None
     elif time_sampler is None:
@@ -257,12 +344,15 @@ def trajectory_violation_rate(
     Unlike :func:`lyapunov_condition_rate` nothing is sampled: the states are those the
     model's own solver (or ``solver``) visits at ``ts``, each checked at its own time.
     """
+    model = as_lyapunov_model(model)
     kappa = check_positive("kappa", kappa)
-    check_tensor("ts", ts, min_ndim=1, floating=True)
-    potential = potential if potential is not None else CrossEntropyPotential()
-    violated, total = 0.0, 0
+    check_time_grid("ts", ts)
+    potential = _check_potential(potential, optional=True)
+    _check_solver(solver)
+    violated, total, batches = 0.0, 0, 0
     with torch.no_grad():
         for x, y in _batches_on_model_device(model, data):
+            batches += 1
             context, _ = model.encode(x)
             grid = ts.to(x.device)
             states = states_along(model, x, grid, solver=solver)
@@ -273,10 +363,12 @@ def trajectory_violation_rate(
                 context.repeat(steps, *([1] * (context.ndim - 1))) if isinstance(context, Tensor) else context
             )
             v, v_dot = potential.evaluate(
-                eta, model.vector_field(eta, flat_context, t), y.repeat(steps), readout=model.readout
+                eta, model.vector_field(eta, flat_context, t), _tile(y, steps), readout=model.readout
             )
             violated += float((v_dot + kappa * v > 0).sum())
             total += int(v.numel())
+    if batches == 0:
+        raise ValueError("data yielded no batches; the violation rate needs at least one (x, y) batch")
     return violated / max(total, 1)
 
 
@@ -311,21 +403,36 @@ def decay_statistics(
     """Empirical decay of ``V`` along trajectories (Theorem 2, Eq. 14).
 
     ``V`` counts as monotone if ``V(t_j) <= V(t_{j-1}) + tolerance`` at every grid step.
+    ``only_correct`` applies to class labels; with regression targets every example counts.
     The rate uses the end points only; ``V`` is floored at 1e-12 so a fully converged
     example has a large finite rate.
     """
+    model = as_lyapunov_model(model)
+    potential = _check_potential(potential, optional=False)
     kappa = check_positive("kappa", kappa)
+    check_time_grid("ts", ts)
+    _check_solver(solver)
+    check_bool("only_correct", only_correct)
     tolerance = check_non_negative("tolerance", tolerance)
     monotone, rates = [], []
+    batches = 0
     with torch.no_grad():
         for out, y in _outputs_along(model, data, ts, solver):
+            batches += 1
             steps, batch = out.shape[0], out.shape[1]
-            v = potential.value(out.reshape(steps * batch, *out.shape[2:]), y.repeat(steps)).reshape(steps, batch)
-            keep = out[-1].argmax(-1) == y if only_correct else torch.ones_like(y, dtype=torch.bool)
+            potential.validate(out[-1], y)
+            y = as_labels(y)
+            v = potential.value(out.reshape(steps * batch, *out.shape[2:]), _tile(y, steps)).reshape(steps, batch)
+            if _is_class_labels(y) and only_correct:
+                keep = out[-1].argmax(-1) == y
+            else:
+                keep = torch.ones(batch, dtype=torch.bool, device=v.device)
             v = v[:, keep].double()
             monotone.append((v[1:] <= v[:-1] + tolerance).all(0).cpu())
             span = float(ts[-1] - ts[0])
             rates.append((torch.log(v[0].clamp_min(1e-12)) - torch.log(v[-1].clamp_min(1e-12))).cpu() / span)
+    if batches == 0:
+        raise ValueError("data yielded no batches; decay_statistics needs at least one (x, y) batch")
     mono = torch.cat(monotone) if monotone else torch.zeros(0, dtype=torch.bool)
     rate = torch.cat(rates) if rates else torch.zeros(0, dtype=torch.float64)
     n = int(mono.numel())
@@ -357,6 +464,11 @@ def theorem3_radius(delta: Any, lipschitz: float, kappa: float) -> Tensor:
     """
     lipschitz = check_positive("lipschitz", lipschitz)
     kappa = check_positive("kappa", kappa)
+    if isinstance(delta, Tensor):
+        if not delta.is_floating_point():
+            raise TypeError(f"delta must be a floating-point tensor or a real number, got dtype {delta.dtype}")
+    else:
+        check_real("delta", delta)
     delta = torch.as_tensor(delta, dtype=torch.float64)
     radius = kappa * (math.log(2.0) - delta) / (lipschitz * (-math.expm1(-kappa)))
     return radius.clamp_min(0.0)
@@ -405,7 +517,10 @@ def spectral_lipschitz_bound(module: nn.Module) -> float:
         if type(module) is kind:
             return constant
     supported = ["nn.Sequential", "nn.Linear", "nn.LeakyReLU", *(f"nn.{k.__name__}" for k in _ACTIVATION_LIPSCHITZ)]
-    raise TypeError(f"spectral_lipschitz_bound supports {supported}, got {type(module).__name__}")
+    raise TypeError(
+        f"module: spectral_lipschitz_bound supports {supported} (or a module with a lipschitz_bound() method), "
+        f"got {type(module).__name__}"
+    )
 
 
 def empirical_lipschitz(
@@ -420,8 +535,11 @@ def empirical_lipschitz(
     A *lower* bound on the Lipschitz constant ``L`` of Theorem 3, useful to see how
     loose :func:`spectral_lipschitz_bound` is; it cannot certify anything by itself.
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(x) -> tensor, got {type(fn).__name__}")
     iterations = check_positive_int("iterations", iterations)
-    check_tensor("x", x, min_ndim=1, floating=True)
+    check_tensor("x", x, min_ndim=2, floating=True)
+    check_generator("generator", generator)
     x = x.detach()
     v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator else x.device)
     v = v.to(x.device)
@@ -505,13 +623,23 @@ def theorem3_certificate(
         lipschitz: ``L = L_V L_f`` in the norm the radius is wanted in, e.g.
             ``sqrt(2) * L_f`` for cross entropy on an identity readout (``|p - e_y| <= sqrt 2``).
     """
+    model = as_lyapunov_model(model)
+    check_tensor("x", x, min_ndim=1)
+    check_tensor("y", y, min_ndim=1)
+    check_batch("y", y, "x", x.shape[0])
+    potential = _check_potential(potential, optional=False)
     lipschitz = check_positive("lipschitz", lipschitz)
     kappa = check_positive("kappa", kappa)
+    t_end = check_positive("t_end", t_end)
+    _check_solver(solver)
+    if time_sampler is not None and not isinstance(time_sampler, TimeSampler):
+        raise TypeError(f"time_sampler must be a TimeSampler or None, got {type(time_sampler).__name__}")
     time_sampler = time_sampler if time_sampler is not None else UniformTimeSampler(t_end=t_end)
+    x = as_model_dtype(x, floating_dtype_of(model))
     with torch.no_grad():
         _, eta0 = model.encode(x)
         delta = math.exp(-kappa) * potential.value(model.readout(eta0), y).double()
-        final = states_along(model, x, torch.tensor([0.0, t_end], device=x.device), solver=solver)[-1]
+        final = states_along(model, x, _end_grid(model, x, t_end), solver=solver)[-1]
         correct = model.readout(final).argmax(-1) == y
         out = monte_carlo_lyapunov_loss(
             model,

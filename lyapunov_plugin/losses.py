@@ -21,17 +21,25 @@ from torch import Tensor
 
 from ._typing import PerSample, Solver, State, Trajectory
 from ._validation import (
+    as_labels,
+    as_model_dtype,
     check_batch,
+    check_bool,
     check_finite,
+    check_generator,
+    check_like,
     check_non_negative,
     check_open_unit,
     check_positive,
     check_positive_int,
+    check_readout,
+    check_shape,
     check_tensor,
+    floating_dtype_of,
 )
 from .dispatch import as_lyapunov_model
 from .model import LyapunovModel, expand_to_batch, solve, solve_with_slopes
-from .potentials import Potential, Readout
+from .potentials import Potential, Readout, _readout_jvp
 from .samplers import SamplingContext, StateSampler, TimeSampler
 from .solvers import FixedStepSolver
 
@@ -98,11 +106,35 @@ def _pointwise(
     readout: Readout,
     kappa: float,
     detach_v: bool,
-    validate: bool,
+    check_targets: bool,
 ) -> tuple[PerSample, PerSample, PerSample]:
-    v, v_dot = potential.evaluate(eta, velocity, target, readout=readout, validate=validate)
+    """Eq. (12) at each state, with ``V`` and ``dV/dt``: :meth:`Potential.evaluate` without its
+    tensor checks (the callers produced ``eta`` and ``velocity`` themselves); the targets are
+    checked against the readout output only when ``check_targets``."""
+    output, output_velocity = _readout_jvp(readout, eta, velocity)
+    if check_targets:
+        potential.validate(output, target)
+    v, v_dot = potential.value_and_derivative(output, as_labels(target), output_velocity)
     decay_target = v.detach() if detach_v else v
     return torch.relu(v_dot + kappa * decay_target), v, v_dot
+
+
+def _lyapunov_loss_unchecked(
+    eta: State,
+    velocity: State,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    readout: Readout = None,
+    detach_v: bool = False,
+    check_targets: bool = False,
+) -> PerSample:
+    """:func:`lyapunov_loss` (Eq. 12) without input checks: for callers that validated their
+    arguments once. ``check_targets`` still checks ``target`` against the potential (class
+    labels in range, shapes) where the readout output is first known."""
+    loss, _, _ = _pointwise(eta, velocity, target, potential, readout, kappa, detach_v, check_targets)
+    return loss
 
 
 def lyapunov_loss(
@@ -133,12 +165,18 @@ def lyapunov_loss(
     """
     _check_potential(potential)
     kappa = check_positive("kappa", kappa)
+    check_readout("readout", readout)
+    check_bool("detach_v", detach_v)
     check_tensor("eta", eta, min_ndim=1, floating=True)
     check_tensor("velocity", velocity, floating=True)
+    check_shape("velocity", velocity, eta.shape, "the shape of eta")
+    check_like("velocity", velocity, "eta", eta)
     check_finite("eta", eta)
     check_finite("velocity", velocity)
-    loss, _, _ = _pointwise(eta, velocity, target, potential, readout, kappa, detach_v, validate=True)
-    return loss
+    check_tensor("target", target, min_ndim=1)
+    return _lyapunov_loss_unchecked(
+        eta, velocity, target, potential=potential, kappa=kappa, readout=readout, detach_v=detach_v, check_targets=True
+    )
 
 
 def _expand(value: Tensor, batch: int, samples: int) -> Tensor:
@@ -261,6 +299,8 @@ def monte_carlo_lyapunov_loss(
     kappa = check_positive("kappa", kappa)
     num_samples = check_positive_int("num_samples", num_samples)
     velocity_penalty = check_non_negative("velocity_penalty", velocity_penalty)
+    check_bool("detach_v", detach_v)
+    check_generator("generator", generator)
     if not isinstance(state_sampler, StateSampler):
         raise TypeError(f"state_sampler must be a StateSampler, got {type(state_sampler).__name__}")
     if state_sampler.provides_times:
@@ -271,21 +311,119 @@ def monte_carlo_lyapunov_loss(
             )
     elif not isinstance(time_sampler, TimeSampler):
         raise TypeError(f"time_sampler must be a TimeSampler, got {type(time_sampler).__name__}")
+    if counterexamples is not None and not isinstance(counterexamples, CounterexampleSearch):
+        raise TypeError(f"counterexamples must be a CounterexampleSearch or None, got {type(counterexamples).__name__}")
     check_tensor("x", x, min_ndim=1)
     check_finite("x", x)
     check_tensor("target", target, min_ndim=1)
     check_batch("target", target, "x", x.shape[0])
+    for name, value in (("trajectory", trajectory), ("trajectory_times", trajectory_times)):
+        if value is not None:
+            # Not checked for NaN/Inf: a rollout of diverging dynamics gives a non-finite loss,
+            # which training loops handle by their non-finite policy.
+            check_tensor(name, value, min_ndim=1, floating=True)
+    # Numpy-style float64 features (and regression targets, rollouts) for a float32 model
+    # are cast at this boundary, as the trainer does: nn.Linear refuses mixed dtypes.
+    dtype = floating_dtype_of(model)
+    x, target = as_model_dtype(x, dtype), as_model_dtype(target, dtype)
+    if trajectory is not None:
+        trajectory = as_model_dtype(trajectory, dtype)
+    return _monte_carlo(
+        model,
+        x,
+        target,
+        potential=potential,
+        kappa=kappa,
+        state_sampler=state_sampler,
+        time_sampler=time_sampler,
+        num_samples=num_samples,
+        detach_v=detach_v,
+        trajectory=trajectory,
+        trajectory_times=trajectory_times,
+        generator=generator,
+        counterexamples=counterexamples,
+        velocity_penalty=velocity_penalty,
+        checked=False,
+    )
 
+
+def _monte_carlo_lyapunov_loss_unchecked(
+    model: LyapunovModel,
+    x: Tensor,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    state_sampler: StateSampler,
+    time_sampler: Optional[TimeSampler] = None,
+    num_samples: int,
+    detach_v: bool = False,
+    trajectory: Optional[Trajectory] = None,
+    trajectory_times: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    counterexamples: Optional[CounterexampleSearch] = None,
+    velocity_penalty: float = 0.0,
+    check_targets: bool = False,
+) -> LyapunovLossOutput:
+    """:func:`monte_carlo_lyapunov_loss` (Algorithm 1 / Eq. 45) without input checks, for a
+    caller that validated its arguments once (an objective called every training step).
+
+    Assumes what the public function checks: ``model`` is a ``LyapunovModel`` (already
+    through ``as_lyapunov_model``), ``kappa > 0``, ``num_samples >= 1``, the samplers are of
+    the right kinds (a ``TimeSampler`` unless ``state_sampler.provides_times``), ``x`` is a
+    finite tensor in the model's dtype and ``target`` has ``x``'s batch size, and
+    ``trajectory``/``trajectory_times`` fit the encoded states. ``check_targets=True`` still
+    checks ``target`` against the potential (labels in range, shapes) where the readout
+    output is first known; with the default the caller has done that too.
+    """
+    return _monte_carlo(
+        model,
+        x,
+        target,
+        potential=potential,
+        kappa=kappa,
+        state_sampler=state_sampler,
+        time_sampler=time_sampler,
+        num_samples=num_samples,
+        detach_v=detach_v,
+        trajectory=trajectory,
+        trajectory_times=trajectory_times,
+        generator=generator,
+        counterexamples=counterexamples,
+        velocity_penalty=velocity_penalty,
+        checked=not check_targets,
+    )
+
+
+def _monte_carlo(
+    model: LyapunovModel,
+    x: Tensor,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    state_sampler: StateSampler,
+    time_sampler: Optional[TimeSampler] = None,
+    num_samples: int,
+    detach_v: bool = False,
+    trajectory: Optional[Trajectory] = None,
+    trajectory_times: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    counterexamples: Optional[CounterexampleSearch] = None,
+    velocity_penalty: float = 0.0,
+    checked: bool,
+) -> LyapunovLossOutput:
+    """Algorithm 1 on checked arguments. ``checked=False`` (the public path) validates what
+    only exists after encoding: the sampling context and the targets against the potential."""
     context, eta0 = model.encode(x)
     batch = eta0.shape[0]
-    sampling = SamplingContext(
-        eta0=eta0.detach(), target=target, trajectory=trajectory, trajectory_times=trajectory_times
-    )
+    make_context = SamplingContext._trusted if checked else SamplingContext
+    sampling = make_context(eta0=eta0.detach(), target=target, trajectory=trajectory, trajectory_times=trajectory_times)
     if state_sampler.provides_times:
         states, times = state_sampler.sample_with_times(sampling, num_samples, generator=generator)
     else:
         states = state_sampler.sample(sampling, num_samples, generator=generator)
-        # Checked above: a TimeSampler whenever the state sampler does not provide times.
+        # Checked by the caller: a TimeSampler whenever the state sampler does not provide times.
         times = cast(TimeSampler, time_sampler).sample((batch, num_samples), like=eta0, generator=generator)
 
     eta = states.reshape(batch * num_samples, *eta0.shape[1:])
@@ -293,14 +431,12 @@ def monte_carlo_lyapunov_loss(
     flat_context = _expand(context, batch, num_samples) if isinstance(context, Tensor) else context
     flat_target = _expand(target, batch, num_samples)
     if counterexamples is not None:
-        if not isinstance(counterexamples, CounterexampleSearch):
-            raise TypeError(f"counterexamples must be a CounterexampleSearch, got {type(counterexamples).__name__}")
         eta = counterexamples.refine(
             model, eta, flat_context, t, flat_target, potential=potential, kappa=kappa, samples_per_example=num_samples
         )
     velocity = model.vector_field(eta, flat_context, t)
     pointwise, v, v_dot = _pointwise(
-        eta, velocity, flat_target, potential, model.readout, kappa, detach_v, validate=True
+        eta, velocity, flat_target, potential, model.readout, kappa, detach_v, check_targets=not checked
     )
     loss = pointwise.mean()
     if velocity_penalty > 0:
@@ -337,16 +473,40 @@ def discrete_path_lyapunov_loss(
     """
     _check_potential(potential)
     kappa = check_open_unit("kappa", kappa)
+    check_readout("readout", readout)
+    check_bool("detach_v", detach_v)
     check_tensor("trajectory", trajectory, min_ndim=3, floating=True)
     if trajectory.shape[0] < 2:
         raise ValueError(f"trajectory needs at least 2 time points, got shape {tuple(trajectory.shape)}")
     check_finite("trajectory", trajectory)
+    check_tensor("target", target, min_ndim=1)
+    check_batch("target", target, "trajectory (its second dimension)", trajectory.shape[1])
+    return _discrete_path_lyapunov_loss_unchecked(
+        trajectory, target, potential=potential, kappa=kappa, readout=readout, detach_v=detach_v, check_targets=True
+    )
+
+
+def _discrete_path_lyapunov_loss_unchecked(
+    trajectory: Trajectory,
+    target: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    readout: Readout = None,
+    detach_v: bool = False,
+    check_targets: bool = False,
+) -> LyapunovLossOutput:
+    """:func:`discrete_path_lyapunov_loss` (Eq. 16-17) without input checks: ``trajectory`` is
+    a finite floating tensor ``(Gamma + 1, B, *S)`` with ``Gamma >= 1``, ``target`` has batch
+    ``B``, ``0 < kappa < 1``. ``check_targets=True`` still checks ``target`` against the
+    potential on the readout output."""
     steps, batch = trajectory.shape[0], trajectory.shape[1]
     flat = trajectory.reshape(steps * batch, *trajectory.shape[2:])
     out = readout(flat) if readout is not None else flat
     flat_target = _tile(target, steps)
-    potential.validate(out, flat_target)
-    v = potential.value(out, flat_target).reshape(steps, batch)
+    if check_targets:
+        potential.validate(out, flat_target)
+    v = potential._value_unchecked(out, flat_target).reshape(steps, batch)
     previous = v[:-1].detach() if detach_v else v[:-1]
     pointwise = torch.relu(v[1:] + (kappa - 1.0) * previous)
     loss = pointwise.sum(0).mean()
@@ -391,13 +551,96 @@ def path_lyapunov_loss(
     _check_potential(potential)
     model = as_lyapunov_model(model)  # TypeError listing what is supported otherwise
     kappa = check_positive("kappa", kappa)
+    check_bool("detach_states", detach_states)
+    check_bool("detach_v", detach_v)
     check_tensor("ts", ts, min_ndim=1, floating=True)
+    if ts.ndim != 1:
+        raise ValueError(f"ts must be a 1-D tensor of times, got shape {tuple(ts.shape)}")
+    check_finite("ts", ts)
     check_tensor("x", x, min_ndim=1)
     check_finite("x", x)
     check_tensor("target", target, min_ndim=1)
     check_batch("target", target, "x", x.shape[0])
-    if trajectory is not None and solver is not None:
-        raise ValueError("pass trajectory or solver, not both: solver only computes a missing trajectory")
+    if solver is not None and not callable(solver):
+        raise TypeError(f"solver must be None or callable as solver(func, y0, ts), got {type(solver).__name__}")
+    if trajectory is not None:
+        if solver is not None:
+            raise ValueError("pass trajectory or solver, not both: solver only computes a missing trajectory")
+        check_tensor("trajectory", trajectory, min_ndim=2, floating=True)
+    # Numpy-style float64 features (and regression targets) for a float32 model are cast at
+    # this boundary, as the trainer does: nn.Linear refuses mixed dtypes.
+    dtype = floating_dtype_of(model)
+    x, target = as_model_dtype(x, dtype), as_model_dtype(target, dtype)
+    if trajectory is not None:
+        trajectory = as_model_dtype(trajectory, dtype)
+    return _path(
+        model,
+        x,
+        target,
+        ts,
+        potential=potential,
+        kappa=kappa,
+        trajectory=trajectory,
+        solver=solver,
+        detach_states=detach_states,
+        detach_v=detach_v,
+        checked=False,
+    )
+
+
+def _path_lyapunov_loss_unchecked(
+    model: LyapunovModel,
+    x: Tensor,
+    target: Tensor,
+    ts: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    trajectory: Optional[Trajectory] = None,
+    solver: Optional[Solver] = None,
+    detach_states: bool = False,
+    detach_v: bool = False,
+    check_targets: bool = False,
+) -> LyapunovLossOutput:
+    """:func:`path_lyapunov_loss` (Eq. 12 along a trajectory, Eq. 13) without input checks.
+
+    Assumes what the public function checks: ``model`` is a ``LyapunovModel``, ``kappa > 0``,
+    ``ts`` a finite 1-D floating tensor, ``x`` finite in the model's dtype, ``target`` of
+    ``x``'s batch size, at most one of ``trajectory``/``solver``, and a given ``trajectory``
+    of shape ``(len(ts), *eta0.shape)``. ``check_targets=True`` still checks ``target``
+    against the potential on the readout output.
+    """
+    return _path(
+        model,
+        x,
+        target,
+        ts,
+        potential=potential,
+        kappa=kappa,
+        trajectory=trajectory,
+        solver=solver,
+        detach_states=detach_states,
+        detach_v=detach_v,
+        checked=not check_targets,
+    )
+
+
+def _path(
+    model: LyapunovModel,
+    x: Tensor,
+    target: Tensor,
+    ts: Tensor,
+    *,
+    potential: Potential,
+    kappa: float,
+    trajectory: Optional[Trajectory],
+    solver: Optional[Solver],
+    detach_states: bool,
+    detach_v: bool,
+    checked: bool,
+) -> LyapunovLossOutput:
+    """Eq. (12) along the trajectory on checked arguments. ``checked=False`` (the public path)
+    validates what only exists after encoding: the trajectory's shape and the targets."""
     context, eta0 = model.encode(x)
     slopes: Optional[Tensor] = None
     if trajectory is None:
@@ -407,12 +650,13 @@ def path_lyapunov_loss(
             trajectory, slopes = solve_with_slopes(model, context, eta0, ts, solver=solver)
         else:
             trajectory = model.trajectory(x, ts) if solver is None else solve(model, context, eta0, ts, solver=solver)
-    check_tensor("trajectory", trajectory, min_ndim=2, floating=True)
-    if trajectory.shape[0] != ts.shape[0] or tuple(trajectory.shape[1:]) != tuple(eta0.shape):
-        raise ValueError(
-            f"trajectory must have shape ({ts.shape[0]}, {', '.join(map(str, eta0.shape))}) "
-            f"(len(ts), *eta0.shape), got {tuple(trajectory.shape)}"
-        )
+    if not checked:
+        check_tensor("trajectory", trajectory, min_ndim=2, floating=True)
+        if trajectory.shape[0] != ts.shape[0] or tuple(trajectory.shape[1:]) != tuple(eta0.shape):
+            raise ValueError(
+                f"trajectory must have shape ({ts.shape[0]}, {', '.join(map(str, eta0.shape))}) "
+                f"(len(ts), *eta0.shape), got {tuple(trajectory.shape)}"
+            )
     if detach_states:
         trajectory = trajectory.detach()
     steps, batch = trajectory.shape[0], trajectory.shape[1]
@@ -425,6 +669,6 @@ def path_lyapunov_loss(
     else:
         velocity = model.vector_field(eta, flat_context, t)
     pointwise, v, v_dot = _pointwise(
-        eta, velocity, _tile(target, steps), potential, model.readout, kappa, detach_v, validate=True
+        eta, velocity, _tile(target, steps), potential, model.readout, kappa, detach_v, check_targets=not checked
     )
     return LyapunovLossOutput(pointwise.mean(), pointwise, v.detach(), v_dot.detach())

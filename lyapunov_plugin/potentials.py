@@ -28,10 +28,12 @@ from ._typing import Output, PerSample, State
 from ._validation import (
     as_labels,
     check_batch,
+    check_bool,
     check_class_labels,
     check_finite,
     check_like,
     check_non_negative,
+    check_readout,
     check_shape,
     check_tensor,
 )
@@ -62,6 +64,15 @@ def readout_jvp(readout: Readout, eta: State, velocity: State) -> tuple[Output, 
     Returns:
         ``(output, output_velocity)``, both ``(B, m)``.
     """
+    check_readout("readout", readout)
+    check_tensor("eta", eta, min_ndim=1, floating=True)
+    check_tensor("velocity", velocity, floating=True)
+    check_shape("velocity", velocity, eta.shape, "the shape of eta")
+    return _readout_jvp(readout, eta, velocity)
+
+
+def _readout_jvp(readout: Readout, eta: State, velocity: State) -> tuple[Output, Output]:
+    """:func:`readout_jvp` on checked arguments (the losses' per-step path)."""
     readout = readout_of(readout)
     if readout is None or isinstance(readout, nn.Identity):
         return eta, velocity
@@ -131,6 +142,12 @@ class Potential(ABC):
             ``(B,)`` non-negative values.
         """
 
+    def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
+        """:meth:`value` for a caller that has already validated ``target`` (the losses
+        validate once per call, then evaluate ``V`` at many states). Built-ins whose
+        :meth:`value` validates override this with the bare computation."""
+        return self.value(output, target)
+
     def value_and_derivative(
         self, output: Output, target: Tensor, output_velocity: Output
     ) -> tuple[PerSample, PerSample]:
@@ -149,7 +166,8 @@ class Potential(ABC):
         # readout, states that carry gradient); the functional transform is not affected.
         # Without has_aux, jvp returns the pair (value, derivative).
         value, derivative = cast(
-            tuple[Tensor, Tensor], torch.func.jvp(lambda out: self.value(out, target), (output,), (output_velocity,))
+            tuple[Tensor, Tensor],
+            torch.func.jvp(lambda out: self._value_unchecked(out, target), (output,), (output_velocity,)),
         )
         return value, derivative
 
@@ -158,6 +176,7 @@ class Potential(ABC):
 
         The default only requires a tensor with the output's batch size.
         """
+        check_tensor("output", output, min_ndim=1)
         check_tensor("target", target, min_ndim=1)
         check_batch("target", target, "the readout output", output.shape[0])
 
@@ -186,12 +205,14 @@ class Potential(ABC):
         Returns:
             ``(V, V_dot)``, each ``(B,)``.
         """
+        check_readout("readout", readout)
+        check_bool("validate", validate)
         if validate:
             check_tensor("eta", eta, min_ndim=1, floating=True)
             check_tensor("velocity", velocity, floating=True)
             check_shape("velocity", velocity, eta.shape, "the shape of eta")
             check_like("velocity", velocity, "eta", eta)
-        output, output_velocity = readout_jvp(readout, eta, velocity)
+        output, output_velocity = _readout_jvp(readout, eta, velocity)
         if validate:
             self.validate(output, target)
         v, v_dot = self.value_and_derivative(output, as_labels(target), output_velocity)
@@ -199,6 +220,7 @@ class Potential(ABC):
 
 
 def _check_logits(output: Tensor) -> None:
+    check_tensor("output", output, min_ndim=1, floating=True)
     if output.ndim != 2 or output.shape[1] < 2:
         raise ValueError(
             f"the readout output must be logits of shape (batch, num_classes >= 2), got {tuple(output.shape)}"
@@ -231,6 +253,9 @@ class CrossEntropyPotential(Potential):
 
     def value(self, output: Output, target: Tensor) -> PerSample:
         self.validate(output, target)
+        return self._value_unchecked(output, target)
+
+    def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
         ce = F.cross_entropy(output, as_labels(target), reduction="none")
         return torch.relu(ce - self.gamma)
 
@@ -263,6 +288,9 @@ class MarginPotential(Potential):
 
     def value(self, output: Output, target: Tensor) -> PerSample:
         self.validate(output, target)
+        return self._value_unchecked(output, target)
+
+    def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
         target = as_labels(target)
         p = output.softmax(dim=-1)
         p_true = p.gather(-1, target[:, None])[:, 0]
@@ -278,12 +306,18 @@ class MSEPotential(Potential):
     """
 
     def validate(self, output: Output, target: Tensor) -> None:
+        check_tensor("output", output, min_ndim=1, floating=True)
         check_tensor("target", target, min_ndim=1, floating=True)
         check_shape("target", target, output.shape, "the shape of the readout output")
         check_like("target", target, "the readout output", output)
         check_finite("target", target)
 
     def value(self, output: Output, target: Tensor) -> PerSample:
+        # Validated: a target of the wrong width would broadcast into a (B, B) residual.
+        self.validate(output, target)
+        return self._value_unchecked(output, target)
+
+    def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
         return (output - target).pow(2).flatten(1).mean(-1)
 
     def value_and_derivative(

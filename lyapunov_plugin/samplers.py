@@ -53,9 +53,9 @@ def _draw_shape(shape: Any) -> tuple[int, ...]:
     if (
         isinstance(shape, (str, bytes))
         or not isinstance(shape, (tuple, list, torch.Size))
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**63 for n in shape)
     ):
-        raise TypeError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+        raise TypeError(f"shape must be a sequence of non-negative ints (int64 sizes), got {shape!r}")
     return tuple(shape)
 
 
@@ -122,6 +122,27 @@ class SamplingContext:
                     f"got {tuple(self.trajectory_times.shape)}"
                 )
 
+    @classmethod
+    def _trusted(
+        cls,
+        eta0: Tensor,
+        target: Optional[Tensor] = None,
+        trajectory: Optional[Tensor] = None,
+        trajectory_times: Optional[Tensor] = None,
+    ) -> SamplingContext:
+        """A context from tensors the caller has already checked (the unchecked loss path
+        builds one per training step from states it produced itself): the same object, without
+        re-running :meth:`__post_init__`'s checks."""
+        context = object.__new__(cls)
+        for name, value in (
+            ("eta0", eta0),
+            ("target", target),
+            ("trajectory", trajectory),
+            ("trajectory_times", trajectory_times),
+        ):
+            object.__setattr__(context, name, value)
+        return context
+
     @property
     def batch_size(self) -> int:
         return int(self.eta0.shape[0])
@@ -165,6 +186,17 @@ class StateSampler(ABC):
             ``(B, num_samples, *S)`` states with the dtype and device of ``context.eta0``,
             carrying no gradient.
         """
+
+
+def _check_context(context: Any) -> SamplingContext:
+    """``context`` must be a :class:`SamplingContext` (a bare tensor of initial states is the
+    common mistake: wrap it as ``SamplingContext(eta0=...)``)."""
+    if not isinstance(context, SamplingContext):
+        kind = f"Tensor of shape {tuple(context.shape)}" if isinstance(context, Tensor) else type(context).__name__
+        raise TypeError(
+            f"context must be a SamplingContext (e.g. SamplingContext(eta0=states of shape (B, *S))), got {kind}"
+        )
+    return context
 
 
 def _center(context: SamplingContext, center: str) -> Tensor:
@@ -219,6 +251,7 @@ class HypercubeSampler(StateSampler):
     def sample(
         self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
     ) -> Tensor:
+        _check_context(context)
         check_positive_int("num_samples", num_samples)
         shape = (context.batch_size, num_samples, *context.state_shape)
         u = _random("uniform", shape, context.eta0, generator)
@@ -260,6 +293,7 @@ class HypersphereSampler(StateSampler):
     def sample(
         self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
     ) -> Tensor:
+        _check_context(context)
         check_positive_int("num_samples", num_samples)
         batch = context.batch_size
         shape = (batch, num_samples, *context.state_shape)
@@ -291,6 +325,7 @@ class TrajectorySampler(StateSampler):
     def sample(
         self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
     ) -> Tensor:
+        _check_context(context)
         check_positive_int("num_samples", num_samples)
         if context.trajectory is None:
             raise ValueError(
@@ -356,6 +391,7 @@ class RolloutSampler(StateSampler):
     def sample_with_times(
         self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
     ) -> tuple[Tensor, Tensor]:
+        _check_context(context)
         check_positive_int("num_samples", num_samples)
         if context.trajectory is None or context.trajectory_times is None:
             raise ValueError(
@@ -418,6 +454,15 @@ class MixtureSampler(StateSampler):
     weights: tuple[float, ...]
 
     def __post_init__(self) -> None:
+        for name, value, what in (
+            ("samplers", self.samplers, "StateSamplers"),
+            ("weights", self.weights, "non-negative floats, one per sampler"),
+        ):
+            if not isinstance(value, (tuple, list)):
+                raise TypeError(
+                    f"{name} must be a tuple (or list) of {what}, e.g. MixtureSampler((a, b), (0.5, 0.5)); "
+                    f"got {type(value).__name__}"
+                )
         samplers = tuple(self.samplers)
         weights = tuple(self.weights)
         if not samplers:
@@ -451,6 +496,7 @@ class MixtureSampler(StateSampler):
     def sample(
         self, context: SamplingContext, num_samples: int, *, generator: Optional[torch.Generator] = None
     ) -> Tensor:
+        _check_context(context)
         parts = [
             sampler.sample(context, count, generator=generator)
             for sampler, count in zip(self.samplers, self.allocation(num_samples), strict=True)
@@ -540,4 +586,8 @@ def appendix_b_half_width(kappa: float, num_classes: int) -> float:
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     target_loss = math.exp(-kappa)
+    # For kappa beyond ~690 exp(-kappa) / (m - 1) reaches the subnormal range (and 0 after
+    # ~745); there log(expm1(exp(-kappa))) = -kappa to within exp(-kappa) / 2.
+    if target_loss < 1e-290:
+        return 0.5 * (kappa + math.log(num_classes - 1))
     return -0.5 * math.log(math.expm1(target_loss) / (num_classes - 1))

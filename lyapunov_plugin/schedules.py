@@ -11,6 +11,16 @@ from dataclasses import dataclass
 
 from ._validation import check_choice, check_positive, check_positive_int
 
+
+def check_epoch(epoch: object) -> int:
+    """An epoch number for a schedule: an ``int >= 0`` (epochs are 1-based; 0 is before training)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise TypeError(f"epoch must be an int, got {type(epoch).__name__} {epoch!r}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return epoch
+
+
 __all__ = ["KappaSchedule", "ConstantKappa", "KappaWarmup", "constant_kappa"]
 
 
@@ -37,6 +47,7 @@ class ConstantKappa(KappaSchedule):
         check_positive("value", self.value)
 
     def __call__(self, epoch: int) -> float:
+        check_epoch(epoch)
         return self.value
 
     @property
@@ -69,6 +80,7 @@ class KappaWarmup(KappaSchedule):
         check_choice("shape", self.shape, ("linear", "geometric"))
 
     def __call__(self, epoch: int) -> float:
+        check_epoch(epoch)
         fraction = min(max(epoch - 1, 0) / self.epochs, 1.0)
         if self.shape == "linear":
             return self.start + fraction * (self.end - self.start)

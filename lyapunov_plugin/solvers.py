@@ -76,6 +76,9 @@ class FixedStepSolver:
         Returns:
             ``(states, slopes)``: ``(len(ts), *y0.shape)`` and ``(len(ts) - 1, *y0.shape)``.
         """
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}")
+        check_tensor("y0", y0, floating=True)
         check_tensor("ts", ts, min_ndim=1, floating=True)
         if ts.ndim != 1:
             raise ValueError(f"ts must be one-dimensional, got shape {tuple(ts.shape)}")

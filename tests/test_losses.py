@@ -22,6 +22,7 @@ from lyapunov_plugin import (
     monte_carlo_lyapunov_loss,
     path_lyapunov_loss,
 )
+from lyapunov_plugin.blocks import MLPDynamics
 
 from .problems import ce_reference, classification_batch, reference_v_and_vdot
 
@@ -382,3 +383,36 @@ def test_fixed_step_solver_step_count_on_float32_grids():
     calls.clear()
     FixedStepSolver(method="euler", steps=10)(field, y0, torch.tensor([0.0, 0.25, 1.0]))
     assert len(calls) == 3 + 8  # 2.5 -> 3 steps, then 7.5 -> 8 steps
+
+
+def test_float64_discrete_path_loss_equals_eq_16_17_with_the_continuous_rate():
+    """Eq. (16)-(17) in float64 with the per-step rate ``1 - exp(-kappa dt)`` (the discrete
+    form of Eq. 10 over a step ``dt``), against a plain-Python computation to 1e-10: no float32
+    computation may leak into a float64 run (states, grid, rate)."""
+    torch.manual_seed(0)
+    model = ODEModel(MLPDynamics(3, 3, (8,)), state_shape=(3,), encoder=nn.Identity()).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    kappa_c, steps, t_end = 2.3, 7, 1.0
+    dt = t_end / steps
+    ts = torch.linspace(0.0, t_end, steps + 1, dtype=torch.float64)
+    context, eta0 = model.encode(x)
+    trajectory = FixedStepSolver(method="rk4", steps=steps)(
+        lambda t, eta: model.vector_field(eta, context, t.expand(eta.shape[0])), eta0, ts
+    )
+    rate = -math.expm1(-kappa_c * dt)
+    out = discrete_path_lyapunov_loss(trajectory, y, potential=CrossEntropyPotential(), kappa=rate)
+    assert out.loss.dtype == torch.float64 and out.v.dtype == torch.float64
+
+    def cross_entropy(logits: list[float], label: int) -> float:
+        top = max(logits)
+        return top + math.log(sum(math.exp(z - top) for z in logits)) - logits[label]
+
+    rows = trajectory.detach().tolist()
+    total = 0.0
+    for b, label in enumerate(y.tolist()):
+        values = [cross_entropy(rows[j][b], label) for j in range(steps + 1)]
+        total += sum(max(0.0, values[j] - math.exp(-kappa_c * dt) * values[j - 1]) for j in range(1, steps + 1))
+    expected = total / x.shape[0]
+    assert expected > 0  # the untrained model violates the condition somewhere: the check is not 0 == 0
+    assert math.isclose(float(out.loss), expected, rel_tol=1e-10, abs_tol=1e-12)

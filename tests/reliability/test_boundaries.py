@@ -100,22 +100,23 @@ def _int(v):
 
 
 #: For each constructor argument: whether a value is valid (the oracle the fuzz checks against).
+#: The deprecated keyword settings (``lr``, ``mode``, ...) take ``None`` for "the recipe's value".
 VALID = {
-    "kappa": lambda v: _real(v) and v > 0,
-    "lr": lambda v: _real(v) and v > 0,
-    "weight_decay": lambda v: _real(v) and v >= 0,
+    "kappa": lambda v: v is None or (_real(v) and v > 0),  # None: the recipe's kappa
+    "lr": lambda v: v is None or (_real(v) and v > 0),
+    "weight_decay": lambda v: v is None or (_real(v) and v >= 0),
     "grad_clip": lambda v: v is None or (_real(v) and v > 0),
     "nonfinite": lambda v: v in ("raise", "skip") and isinstance(v, str),
     "scheduler": lambda v: v is None or (isinstance(v, str) and v in ("cosine", "constant")),
-    "scheduler_interval": lambda v: isinstance(v, str) and v in ("epoch", "step"),
-    "optimizer": lambda v: isinstance(v, str) and v in ("adam", "adamw", "sgd"),
+    "scheduler_interval": lambda v: v is None or (isinstance(v, str) and v in ("epoch", "step")),
+    "optimizer": lambda v: v is None or (isinstance(v, str) and v in ("adam", "adamw", "sgd")),
     "progress": lambda v: isinstance(v, bool),
     "seed": lambda v: v is None or (_int(v) and 0 <= v < 2**64),
     "device": lambda v: v is None or (isinstance(v, str) and v == "cpu") or isinstance(v, torch.device),
     "t_end": lambda v: v is None or (_real(v) and math.isclose(v, 1.0)),
     "mode": lambda v: v is None or (isinstance(v, str) and v in MODES),
-    "num_samples": lambda v: v is None or (_int(v) and v >= 1),
-    "path_steps": lambda v: v is None or (_int(v) and v >= 1),
+    "num_samples": lambda v: v is None or (_int(v) and 1 <= v < 2**63),
+    "path_steps": lambda v: v is None or (_int(v) and 1 <= v < 2**63),
     "detach_v": lambda v: v is None or isinstance(v, bool),
 }
 

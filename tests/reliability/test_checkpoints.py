@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import lyapunov_plugin
-from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, ODEModel
+from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, ODEModel, Recipe
 from lyapunov_plugin.blocks import MLPDynamics
 from lyapunov_plugin.checkpoint import CheckpointError, load_checkpoint
 
@@ -22,7 +22,7 @@ def _trainer(optimizer="adam", seed=0):
     model = ODEModel(
         MLPDynamics(2, 2, (8,)), state_shape=(2,), encoder=nn.Identity(), solver=FixedStepSolver(method="rk4", steps=2)
     )
-    return LyapunovTrainer(model, optimizer=optimizer, progress=False, seed=seed)
+    return LyapunovTrainer(model, Recipe(optimizer=optimizer), progress=False, seed=seed)
 
 
 @pytest.fixture
