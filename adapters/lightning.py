@@ -6,7 +6,8 @@ Two ways in:
 - :class:`LyapunovModule` wraps a model (torchdyn ``NeuralODE``, torchdiffeq field, any
   :class:`~lyapunov_plugin.LyapunovModel`) in a ``LightningModule`` whose
   ``training_step`` minimises an objective (by default the one ``LyapunovTrainer(model)``
-  uses) and whose ``validation_step`` logs the error at ``t_end``::
+  uses, from the same :class:`~lyapunov_plugin.Recipe`) and whose ``validation_step`` logs
+  the error at ``t_end``::
 
       module = LyapunovModule(model)
       pl.Trainer(max_epochs=10).fit(module, train_loader, val_loader)
@@ -14,8 +15,9 @@ Two ways in:
 - in a ``LightningModule`` of your own (torchdyn's tutorial ``Learner``, say), the pure
   objective is the whole integration::
 
-      self.objective = default_objective(self.model)             # in __init__
-      return self.objective(self.model, x, y).loss               # in training_step
+      self.recipe = default_recipe(self.model)                   # in __init__
+      return self.recipe.objective(self.model, x, y).loss        # in training_step
+      return self.recipe.configure_optimizers(self.parameters(), self.trainer.max_epochs)  # configure_optimizers
 
 Devices follow the module: the Monte Carlo draws use a generator created on the module's
 device, seeded with ``seed + global_rank`` so that ranks draw different samples and a run
@@ -24,16 +26,17 @@ is reproducible.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, cast
+import dataclasses
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
 
-from lyapunov_plugin._validation import check_choice, check_positive
 from lyapunov_plugin.dispatch import as_lyapunov_model
 from lyapunov_plugin.model import horizon, readout_at
-from lyapunov_plugin.objectives import DEFAULT_KAPPA, Objective, default_objective
-from lyapunov_plugin.trainer import DEFAULT_LR
+from lyapunov_plugin.objectives import Objective
+from lyapunov_plugin.recipe import Recipe, default_recipe
+from lyapunov_plugin.schedules import KappaSchedule
 
 try:
     import lightning.pytorch as pl
@@ -50,48 +53,61 @@ if TYPE_CHECKING:
 
 __all__ = ["LyapunovModule"]
 
-_SCHEDULES = ("cosine", "constant")
-
 
 class LyapunovModule(pl.LightningModule):
-    """A ``LightningModule`` that trains ``model`` with a Lyapunov objective.
+    """A ``LightningModule`` that trains ``model`` with a :class:`~lyapunov_plugin.Recipe`.
+
+    The recipe is the trainer's: the same default (:func:`~lyapunov_plugin.default_recipe`),
+    the same objective, ``kappa``, optimizer, and the same cosine learning rates over
+    ``Trainer(max_epochs=...)`` that ``LyapunovTrainer.fit(..., epochs=max_epochs)`` uses.
 
     Arguments:
         model: the Neural ODE (any form ``LyapunovTrainer`` accepts).
-        objective: what to minimise; default :func:`~lyapunov_plugin.default_objective`
-            (chosen from the model's structure, on the first batch if the model cannot tell).
-        kappa: the rate of Eq. (10).
-        lr: Adam's learning rate (default 1e-2, the trainer's).
-        schedule: ``"cosine"`` over ``Trainer(max_epochs=...)`` (the trainer's default) or
-            ``"constant"``.
+        recipe: what is minimised and how it is optimised (default
+            :func:`~lyapunov_plugin.default_recipe`; an objective the model cannot choose
+            without running is chosen on the first batch).
+        objective, kappa: shortcuts that replace the recipe's objective / rate of Eq. (10).
         seed: seed of the Monte Carlo draws (plus the global rank).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        objective: Optional[Objective] = None,
+        recipe: Optional[Union[Recipe, Objective]] = None,
         *,
-        kappa: float = DEFAULT_KAPPA,
-        lr: float = DEFAULT_LR,
-        schedule: str = "cosine",
+        objective: Optional[Objective] = None,
+        kappa: Optional[Union[float, KappaSchedule]] = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if objective is not None and not isinstance(objective, Objective):
-            raise TypeError(f"objective must be a lyapunov_plugin Objective or None, got {type(objective).__name__}")
         net = as_lyapunov_model(model)
         if not isinstance(net, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(net).__name__}")
         self.net = cast("TrainableModel", net)
-        self.objective = objective
-        self.kappa = check_positive("kappa", kappa)
-        self.lr = check_positive("lr", lr)
-        self.schedule = check_choice("schedule", schedule, _SCHEDULES)
+        if isinstance(recipe, Objective) and objective is None:
+            recipe, objective = None, recipe  # LyapunovModule(model, objective) reads as it always did
+        if recipe is not None and not isinstance(recipe, Recipe):
+            raise TypeError(
+                f"recipe must be a lyapunov_plugin Recipe, an Objective or None, got {type(recipe).__name__}"
+            )
+        if objective is not None and not isinstance(objective, Objective):
+            raise TypeError(f"objective must be a lyapunov_plugin Objective or None, got {type(objective).__name__}")
+        if recipe is None:
+            recipe = default_recipe(self.net) if objective is None else Recipe()
+        if objective is not None:
+            recipe = dataclasses.replace(recipe, objective=objective, potential=None)
+        if kappa is not None:
+            recipe = dataclasses.replace(recipe, kappa=kappa)
+        self.recipe = recipe
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
         self._generator: Optional[torch.Generator] = None
+
+    @property
+    def objective(self) -> Optional[Objective]:
+        """The recipe's objective (``None`` until chosen on the first batch, if the model cannot tell)."""
+        return self.recipe.objective
 
     def forward(self, x: Tensor) -> Tensor:
         """``psi(eta(t_end))`` with the model's own solver: the prediction."""
@@ -106,13 +122,13 @@ class LyapunovModule(pl.LightningModule):
         return self._generator
 
     def resolved_objective(self, x: Tensor) -> Objective:
-        if self.objective is None:
-            self.objective = default_objective(self.net, x[:2])
-        return self.objective
+        self.recipe = self.recipe.resolve(self.net, x[:2])
+        return cast(Objective, self.recipe.objective)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        out = self.resolved_objective(x)(self.net, x, y, kappa=self.kappa, generator=self.generator())
+        epoch = int(getattr(self, "current_epoch", 0)) + 1
+        out = self.resolved_objective(x)(self.net, x, y, kappa=self.recipe.kappa_at(epoch), generator=self.generator())
         self.log("train_loss", out.loss.detach(), prog_bar=True, batch_size=x.shape[0])
         self.log("train_violation", out.violation_fraction, prog_bar=True, batch_size=x.shape[0])
         return out.loss
@@ -124,9 +140,5 @@ class LyapunovModule(pl.LightningModule):
         self.log("val_error", (logits.argmax(-1) != y).float().mean(), prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         max_epochs = getattr(getattr(self, "trainer", None), "max_epochs", None)
-        if self.schedule == "constant" or not max_epochs or max_epochs < 1:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.recipe.configure_optimizers(self.net.parameters(), max_epochs)

@@ -26,15 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, PathIntegralObjective
+from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, Objective, PathIntegralObjective, SupervisedObjective
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = {
-    "default objective (discrete path loss on the model's own step)": {},
-    "path integral on a 4-step RK4 rollout (the previous default for this model)": {
-        "objective": PathIntegralObjective()
-    },
-    "standard (mode='standard')": {"mode": "standard"},
+#: Each method's objective (``None``: the trainer's default for the model).
+METHODS: dict[str, Optional[Objective]] = {
+    "default objective (discrete path loss on the model's own step)": None,
+    "path integral on a 4-step RK4 rollout (the previous default for this model)": PathIntegralObjective(),
+    "standard (SupervisedObjective())": SupervisedObjective(),
 }
 
 
@@ -61,7 +60,7 @@ def main(
     y = torch.tensor(digits.target)
     x_test, y_test = x[train_size:], y[train_size:]
     rows: dict[str, dict[str, list[float]]] = {}
-    for label, options in METHODS.items():
+    for label, objective in METHODS.items():
         own, fine = [], []
         for seed in seeds:
             torch.manual_seed(seed)
@@ -71,7 +70,7 @@ def main(
                 shuffle=True,
                 generator=torch.Generator().manual_seed(seed),
             )
-            trainer = LyapunovTrainer(conv_model(), progress=False, seed=seed, **options)
+            trainer = LyapunovTrainer(conv_model(), objective=objective, progress=False, seed=seed)
             trainer.fit(loader, epochs=epochs)
             own.append(100 * float((trainer.predict(x_test).argmax(-1) != y_test).float().mean()))
             rk4 = trainer.predict(x_test, solver=FixedStepSolver(method="rk4", steps=10))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,13 +23,14 @@ import torch
 from torch import nn
 
 from examples.common.report import mean_std, write_outputs
-from lyapunov_plugin import LyapunovTrainer, MonteCarloObjective
+from lyapunov_plugin import LyapunovTrainer, MonteCarloObjective, Objective, SupervisedObjective
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-METHODS = {
-    "Monte Carlo (MonteCarloObjective)": lambda: {"objective": MonteCarloObjective()},
-    "path integral (the default for this model)": lambda: {},
-    "standard (mode='standard')": lambda: {"mode": "standard"},
+#: Each method's objective (``None``: the trainer's default for the model).
+METHODS: dict[str, Callable[[], Optional[Objective]]] = {
+    "Monte Carlo (MonteCarloObjective)": MonteCarloObjective,
+    "path integral (the default for this model)": lambda: None,
+    "standard (SupervisedObjective())": SupervisedObjective,
 }
 
 
@@ -59,12 +60,12 @@ def main(
     cut = 1400 if limit is None else limit
     x_test, y_test = x[1400:], y[1400:]
     rows: dict[str, Any] = {}
-    for name, settings in METHODS.items():
+    for name, objective in METHODS.items():
         errors, early, modes = [], [], []
         for seed in seeds:
             torch.manual_seed(seed)
             loader = DataLoader(TensorDataset(x[:cut], y[:cut]), batch_size=64, shuffle=True)
-            trainer = LyapunovTrainer(quickstart_model(), progress=False, seed=seed, **settings())
+            trainer = LyapunovTrainer(quickstart_model(), objective=objective(), progress=False, seed=seed)
             trainer.fit(loader, epochs=epochs)
             errors.append(100 * float((trainer.predict(x_test).argmax(-1) != y_test).double().mean()))
             early.append(100 * float((trainer.predict(x_test, t_end=0.25).argmax(-1) != y_test).double().mean()))

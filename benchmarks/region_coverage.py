@@ -34,6 +34,8 @@ from lyapunov_plugin import (
     CrossEntropyPotential,
     HypercubeSampler,
     LyapunovTrainer,
+    MonteCarloObjective,
+    Recipe,
     RolloutSampler,
     UniformTimeSampler,
     appendix_b_half_width,
@@ -81,28 +83,30 @@ def main(
     torch.set_num_threads(1)
     split = digits(limit=120 if quick else None)
     half_width = appendix_b_half_width(kappa, 10)
-    uniform = {"time_sampler": UniformTimeSampler(), "num_samples": 32, "lr": 1e-3, "scheduler": "constant"}
+    # That study's settings: 32 samples per example (uniform times for the fixed-region
+    # samplers, which pair no time with a state), Adam at 1e-3 with a constant rate.
+    recipe = Recipe(lr=1e-3, schedule="constant")
     regions = {
-        "fixed Appendix-B cube": lambda: {"state_sampler": HypercubeSampler(half_width=half_width), **uniform},
-        "covering cube (issue-4 default)": lambda: {
-            "state_sampler": HypercubeSampler(half_width=half_width, cover=2.0),
-            **uniform,
-        },
-        "rollout sampler (default sampler)": lambda: {
-            "state_sampler": RolloutSampler(),
-            "num_samples": 32,
-            "lr": 1e-3,
-            "scheduler": "constant",
-        },
+        "fixed Appendix-B cube": lambda: MonteCarloObjective(
+            state_sampler=HypercubeSampler(half_width=half_width), time_sampler=UniformTimeSampler(), num_samples=32
+        ),
+        "covering cube (issue-4 default)": lambda: MonteCarloObjective(
+            state_sampler=HypercubeSampler(half_width=half_width, cover=2.0),
+            time_sampler=UniformTimeSampler(),
+            num_samples=32,
+        ),
+        "rollout sampler (default sampler)": lambda: MonteCarloObjective(
+            state_sampler=RolloutSampler(), num_samples=32
+        ),
     }
     rows: dict[str, dict[str, Any]] = {}
     runs = []
-    for name, settings in regions.items():
+    for name, objective in regions.items():
         per_seed = []
         for seed in seeds:
             torch.manual_seed(seed)
             model = digits_node(split.x_train, lipschitz=LIPSCHITZ, solver=TRAIN_SOLVER)
-            trainer = LyapunovTrainer(model, kappa=kappa, seed=seed, progress=False, **settings())
+            trainer = LyapunovTrainer(model, recipe, objective=objective(), kappa=kappa, seed=seed, progress=False)
             trainer.fit(split.loaders(64, generator=torch.Generator().manual_seed(seed))[0], epochs=epochs)
             per_seed.append(coverage(trainer, split.x_test, split.y_test, half_width))
             runs.append({"region": name, "seed": seed, **per_seed[-1]})

@@ -74,8 +74,10 @@ from lyapunov_plugin import (
     HypercubeSampler,
     LyapunovTrainer,
     MonteCarloObjective,
+    Objective,
     ODEModel,
     PathIntegralObjective,
+    Recipe,
     SamplingContext,
     SupervisedObjective,
     UniformTimeSampler,
@@ -225,11 +227,12 @@ def restorer(model: nn.Module) -> Callable[[], None]:
 
 
 def step_case(
-    key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device, **trainer_options: Any
+    key: str, label: str, model: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device, objective: Objective
 ) -> Case:
     """A timed optimisation step of a ``LyapunovTrainer`` (Adam) with one objective."""
     x, y = batch
-    trainer = LyapunovTrainer(model, lr=LEARNING_RATE, seed=SEED, progress=False, device=device, **trainer_options)
+    recipe = Recipe(objective=objective, lr=LEARNING_RATE)
+    trainer = LyapunovTrainer(model, recipe, seed=SEED, progress=False, device=device)
     trainer.model.train()
     solution = getattr(trainer.model, "solution", None)
     with torch.no_grad():
@@ -250,14 +253,14 @@ def step_cases(base: ODEModel, batch: tuple[Tensor, Tensor], device: torch.devic
             "LyaNet Monte Carlo, default objective (rollout sampler)",
             fresh(),
             *common,
-            objective=MonteCarloObjective(num_samples=num_samples),
+            MonteCarloObjective(num_samples=num_samples),
         ),
         step_case(
             "lyanet_mc_fixed",
             "LyaNet Monte Carlo, fixed hypercube (Algorithm 1)",
             fresh(),
             *common,
-            objective=MonteCarloObjective(
+            MonteCarloObjective(
                 state_sampler=fixed_hypercube(), time_sampler=UniformTimeSampler(), num_samples=num_samples
             ),
         ),
@@ -266,29 +269,29 @@ def step_cases(base: ODEModel, batch: tuple[Tensor, Tensor], device: torch.devic
             "LyaNet path integral, default objective (RK4-4, Eq. 12)",
             fresh(),
             *common,
-            objective=PathIntegralObjective(),
+            PathIntegralObjective(),
         ),
         step_case(
             "lyanet_path_integral",
             "LyaNet path integral (Algorithm 2, Eq. 16-17), RK4-10",
             fresh(),
             *common,
-            objective=PathIntegralObjective(steps=10, form="discrete", solver="model"),
+            PathIntegralObjective(steps=10, form="discrete", solver="model"),
         ),
-        step_case("backprop_rk4", "standard, backprop through RK4-10", fresh(), *common, mode="standard"),
+        step_case("backprop_rk4", "standard, backprop through RK4-10", fresh(), *common, SupervisedObjective()),
         step_case(
             "backprop_dopri5",
             "standard, backprop through dopri5 (odeint)",
             torchdiffeq_twin(fresh(), adjoint=False),
             *common,
-            mode="standard",
+            SupervisedObjective(),
         ),
         step_case(
             "adjoint_dopri5",
             "standard, adjoint dopri5 (odeint_adjoint)",
             torchdiffeq_twin(fresh(), adjoint=True),
             *common,
-            mode="standard",
+            SupervisedObjective(),
         ),
     ]
     check_same_parameters([case.model for case in cases])
@@ -320,8 +323,7 @@ def wrapped_epochs(*, repeats: int, device: torch.device, problem_name: str = "d
         trainers = {}
         for key, objective in objectives.items():
             model = build(pattern, problem.num_features, problem.num_classes, seed=SEED)
-            extra = {"objective": objective} if objective is not None else {}
-            trainers[key] = LyapunovTrainer(model, seed=SEED, progress=False, device=device, **extra)
+            trainers[key] = LyapunovTrainer(model, objective=objective, seed=SEED, progress=False, device=device)
         data = {
             key: Batches(problem.x_train.to(device), problem.y_train.to(device), batch_size, SEED) for key in objectives
         }

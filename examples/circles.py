@@ -22,7 +22,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, ODEModel
+from lyapunov_plugin import (
+    FixedStepSolver,
+    LyapunovTrainer,
+    MonteCarloObjective,
+    ODEModel,
+    Recipe,
+    SupervisedObjective,
+)
 from lyapunov_plugin.blocks import MLPDynamics
 
 from .common.data import circles
@@ -95,9 +102,9 @@ def main(
         results["mlp_test_error"] = float((mlp(split.x_test).argmax(-1) != split.y_test).float().mean())
     predictors["MLP"] = mlp
 
-    for name, mode in (("Neural ODE", "standard"), ("LyaNet", "monte_carlo")):
+    for name, objective in (("Neural ODE", SupervisedObjective()), ("LyaNet", MonteCarloObjective())):
         torch.manual_seed(seed)
-        trainer = LyapunovTrainer(_ode(hidden), mode=mode, lr=1e-2, seed=seed, progress=False)
+        trainer = LyapunovTrainer(_ode(hidden), Recipe(objective=objective, lr=1e-2), seed=seed, progress=False)
         trainer.fit(train_loader, epochs=epochs)
         results[f"{name}_test_error"] = trainer.evaluate(test)["error"]
         predictors[name] = trainer.predict

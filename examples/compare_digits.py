@@ -40,7 +40,9 @@ from lyapunov_plugin import (
     HypercubeSampler,
     LyapunovTrainer,
     MonteCarloObjective,
+    Recipe,
     RolloutSampler,
+    SupervisedObjective,
     appendix_b_half_width,
     decay_statistics,
     spectral_lipschitz_bound,
@@ -116,19 +118,16 @@ def train(
     torch.manual_seed(seed)
     model = digits_node(split.x_train, lipschitz=ENCODERS[encoder], solver=TRAIN_SOLVER)
     if method == "standard":
-        trainer = LyapunovTrainer(
-            model, mode="standard", lr=lr if lr is not None else 1e-3, seed=seed, progress=progress
-        )
+        recipe = Recipe(objective=SupervisedObjective(), lr=lr if lr is not None else 1e-3)
+        trainer = LyapunovTrainer(model, recipe, seed=seed, progress=progress)
     else:
-        extra: dict[str, Any] = {"kappa": kappa} if kappa is not None else {}
-        if lr is not None:
-            extra["lr"] = lr
         objective = (
             MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=tuple(noise_scales)))
             if noise_scales is not None
             else None
         )
-        trainer = LyapunovTrainer(model, objective, seed=seed, progress=progress, **extra)
+        recipe = Recipe(objective=objective) if lr is None else Recipe(objective=objective, lr=lr)
+        trainer = LyapunovTrainer(model, recipe, kappa=kappa, seed=seed, progress=progress)
     train_loader, test_loader = split.loaders(batch_size, generator=torch.Generator().manual_seed(seed))
     history = trainer.fit(train_loader, epochs=epochs, val_loader=val_loader or test_loader)
     return trainer, history
@@ -476,7 +475,7 @@ def describe(trainer: LyapunovTrainer) -> str:
     )
     return (
         f"{trainer.mode}, kappa {trainer.kappa_schedule.final:g}, {detail}, "
-        f"Adam lr {trainer.base_lrs[0]:g}, {'cosine' if trainer.cosine else 'constant'} schedule"
+        f"Adam lr {trainer.base_lrs[0]:g}, {'cosine' if trainer.recipe.cosine else 'constant'} schedule"
     )
 
 

@@ -27,8 +27,8 @@ Appendix C: Nero with learning rate 0.01, batch size 64 for LyaNet and 128 for
 backpropagation, 120 epochs; PGD of torchattacks with 10 steps of 2/255 (here
 ``alpha = 2.5 * eps / steps``, the same 2/255 at 8/255). The paper's rates were kappa = 5
 (LyaNet) and a discrete per-step factor of 0.999955 (Continuous LyaNet); this script uses
-the trainer's default ``kappa`` unless ``--kappa`` is given (the path-integral trainer
-turns ``kappa`` into the per-step factor ``1 - exp(-kappa / path_steps)``).
+the trainer's default ``kappa`` unless ``--kappa`` is given (the discrete path integral
+turns ``kappa`` into the per-step factor ``1 - exp(-kappa / steps)``).
 
     python -m examples.vision --dataset cifar10 --data-root data --download       # Table 1 row set
     python -m examples.vision --dataset fashionmnist --fake --epochs 1 --limit 64  # a smoke run
@@ -52,7 +52,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, nfe_to_end
+from lyapunov_plugin import (
+    FixedStepSolver,
+    LyapunovTrainer,
+    MonteCarloObjective,
+    Objective,
+    PathIntegralObjective,
+    Recipe,
+    SupervisedObjective,
+    nfe_to_end,
+)
 from lyapunov_plugin.diagnostics import states_along
 from lyapunov_plugin.distributed import barrier, is_distributed, is_main_process, rank_and_world_size
 
@@ -87,7 +96,11 @@ LABELS = {
 }
 #: LyaNet training per model class: Monte Carlo (Algorithm 1) for the class-sized state,
 #: the discrete path integral (Algorithm 2, Eq. 16-17) for the feature-map state.
-LYANET_MODES = {"node": "monte_carlo", "continuous": "path_integral"}
+LYANET_OBJECTIVES: dict[str, Callable[[], Objective]] = {
+    "node": MonteCarloObjective,
+    "continuous": lambda: PathIntegralObjective(form="discrete"),
+}
+LYANET_MODES = {model: make().name for model, make in LYANET_OBJECTIVES.items()}
 #: Appendix C: Nero with learning rate 0.01; Adam gets the library's default 1e-3.
 DEFAULT_LR = {"nero": 0.01, "adam": 1e-3}
 #: Appendix C: batch size 64 for LyaNet, 128 for backpropagation.
@@ -344,15 +357,19 @@ def train_flow(
     device: torch.device,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """A Neural ODE row with :class:`~lyapunov_plugin.LyapunovTrainer`: ``mode="standard"``
-    (the supervised loss at ``t = 1`` through the solver), or LyaNet with the trainer's
-    defaults in the mode of ``LYANET_MODES`` (Algorithm 1 or 2)."""
-    extra: dict[str, Any] = {}
-    if method == "lyanet" and kappa is not None:
-        extra["kappa"] = kappa
-    mode = "standard" if method == "standard" else LYANET_MODES[model_name]
+    """A Neural ODE row with :class:`~lyapunov_plugin.LyapunovTrainer`:
+    ``objective=SupervisedObjective()`` (the supervised loss at ``t = 1`` through the solver),
+    or LyaNet with the objective of ``LYANET_OBJECTIVES`` at its defaults (Algorithm 1 or 2).
+    Both use ``make_optimizer`` and the default cosine schedule."""
+    objective = SupervisedObjective() if method == "standard" else LYANET_OBJECTIVES[model_name]()
+    recipe = Recipe(objective=objective, optimizer=make_optimizer, lr=lr)
     trainer = LyapunovTrainer(
-        model, mode=mode, optimizer=make_optimizer, lr=lr, seed=seed, device=device, progress=progress, **extra
+        model,
+        recipe,
+        kappa=kappa if method == "lyanet" else None,
+        seed=seed,
+        device=device,
+        progress=progress,
     )
     return trainer.fit(loader, epochs=epochs)
 

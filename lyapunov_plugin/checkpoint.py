@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
-__all__ = ["CheckpointError", "FORMAT", "atomic_write", "load_checkpoint", "check_compatible"]
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "atomic_write",
+    "load_checkpoint",
+    "check_compatible",
+    "capture_rng",
+    "restore_rng",
+]
 
 #: Version 2: library version, optimiser and scheduler classes recorded; weights-only loading.
 FORMAT = "lyapunov_plugin.checkpoint/2"
@@ -148,3 +157,36 @@ def check_compatible(
         )
     if len(state["base_lrs"]) != len(optimizer.param_groups):
         raise CheckpointError("checkpoint's base learning rates do not match the optimiser's parameter groups")
+
+
+def capture_rng(generator: torch.Generator, generator_ranks: Optional[list[Any]] = None) -> dict[str, Any]:
+    """The RNG states a resumed run needs to continue exactly: the global CPU (and CUDA)
+    generators, Python's, and the trainer's sampling generator (every rank's, when given)."""
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "generator": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if generator_ranks is not None:
+        rng["generator_ranks"] = generator_ranks
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], generator: torch.Generator, *, rank: int, world_size: int) -> None:
+    """Restore :func:`capture_rng`'s states. Resumed on the same number of ranks, each rank
+    continues its own stream; on another number, rank 0 continues the saved stream and the
+    others branch off it deterministically."""
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    ranks = rng.get("generator_ranks")
+    if isinstance(ranks, list) and len(ranks) == world_size:
+        generator.set_state(ranks[rank])
+    else:
+        generator.set_state(rng["generator"])
+        if rank > 0:
+            branch = int(torch.randint(0, 2**62, (1,), generator=generator))
+            generator.manual_seed((branch + rank) % 2**64)
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

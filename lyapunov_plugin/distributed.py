@@ -38,6 +38,7 @@ __all__ = [
     "any_rank",
     "average_metrics",
     "barrier",
+    "gather_generator_states",
 ]
 
 
@@ -125,3 +126,14 @@ def average_metrics(
     for i, k in enumerate(names):
         out[k] = float(values[i]) / total if total > 0 else float("nan")
     return out
+
+
+def gather_generator_states(generator: torch.Generator) -> Optional[list[Any]]:
+    """Every rank's generator state, in rank order (``None`` on a single process), so a
+    checkpoint lets each rank continue its own Monte Carlo stream."""
+    _, world_size = rank_and_world_size()
+    if world_size <= 1:
+        return None
+    states: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(states, generator.get_state())
+    return states

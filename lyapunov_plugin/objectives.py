@@ -29,14 +29,24 @@ import torch
 from torch import Tensor, nn
 
 from ._typing import Solver
-from ._validation import check_choice, check_non_negative, check_positive, check_positive_int, check_tensor
+from ._validation import (
+    as_labels,
+    as_model_dtype,
+    check_choice,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    floating_dtype_of,
+)
 from .dispatch import as_lyapunov_model
+from .inference import EvalMode
 from .losses import (
     CounterexampleSearch,
     LyapunovLossOutput,
-    discrete_path_lyapunov_loss,
-    monte_carlo_lyapunov_loss,
-    path_lyapunov_loss,
+    _discrete_path_lyapunov_loss_unchecked,
+    _monte_carlo_lyapunov_loss_unchecked,
+    _path_lyapunov_loss_unchecked,
 )
 from .model import LyapunovModel, horizon, solve
 from .potentials import CrossEntropyPotential, Potential
@@ -76,30 +86,25 @@ def _check_solver(name: str, solver: Any) -> None:
         raise TypeError(f"{name} must be callable as solver(func, y0, ts), got {type(solver).__name__}")
 
 
-def _check_call(model: Any, x: Any, y: Any, kappa: Any, generator: Any) -> tuple[LyapunovModel, float]:
+def _check_call(model: Any, x: Any, y: Any, kappa: Any, generator: Any) -> tuple[LyapunovModel, Tensor, Tensor, float]:
+    """The one check of an objective call from a user's loop: the model through the
+    dispatcher, tensors with one row per example, floating inputs and targets in the model's
+    dtype (numpy's float64 for a float32 model), a generator, ``kappa > 0``."""
     model = as_lyapunov_model(model)
     check_tensor("x", x, min_ndim=1)
     check_tensor("y", y, min_ndim=1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have batch size {x.shape[0]} (the batch size of x), got shape {tuple(y.shape)}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return model, check_positive("kappa", kappa)
+    dtype = floating_dtype_of(model)
+    return model, as_model_dtype(x, dtype), as_model_dtype(as_labels(y), dtype), check_positive("kappa", kappa)
 
 
-class _EvalMode:
-    """Model in eval mode inside the block (rollouts must not update BatchNorm statistics
-    or draw dropout masks), restored afterwards."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model if isinstance(model, nn.Module) else None
-        self.was_training = bool(self.model.training) if self.model is not None else False
-
-    def __enter__(self) -> None:
-        if self.model is not None:
-            self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.model is not None:
-            self.model.train(self.was_training)
+def _time_dtype(x: Tensor) -> torch.dtype:
+    """Time grids in the inputs' precision (a float32 grid would leak rounding into a float64
+    run); integer inputs (an embedding input layer) use the default dtype."""
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
 class Objective(ABC):
@@ -115,13 +120,15 @@ class Objective(ABC):
     uses_solver: ClassVar[bool] = True
     #: Short name for logs and history records.
     name: ClassVar[str] = "objective"
+    #: Whether the loss evaluates the Lyapunov condition, Eq. (10) (so its violation
+    #: statistics mean something); ``False`` for the supervised baseline.
+    uses_lyapunov_condition: ClassVar[bool] = True
 
     if TYPE_CHECKING:
         # Every implementation is a dataclass (see above): declaring the marker lets
         # dataclasses.replace accept an Objective statically. No effect at run time.
         __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
-    @abstractmethod
     def __call__(
         self,
         model: Any,
@@ -131,7 +138,8 @@ class Objective(ABC):
         kappa: float = DEFAULT_KAPPA,
         generator: Optional[torch.Generator] = None,
     ) -> LyapunovLossOutput:
-        """The objective on one batch.
+        """The objective on one batch, for a user's own loop: checks its arguments once, then
+        :meth:`compute`.
 
         Arguments:
             model: a :class:`~lyapunov_plugin.LyapunovModel`, or a model the dispatcher
@@ -143,6 +151,24 @@ class Objective(ABC):
         Returns:
             :class:`~lyapunov_plugin.LyapunovLossOutput` (``loss`` carries gradient).
         """
+        protocol, x, y, kappa = _check_call(model, x, y, kappa, generator)
+        return self.compute(protocol, x, y, kappa=kappa, generator=generator)
+
+    @abstractmethod
+    def compute(
+        self,
+        model: LyapunovModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
+        """The objective on one batch whose arguments the caller has already checked (the
+        trainer validates each batch once where it enters): ``model`` is a
+        :class:`~lyapunov_plugin.LyapunovModel`, ``x``/``y`` tensors of one batch on the
+        model's device, ``kappa`` a positive float. An implementation of a new objective
+        overrides this method only."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,28 +234,27 @@ class MonteCarloObjective(Objective):
     def rollout(self, model: LyapunovModel, x: Tensor) -> tuple[Tensor, Tensor]:
         """Gradient-free rollout of the current model in eval mode: ``(states (T, B, *S), ts (T,))``."""
         t_end = horizon(model)
-        with _EvalMode(model), torch.no_grad():
+        with EvalMode(model), torch.no_grad():
             context, eta0 = model.encode(x)
             ts = torch.linspace(0.0, t_end, self.rollout_points, dtype=eta0.dtype, device=eta0.device)
             return solve(model, context, eta0, ts, solver=self.rollout_solver), ts
 
-    def __call__(
+    def compute(
         self,
-        model: Any,
+        model: LyapunovModel,
         x: Tensor,
         y: Tensor,
         *,
-        kappa: float = DEFAULT_KAPPA,
+        kappa: float,
         generator: Optional[torch.Generator] = None,
     ) -> LyapunovLossOutput:
-        model, kappa = _check_call(model, x, y, kappa, generator)
         trajectory = ts = None
         if self.state_sampler.requires_trajectory:
             trajectory, ts = self.rollout(model, x)
         time_sampler = self.time_sampler
         if time_sampler is None and not self.state_sampler.provides_times:
             time_sampler = UniformTimeSampler(t_end=horizon(model))
-        return monte_carlo_lyapunov_loss(
+        return _monte_carlo_lyapunov_loss_unchecked(
             model,
             x,
             y,
@@ -244,6 +269,7 @@ class MonteCarloObjective(Objective):
             generator=generator,
             counterexamples=self.counterexamples,
             velocity_penalty=self.velocity_penalty,
+            check_targets=True,
         )
 
 
@@ -300,21 +326,28 @@ class PathIntegralObjective(Objective):
             return FixedStepSolver(method="rk4", steps=self.steps)
         return self.solver  # type: ignore[return-value]
 
-    def __call__(
+    def compute(
         self,
-        model: Any,
+        model: LyapunovModel,
         x: Tensor,
         y: Tensor,
         *,
-        kappa: float = DEFAULT_KAPPA,
+        kappa: float,
         generator: Optional[torch.Generator] = None,
     ) -> LyapunovLossOutput:
-        model, kappa = _check_call(model, x, y, kappa, generator)
         t_end = horizon(model)
-        ts = torch.linspace(0.0, t_end, self.steps + 1, device=x.device)
+        ts = torch.linspace(0.0, t_end, self.steps + 1, dtype=_time_dtype(x), device=x.device)
         if self.form == "continuous":
-            return path_lyapunov_loss(
-                model, x, y, ts, potential=self.potential, kappa=kappa, solver=self._solver(), detach_v=self.detach_v
+            return _path_lyapunov_loss_unchecked(
+                model,
+                x,
+                y,
+                ts,
+                potential=self.potential,
+                kappa=kappa,
+                solver=self._solver(),
+                detach_v=self.detach_v,
+                check_targets=True,
             )
         solver = self._solver()
         if solver is None:
@@ -323,8 +356,14 @@ class PathIntegralObjective(Objective):
             context, eta0 = model.encode(x)
             trajectory = solve(model, context, eta0, ts.to(eta0.dtype), solver=solver)
         step_rate = -math.expm1(-kappa * t_end / self.steps)
-        return discrete_path_lyapunov_loss(
-            trajectory, y, potential=self.potential, kappa=step_rate, readout=model.readout, detach_v=self.detach_v
+        return _discrete_path_lyapunov_loss_unchecked(
+            trajectory,
+            y,
+            potential=self.potential,
+            kappa=step_rate,
+            readout=model.readout,
+            detach_v=self.detach_v,
+            check_targets=True,
         )
 
 
@@ -343,6 +382,7 @@ class SupervisedObjective(Objective):
     """
 
     uses_solver: ClassVar[bool] = True
+    uses_lyapunov_condition: ClassVar[bool] = False
     name: ClassVar[str] = "standard"
 
     potential: Potential = field(default_factory=CrossEntropyPotential)
@@ -353,17 +393,16 @@ class SupervisedObjective(Objective):
         if self.solver is not None:
             _check_solver("solver", self.solver)
 
-    def __call__(
+    def compute(
         self,
-        model: Any,
+        model: LyapunovModel,
         x: Tensor,
         y: Tensor,
         *,
-        kappa: float = DEFAULT_KAPPA,
+        kappa: float,
         generator: Optional[torch.Generator] = None,
     ) -> LyapunovLossOutput:
-        model, _ = _check_call(model, x, y, kappa, generator)
-        ts = torch.tensor([0.0, horizon(model)], device=x.device)
+        ts = torch.tensor([0.0, horizon(model)], dtype=_time_dtype(x), device=x.device)
         if self.solver is None:
             final = model.trajectory(x, ts)[-1]
         else:
@@ -395,7 +434,7 @@ def readout_is_trainable(model: Any, x: Optional[Tensor] = None) -> bool:
             f"{type(model).__name__} has no readout_module: pass example inputs x so the readout can be probed"
         )
     check_tensor("x", x, min_ndim=1)
-    with _EvalMode(model):
+    with EvalMode(model):
         with torch.no_grad():
             _, eta0 = model.encode(x[:2])
         with torch.enable_grad():
@@ -423,7 +462,7 @@ def initial_state_is_trainable(model: Any, x: Optional[Tensor] = None) -> bool:
             "input layer can be probed"
         )
     check_tensor("x", x, min_ndim=1)
-    with _EvalMode(model), torch.enable_grad():
+    with EvalMode(model), torch.enable_grad():
         _, eta0 = model.encode(x[:2])
     return isinstance(eta0, Tensor) and eta0.requires_grad
 

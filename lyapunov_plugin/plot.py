@@ -24,6 +24,7 @@ from torch import Tensor
 from ._validation import check_positive, check_positive_int, check_tensor
 from .diagnostics import InferenceCurve, states_along
 from .dispatch import as_lyapunov_model
+from .inference import EvalMode
 from .model import horizon
 
 __all__ = ["phase_portrait", "decision_boundary", "inference_curve", "compare"]
@@ -54,20 +55,6 @@ def _axes(ax: Any) -> Any:
     if ax is not None:
         return ax
     return _pyplot().subplots(figsize=(4.5, 4.0))[1]
-
-
-class _Eval:
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.training = bool(getattr(model, "training", False))
-
-    def __enter__(self) -> None:
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        if hasattr(self.model, "train"):
-            self.model.train(self.training)
 
 
 def _device(model: Any) -> torch.device:
@@ -132,7 +119,7 @@ def decision_boundary(
     box = _padded_box(points, pad)
     gx, gy, flat = _grid(box, resolution, points)
     ts = torch.tensor([0.0, t_end], device=device, dtype=points.dtype)
-    with _Eval(model), torch.no_grad():
+    with EvalMode(model), torch.no_grad():
         probs = model.readout(states_along(model, flat, ts)[-1]).softmax(-1)
     num_classes = probs.shape[-1]
     confidence, label = probs.max(-1)
@@ -221,7 +208,7 @@ def phase_portrait(
         raise ValueError(f"example must index x (0 <= example < {x.shape[0]}), got {example}")
     ts = torch.linspace(0.0, t_end, steps + 1, device=device)
     solver = FixedStepSolver(method="rk4", steps=steps)
-    with _Eval(model), torch.no_grad():
+    with EvalMode(model), torch.no_grad():
         context, eta0 = model.encode(x)
         if eta0.ndim != 2 or eta0.shape[1] != 2:
             raise ValueError(f"phase_portrait needs 2-D states eta, got states of shape {tuple(eta0.shape[1:])}")
@@ -345,7 +332,7 @@ def compare(
     wrapped = {name: as_lyapunov_model(m) for name, m in models.items()}
     panels = []
     for model in wrapped.values():
-        with _Eval(model), torch.no_grad():
+        with EvalMode(model), torch.no_grad():
             _, eta0 = model.encode(x[:1].to(_device(model)))
         panels.append((x.ndim == 2 and x.shape[1] == 2, eta0.ndim == 2 and eta0.shape[1] == 2))
     columns = 1 + int(any(p[0] for p in panels)) + int(any(p[1] for p in panels))
@@ -361,7 +348,7 @@ def compare(
             if two_d_state:
                 phase_portrait(model, x, y, ax=axes[row][col], title=f"{name}: state space of one input")
             col += 1
-        with _Eval(model):
+        with EvalMode(model):
             curve = loss_error_curve(
                 model,
                 (x.to(_device(model)), y.to(_device(model))),

@@ -7,7 +7,7 @@ import torch.nn as nn
 pl = pytest.importorskip("pytorch_lightning")
 pytest.importorskip("torchdyn")
 
-from lyapunov_plugin import LyapunovTrainer, PathIntegralObjective, default_objective  # noqa: E402
+from lyapunov_plugin import LyapunovTrainer, PathIntegralObjective, Recipe, default_objective  # noqa: E402
 from lyapunov_plugin.adapters.lightning import LyapunovModule  # noqa: E402
 
 from .models import blobs, loader, torchdyn_plain  # noqa: E402
@@ -77,9 +77,11 @@ def test_the_pure_objective_is_a_training_step_of_ones_own():
 
 
 def test_lyapunov_module_validates_its_settings():
-    with pytest.raises(TypeError, match="objective must be a lyapunov_plugin Objective or None"):
+    with pytest.raises(TypeError, match="recipe must be a lyapunov_plugin Recipe, an Objective or None, got str"):
         LyapunovModule(torchdyn_plain(), "path")
+    with pytest.raises(TypeError, match="objective must be a lyapunov_plugin Objective or None, got str"):
+        LyapunovModule(torchdyn_plain(), objective="path")
     with pytest.raises(ValueError, match="schedule must be one of"):
-        LyapunovModule(torchdyn_plain(), schedule="linear")
+        LyapunovModule(torchdyn_plain(), Recipe(schedule="linear"))
     with pytest.raises(ValueError, match="kappa must be > 0"):
         LyapunovModule(torchdyn_plain(), kappa=-1.0)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -18,11 +19,13 @@ from lyapunov_plugin import (
     MonteCarloObjective,
     ODEModel,
     PathIntegralObjective,
+    Recipe,
     RolloutSampler,
     SamplingContext,
     SupervisedObjective,
     UniformTimeSampler,
     default_objective,
+    default_recipe,
 )
 from lyapunov_plugin.objectives import readout_is_trainable
 
@@ -284,11 +287,9 @@ def test_a_one_step_rk4_torchdyn_model_trains_as_well_as_the_standard_way():
 
     x, y = blobs(128, seed=1)
     errors = {}
-    for mode in (None, "standard"):
+    for objective in (None, SupervisedObjective()):
         torch.manual_seed(0)
-        trainer = LyapunovTrainer(
-            torchdyn_plain(solver="rk4"), progress=False, seed=0, **({"mode": mode} if mode else {})
-        )
+        trainer = LyapunovTrainer(torchdyn_plain(solver="rk4"), objective=objective, progress=False, seed=0)
         trainer.fit(loader(x, y), epochs=8)
         errors[trainer.mode] = trainer.evaluate((x, y))["error"]
     assert errors["path_integral"] <= errors["standard"] + 0.01
@@ -343,27 +344,68 @@ def test_trainer_default_equals_the_public_default_objective_step_for_step():
         torch.testing.assert_close(a, b)
 
 
+def _legacy(keywords):
+    """The deprecation warning of the keyword form, naming ``keywords``."""
+    return pytest.warns(FutureWarning, match=re.escape(f"keyword(s) {sorted(keywords)} are deprecated"))
+
+
 def test_trainer_keyword_settings_build_the_matching_objective_or_refuse():
+    """The deprecated keyword form still builds the objective it names (with a FutureWarning)."""
     model = paper_model()
     sampler = HypercubeSampler(half_width=2.0)
-    t = LyapunovTrainer(model, progress=False, state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=4)
+    with _legacy(["num_samples", "state_sampler", "time_sampler"]):
+        t = LyapunovTrainer(
+            model, progress=False, state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=4
+        )
     assert t.objective == MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=4)
-    t = LyapunovTrainer(model, progress=False, path_steps=6, path_loss="discrete")
+    with _legacy(["path_loss", "path_steps"]):
+        t = LyapunovTrainer(model, progress=False, path_steps=6, path_loss="discrete")
     assert t.objective == PathIntegralObjective(steps=6, form="discrete")
-    t = LyapunovTrainer(model, progress=False, mode="standard")
+    with _legacy(["mode"]):
+        t = LyapunovTrainer(model, progress=False, mode="standard")
     assert t.objective == SupervisedObjective()
     focal = CrossEntropyPotential(gamma=0.1)
-    assert LyapunovTrainer(model, progress=False, potential=focal).objective == MonteCarloObjective(potential=focal)
-    with pytest.raises(ValueError, match=r"settings \['num_samples'\] do not apply to mode='standard'"):
+    with _legacy(["potential"]):
+        t = LyapunovTrainer(model, progress=False, potential=focal)
+    assert t.objective == MonteCarloObjective(potential=focal)
+    with (
+        _legacy(["mode", "num_samples"]),
+        pytest.raises(ValueError, match=r"settings \['num_samples'\] do not apply to mode='standard'"),
+    ):
         LyapunovTrainer(model, mode="standard", num_samples=3)
-    with pytest.raises(ValueError, match=r"settings \['path_steps'\] do not apply to mode='monte_carlo'"):
+    with (
+        _legacy(["mode", "path_steps"]),
+        pytest.raises(ValueError, match=r"settings \['path_steps'\] do not apply to mode='monte_carlo'"),
+    ):
         LyapunovTrainer(model, mode="monte_carlo", path_steps=3)
-    with pytest.raises(ValueError, match="do not belong to one objective"):
+    with _legacy(["num_samples", "path_steps"]), pytest.raises(ValueError, match="do not belong to one objective"):
         LyapunovTrainer(model, num_samples=3, path_steps=3)
-    with pytest.raises(ValueError, match="pass either objective or the keyword settings"):
+    with _legacy(["num_samples"]), pytest.raises(ValueError, match="pass either objective or the keyword settings"):
         LyapunovTrainer(model, PathIntegralObjective(), num_samples=3)
-    with pytest.raises(TypeError, match="objective must be a lyapunov_plugin Objective"):
+
+
+def test_trainer_recipe_objective_and_potential_build_the_matching_objective_or_refuse():
+    model = paper_model()
+    sampler = HypercubeSampler(half_width=2.0)
+    mc = MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=4)
+    assert LyapunovTrainer(model, mc, progress=False).objective == mc  # an Objective in the recipe's place
+    assert LyapunovTrainer(model, objective=mc, progress=False).objective == mc
+    path = PathIntegralObjective(steps=6, form="discrete")
+    assert LyapunovTrainer(model, Recipe(objective=path), progress=False).objective == path
+    focal = CrossEntropyPotential(gamma=0.1)
+    # A potential alone adjusts the default objective (Monte Carlo for the paper's model).
+    assert LyapunovTrainer(model, Recipe(potential=focal), progress=False).objective == MonteCarloObjective(
+        potential=focal
+    )
+    assert LyapunovTrainer(model, default_recipe(model, potential=focal), progress=False).objective == (
+        MonteCarloObjective(potential=focal)
+    )
+    with pytest.raises(ValueError, match="potential applies only to the default objective"):
+        Recipe(objective=path, potential=focal)
+    with pytest.raises(TypeError, match="recipe must be a lyapunov_plugin Recipe, an Objective or None, got str"):
         LyapunovTrainer(model, "path")
+    with pytest.raises(TypeError, match="objective must be a lyapunov_plugin Objective, got str"):
+        LyapunovTrainer(model, objective="path")
     with pytest.raises(ValueError, match="t_end belongs to the model: the model's horizon is 1.0, got t_end=0.5"):
         LyapunovTrainer(model, t_end=0.5)
 
@@ -378,4 +420,4 @@ def test_every_epoch_prints_a_summary_line_with_fixed_reference_numbers(capsys):
     assert "ref error" in lines[1] and "ref Eq.10 violated" in lines[1]
     record = trainer.history[-1]
     assert 0.0 <= record["ref_error"] <= 1.0 and 0.0 <= record["ref_violation"] <= 1.0 and record["ref_v_end"] >= 0
-    assert trainer._reference[0].shape[0] == 32  # the first batch, kept for every epoch
+    assert trainer.reference.x.shape[0] == 32  # the first batch, kept for every epoch

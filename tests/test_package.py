@@ -14,7 +14,8 @@ def test_core_import_pulls_in_no_ode_library():
     code = (
         "import sys, lyapunov_plugin; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'torchdyn', 'torchdiffeq', 'torchsde', 'pytorch_lightning', 'lightning', 'torchvision', 'torchattacks'}); "
+        "{'torchdyn', 'torchdiffeq', 'torchode', 'torchsde', 'pytorch_lightning', 'lightning', 'torchvision', "
+        "'torchattacks'}); "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,8 +12,12 @@ from lyapunov_plugin import (
     HypercubeSampler,
     KappaWarmup,
     LyapunovTrainer,
+    MonteCarloObjective,
     NonFiniteLossError,
     ODEModel,
+    PathIntegralObjective,
+    Recipe,
+    SupervisedObjective,
     UniformTimeSampler,
 )
 
@@ -42,24 +46,31 @@ def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def make_trainer(model=None, **kw):
+def make_trainer(model=None, recipe=None, **kw):
+    """A trainer on ``model`` (default :func:`make_model`): Monte Carlo with 8 samples per
+    example unless ``objective`` is given, Adam at 1e-2 unless ``recipe`` is."""
     kw.setdefault("progress", False)
     kw.setdefault("seed", 0)
-    if kw.get("mode") in (None, "monte_carlo") and "objective" not in kw:
-        kw.setdefault("num_samples", 8)
-    kw.setdefault("lr", 1e-2)
-    return LyapunovTrainer(model if model is not None else make_model(), **kw)
+    kw.setdefault("objective", MonteCarloObjective(num_samples=8))
+    recipe = recipe if recipe is not None else Recipe(lr=1e-2)
+    return LyapunovTrainer(model if model is not None else make_model(), recipe, **kw)
+
+
+def step_lr(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
 
 
 @pytest.mark.parametrize("mode", ["monte_carlo", "path_integral", "standard"])
 def test_every_mode_trains_the_same_model(mode):
     x, y = blobs(96, seed=1)
-    settings = {
-        "monte_carlo": {"state_sampler": HypercubeSampler(half_width=2.0), "time_sampler": UniformTimeSampler()},
-        "path_integral": {"path_steps": 4},
-        "standard": {},
+    objective = {
+        "monte_carlo": MonteCarloObjective(
+            num_samples=8, state_sampler=HypercubeSampler(half_width=2.0), time_sampler=UniformTimeSampler()
+        ),
+        "path_integral": PathIntegralObjective(steps=4),
+        "standard": SupervisedObjective(),
     }[mode]
-    trainer = make_trainer(mode=mode, kappa=1.0, **settings)
+    trainer = make_trainer(objective=objective, kappa=1.0)
     history = trainer.fit(loader(x, y), epochs=3, val_loader=loader(*blobs(64, seed=2)))
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert all(r["mode"] == mode for r in history)
@@ -71,17 +82,15 @@ def test_every_mode_trains_the_same_model(mode):
 def test_resume_reproduces_uninterrupted_training_bit_for_bit(tmp_path):
     x, y = blobs(96, seed=1)
     torch.manual_seed(123)
-    full = make_trainer(make_model(), scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5))
+    full = make_trainer(make_model(), Recipe(schedule=step_lr))
     full.fit(loader(x, y), epochs=4)
     reference = params(full.model)
 
     torch.manual_seed(123)
-    first = make_trainer(make_model(), scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5))
+    first = make_trainer(make_model(), Recipe(schedule=step_lr))
     first.fit(loader(x, y), epochs=2, checkpoint_path=tmp_path / "ckpt.pt")
     torch.manual_seed(999)  # anything the process does in between must not matter
-    second = make_trainer(
-        make_model(seed=7), scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5), seed=42
-    )
+    second = make_trainer(make_model(seed=7), Recipe(schedule=step_lr), seed=42)
     assert second.resume(tmp_path / "ckpt.pt") == 2
     second.fit(loader(x, y), epochs=4)
     for a, b in zip(reference, params(second.model), strict=False):
@@ -205,7 +214,7 @@ def test_resume_rejects_a_checkpoint_of_another_model_without_touching_state(tmp
         other.resume(tmp_path / "a.pt")
     assert other.epoch == 0 and all(torch.equal(a, b) for a, b in zip(before, params(other_model), strict=False))
     with pytest.raises(ValueError, match="trained with mode='monte_carlo', this trainer uses 'standard'"):
-        make_trainer(mode="standard").resume(tmp_path / "a.pt")
+        make_trainer(objective=SupervisedObjective()).resume(tmp_path / "a.pt")
     (tmp_path / "junk.pt").write_bytes(b"")
     with pytest.raises(FileNotFoundError):
         trainer.resume(tmp_path / "missing.pt")
@@ -238,22 +247,55 @@ def test_inference_diagnostics_run_through_the_trainer():
 def test_kappa_warmup_schedule_is_used_per_epoch():
     x, y = blobs(32, seed=1)
     trainer = make_trainer(
-        kappa=KappaWarmup(start=0.1, end=1.0, epochs=2, shape="linear"), state_sampler=HypercubeSampler(half_width=2.0)
+        kappa=KappaWarmup(start=0.1, end=1.0, epochs=2, shape="linear"),
+        objective=MonteCarloObjective(num_samples=8, state_sampler=HypercubeSampler(half_width=2.0)),
     )
     history = trainer.fit(loader(x, y), epochs=3)
     assert [round(r["kappa"], 6) for r in history] == [0.1, 0.55, 1.0]
 
 
 def test_optimizer_choices():
-    assert type(make_trainer(optimizer="nero").optimizer).__name__ == "Nero"
-    assert isinstance(make_trainer(optimizer="sgd").optimizer, torch.optim.SGD)
+    nero = make_trainer(recipe=Recipe(optimizer="nero", lr=0.05)).optimizer
+    assert type(nero).__name__ == "Nero" and nero.param_groups[0]["lr"] == 0.05
+    sgd = make_trainer(recipe=Recipe(optimizer="sgd", lr=0.1, weight_decay=1e-4)).optimizer
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (sgd.param_groups[0]["lr"], sgd.param_groups[0]["momentum"], sgd.param_groups[0]["weight_decay"]) == (
+        0.1,
+        0.9,
+        1e-4,
+    )
     model = make_model()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
-    assert make_trainer(model, optimizer=opt).optimizer is opt
+    assert make_trainer(model, Recipe(optimizer=lambda params: opt)).optimizer is opt
     with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'adamw', 'sgd', 'nero'\], got 'lbfgs'"):
-        make_trainer(optimizer="lbfgs")
-    with pytest.raises(ValueError, match="optimizer holds 1 parameter"):
-        make_trainer(optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(1))]))
+        Recipe(optimizer="lbfgs")
+    with pytest.raises(TypeError, match="a recipe is reusable: pass a factory"):
+        Recipe(optimizer=opt)
+
+
+def test_legacy_keywords_warn_and_still_build_the_same_trainer():
+    """The keyword form of a recipe (deprecated) maps onto the Recipe fields, with a
+    FutureWarning; what only the keyword form accepts (an optimizer instance, which is
+    checked against the model's parameters) keeps working there."""
+    model = make_model()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    with pytest.warns(FutureWarning, match=r"\['optimizer'\] are deprecated"):
+        assert LyapunovTrainer(model, MonteCarloObjective(), optimizer=opt, progress=False).optimizer is opt
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="optimizer holds 1 parameter"):
+        LyapunovTrainer(make_model(), optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(1))]), progress=False)
+    with pytest.warns(FutureWarning, match=r"\['lr', 'mode', 'num_samples'\] are deprecated.*Recipe\(lr=\.\.\.\)"):
+        legacy = LyapunovTrainer(make_model(), mode="monte_carlo", num_samples=8, lr=3e-3, progress=False)
+    assert legacy.recipe == Recipe(objective=MonteCarloObjective(num_samples=8), lr=3e-3)
+    assert legacy.optimizer.param_groups[0]["lr"] == 3e-3
+    with pytest.warns(FutureWarning, match=r"\['scheduler', 'scheduler_interval'\] are deprecated"):
+        legacy = LyapunovTrainer(make_model(), scheduler=None, scheduler_interval="step", progress=False)
+    assert (legacy.recipe.schedule, legacy.recipe.schedule_interval) == ("constant", "step")
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"mode must be one of \['monte_carlo', "):
+        LyapunovTrainer(make_model(), mode="adjoint")
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="num_samples must be an int, got float 8.5"):
+        LyapunovTrainer(make_model(), num_samples=8.5)
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="potential must be a lyapunov_plugin.Potential"):
+        LyapunovTrainer(make_model(), potential=nn.CrossEntropyLoss())
 
 
 class TestValidation:
@@ -268,14 +310,16 @@ class TestValidation:
     def test_bad_settings(self):
         with pytest.raises(ValueError, match="kappa must be > 0, got -1.0"):
             make_trainer(kappa=-1.0)
-        with pytest.raises(ValueError, match=r"mode must be one of \['monte_carlo', 'path_integral', 'standard'\]"):
-            make_trainer(mode="adjoint")
         with pytest.raises(ValueError, match=r"nonfinite must be one of \['raise', 'skip'\], got 'ignore'"):
             make_trainer(nonfinite="ignore")
         with pytest.raises(TypeError, match="num_samples must be an int, got float 8.5"):
-            make_trainer(num_samples=8.5)
-        with pytest.raises(TypeError, match="potential must be a lyapunov_plugin.Potential"):
-            make_trainer(potential=nn.CrossEntropyLoss())
+            MonteCarloObjective(num_samples=8.5)
+        with pytest.raises(
+            TypeError, match="potential must be a lyapunov_plugin.Potential or None, got CrossEntropyLoss"
+        ):
+            Recipe(potential=nn.CrossEntropyLoss())
+        with pytest.raises(TypeError, match="objective must be a lyapunov_plugin Objective, got str"):
+            make_trainer(objective="standard")
 
     def test_bad_batches(self):
         trainer = make_trainer()

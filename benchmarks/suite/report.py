@@ -224,9 +224,9 @@ def note(
 ) -> str:
     parts = ["; ".join(f"{p.name}: {p.description}" for p in problems)]
     parts.append(
-        f'seeds {list(seeds)}; standard training (`mode="standard"`) at the best of lr 1e-3, 3e-3, 1e-2 '
-        f"and a cosine or constant schedule by validation accuracy (seed {seeds[0]}), Adam; LyaNet: "
-        "`LyapunovTrainer(model)` defaults (Adam, lr 1e-2, cosine schedule)"
+        f"seeds {list(seeds)}; standard training (`objective=SupervisedObjective()`) at the best of "
+        f"lr 1e-3, 3e-3, 1e-2 and a cosine or constant schedule by validation accuracy (seed {seeds[0]}), Adam; "
+        "LyaNet: `LyapunovTrainer(model)` defaults (Adam, lr 1e-2, cosine schedule)"
     )
     if extra:
         parts.append(extra)

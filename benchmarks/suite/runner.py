@@ -1,9 +1,10 @@
 """One training run of the suite: a problem, a model pattern, a method, a seed.
 
 Both methods go through ``LyapunovTrainer``, so they share the loop, the data order and
-the optimiser (Adam); they differ only in the objective: the LyaNet recipe (the trainer's
-defaults, or a named variant of the lever study) or ``mode="standard"`` (the supervised
-loss at ``t = 1`` backpropagated through the model's own solver). Test accuracy is
+the optimiser (Adam); they differ only in the recipe: LyaNet's (the trainer's defaults,
+:func:`~lyapunov_plugin.default_recipe`, or a named variant of the lever study) or
+``objective=SupervisedObjective()`` (the supervised loss at ``t = 1`` backpropagated
+through the model's own solver). Test accuracy is
 measured after every epoch with the model's own solver; the clock counts the CPU time of
 training only (one intra-op thread per run).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 from lyapunov_plugin import (
     CrossEntropyPotential,
     LyapunovTrainer,
+    Recipe,
     decay_statistics,
     nfe_to_end,
     trajectory_violation_rate,
@@ -65,10 +67,11 @@ class Batches:
 
 @dataclass(frozen=True)
 class Method:
-    """How a run trains: ``trainer_kwargs(problem, pattern)`` are passed to ``LyapunovTrainer``."""
+    """How a run trains: ``recipe(problem, pattern)``, the :class:`~lyapunov_plugin.Recipe`
+    given to ``LyapunovTrainer`` (its objective ``None``: the default for the model)."""
 
     name: str
-    trainer_kwargs: Callable[[Problem, str], dict[str, Any]]
+    recipe: Callable[[Problem, str], Recipe]
     lyanet: bool = True
     #: Patterns the method differs from the defaults on (``None``: all); on the others the
     #: lever study reuses the default runs instead of repeating them.
@@ -99,12 +102,12 @@ def run(
     batch_size, default_epochs = budget(len(problem.y_train))
     epochs = default_epochs if epochs is None else epochs
     user_model = build(pattern, problem.num_features, problem.num_classes, seed=seed)
-    kwargs = dict(method.trainer_kwargs(problem, pattern))
+    recipe = method.recipe(problem, pattern)
     if lr is not None:
-        kwargs["lr"] = lr
+        recipe = replace(recipe, lr=lr)
     if schedule is not None:
-        kwargs["scheduler"] = schedule
-    trainer = LyapunovTrainer(user_model, progress=False, seed=seed, **kwargs)
+        recipe = replace(recipe, schedule=schedule)
+    trainer = LyapunovTrainer(user_model, recipe, progress=False, seed=seed)
     data = Batches(problem.x_train, problem.y_train, batch_size, seed)
     started = time.perf_counter()
     # The test set as the trainer's validation data: scored after every epoch, outside the
@@ -137,7 +140,7 @@ def run(
         "objective": trainer.mode,
         "seed": seed,
         "lr": float(trainer.base_lrs[0]),
-        "schedule": "cosine" if trainer.cosine else ("constant" if trainer.scheduler is None else "custom"),
+        "schedule": "cosine" if trainer.recipe.cosine else ("constant" if trainer.scheduler is None else "custom"),
         "epochs": epochs,
         "batch_size": batch_size,
         "train_seconds": seconds,

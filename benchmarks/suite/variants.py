@@ -10,17 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
+from torch import Tensor
 
 from lyapunov_plugin import (
     FixedStepSolver,
     HypercubeSampler,
     LyapunovLossOutput,
+    LyapunovModel,
     MonteCarloObjective,
     Objective,
     PathIntegralObjective,
+    Recipe,
     RolloutSampler,
     SupervisedObjective,
     UniformTimeSampler,
@@ -33,27 +36,25 @@ from .runner import Method, budget
 MC_PATTERNS = ("paper",)
 PATH_PATTERNS = ("dc", "plain", "augmented", "enc_dc", "torchdiffeq")
 
-STANDARD = Method("standard", lambda problem, pattern: {"mode": "standard"}, lyanet=False)
-DEFAULT = Method("lyanet", lambda problem, pattern: {})
+STANDARD = Method("standard", lambda problem, pattern: Recipe(objective=SupervisedObjective()), lyanet=False)
+DEFAULT = Method("lyanet", lambda problem, pattern: Recipe())
 
 
-def _previous_default(problem, pattern):
+def _previous_default(problem: Any, pattern: str) -> Recipe:
     """The recipe before this work: Monte Carlo on a hypercube grown to cover twice the
     rollouts (Appendix B's half-width for an identity readout), 32 samples, Adam 1e-3;
     path integral through the model's own solver where the field does not see the input."""
     if pattern in ("plain", "augmented", "torchdiffeq"):
-        return {
-            "objective": PathIntegralObjective(steps=10, form="discrete", solver="model"),
-            "lr": 1e-3,
-            "scheduler": "constant",
-        }
+        return Recipe(
+            objective=PathIntegralObjective(steps=10, form="discrete", solver="model"), lr=1e-3, schedule="constant"
+        )
     half_width = appendix_b_half_width(10.0, problem.num_classes) if pattern == "paper" else 1.0
     sampler = HypercubeSampler(half_width=half_width, cover=2.0)
-    return {
-        "objective": MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=32),
-        "lr": 1e-3,
-        "scheduler": "constant",
-    }
+    return Recipe(
+        objective=MonteCarloObjective(state_sampler=sampler, time_sampler=UniformTimeSampler(), num_samples=32),
+        lr=1e-3,
+        schedule="constant",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,22 +65,30 @@ class PathWithTerminalLoss(Objective):
     weight: float = 1.0
     name: ClassVar[str] = "path_integral"
 
-    def __call__(self, model, x, y, *, kappa=10.0, generator=None):  # type: ignore[no-untyped-def]
-        path = PathIntegralObjective()(model, x, y, kappa=kappa, generator=generator)
-        terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4))(model, x, y)
+    def compute(
+        self,
+        model: LyapunovModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
+        path = PathIntegralObjective().compute(model, x, y, kappa=kappa, generator=generator)
+        terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4)).compute(model, x, y, kappa=kappa)
         return LyapunovLossOutput(
             loss=path.loss + self.weight * terminal.loss, pointwise=path.pointwise, v=path.v, v_dot=path.v_dot
         )
 
 
-def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, Any], dict[str, Any]]:
+def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, str], Recipe]:
     """Lever: a learning-rate schedule ``lr * factor(epoch, epochs)`` over the problem's budget."""
 
-    def kwargs(problem: Any, pattern: str) -> dict[str, Any]:
+    def recipe(problem: Any, pattern: str) -> Recipe:
         epochs = budget(len(problem.y_train))[1]
-        return {"scheduler": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor(e, epochs))}
+        return Recipe(schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor(e, epochs)))
 
-    return kwargs
+    return recipe
 
 
 def _cosine_to_floor(epoch: int, epochs: int, floor: float = 0.2) -> float:
@@ -96,76 +105,76 @@ VARIANTS: dict[str, Method] = {
     for method in (
         DEFAULT,
         Method("previous_default", _previous_default),
-        Method("lr_1e-3", lambda problem, pattern: {"lr": 1e-3}),
-        Method("kappa_1", lambda problem, pattern: {"kappa": 1.0}),
-        Method("kappa_5", lambda problem, pattern: {"kappa": 5.0}),
-        Method("lr_3e-3", lambda problem, pattern: {"lr": 3e-3}),
-        Method("grad_clip_1", lambda problem, pattern: {"grad_clip": 1.0}),
-        Method("constant_lr", lambda problem, pattern: {"scheduler": "constant"}),
+        Method("lr_1e-3", lambda problem, pattern: Recipe(lr=1e-3)),
+        Method("kappa_1", lambda problem, pattern: Recipe(kappa=1.0)),
+        Method("kappa_5", lambda problem, pattern: Recipe(kappa=5.0)),
+        Method("lr_3e-3", lambda problem, pattern: Recipe(lr=3e-3)),
+        Method("grad_clip_1", lambda problem, pattern: Recipe(grad_clip=1.0)),
+        Method("constant_lr", lambda problem, pattern: Recipe(schedule="constant")),
         Method(
             "monte_carlo_everywhere",
-            lambda problem, pattern: {"objective": MonteCarloObjective()},
+            lambda problem, pattern: Recipe(objective=MonteCarloObjective()),
             patterns=PATH_PATTERNS,
         ),
         Method(
-            "path_everywhere", lambda problem, pattern: {"objective": PathIntegralObjective()}, patterns=MC_PATTERNS
+            "path_everywhere", lambda problem, pattern: Recipe(objective=PathIntegralObjective()), patterns=MC_PATTERNS
         ),
         Method(
             "path_discrete",
-            lambda problem, pattern: {"objective": PathIntegralObjective(form="discrete")},
+            lambda problem, pattern: Recipe(objective=PathIntegralObjective(form="discrete")),
             patterns=PATH_PATTERNS,
         ),
         Method(
             "path_model_solver",
-            lambda problem, pattern: {"objective": PathIntegralObjective(solver="model")},
+            lambda problem, pattern: Recipe(objective=PathIntegralObjective(solver="model")),
             patterns=PATH_PATTERNS,
         ),
         Method(
             "path_detach_v",
-            lambda problem, pattern: {"objective": PathIntegralObjective(detach_v=True)},
+            lambda problem, pattern: Recipe(objective=PathIntegralObjective(detach_v=True)),
             patterns=PATH_PATTERNS,
         ),
         Method(
             "path_steps_8",
-            lambda problem, pattern: {"objective": PathIntegralObjective(steps=8)},
+            lambda problem, pattern: Recipe(objective=PathIntegralObjective(steps=8)),
             patterns=PATH_PATTERNS,
         ),
         Method(
             "mc_no_noise",
-            lambda problem, pattern: {
-                "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))
-            },
+            lambda problem, pattern: Recipe(
+                objective=MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0,)))
+            ),
             patterns=MC_PATTERNS,
         ),
         Method(
             "mc_noise_to_1",
-            lambda problem, pattern: {
-                "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0)))
-            },
+            lambda problem, pattern: Recipe(
+                objective=MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0)))
+            ),
             patterns=MC_PATTERNS,
         ),
         Method(
             "mc_noise_to_3",
-            lambda problem, pattern: {
-                "objective": MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))
-            },
+            lambda problem, pattern: Recipe(
+                objective=MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=(0.0, 0.1, 0.3, 1.0, 3.0)))
+            ),
             patterns=MC_PATTERNS,
         ),
         Method(
             "path_terminal_0.1",
-            lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=0.1)},
+            lambda problem, pattern: Recipe(objective=PathWithTerminalLoss(weight=0.1)),
             patterns=PATH_PATTERNS,
         ),
         Method(
             "path_terminal_1",
-            lambda problem, pattern: {"objective": PathWithTerminalLoss(weight=1.0)},
+            lambda problem, pattern: Recipe(objective=PathWithTerminalLoss(weight=1.0)),
             patterns=PATH_PATTERNS,
         ),
         Method("cosine_to_0.2", _epoch_schedule(_cosine_to_floor), patterns=PATH_PATTERNS),
         Method("constant_then_cosine", _epoch_schedule(_constant_then_cosine), patterns=PATH_PATTERNS),
         Method(
             "mc_32_samples",
-            lambda problem, pattern: {"objective": MonteCarloObjective(num_samples=32)},
+            lambda problem, pattern: Recipe(objective=MonteCarloObjective(num_samples=32)),
             patterns=MC_PATTERNS,
         ),
     )

@@ -16,7 +16,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from lyapunov_plugin import FixedStepSolver, LyapunovTrainer, ODEModel
+from lyapunov_plugin import (
+    FixedStepSolver,
+    LyapunovTrainer,
+    MonteCarloObjective,
+    ODEModel,
+    PathIntegralObjective,
+    Recipe,
+)
 from lyapunov_plugin.blocks import MLPDynamics
 
 from ..models import blobs
@@ -35,8 +42,13 @@ def build(seed: int = 0) -> ODEModel:
     )
 
 
+#: The objective of each MODE argument, at its defaults.
+OBJECTIVES = {"monte_carlo": MonteCarloObjective, "path_integral": PathIntegralObjective}
+
+
 def trainer_for(model, mode: str) -> LyapunovTrainer:
-    return LyapunovTrainer(model, mode=mode, seed=0, progress=False, scheduler="constant")
+    recipe = Recipe(objective=OBJECTIVES[mode](), schedule="constant")
+    return LyapunovTrainer(model, recipe, seed=0, progress=False)
 
 
 def flat(model: nn.Module) -> list[float]:

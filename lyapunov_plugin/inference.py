@@ -1,0 +1,116 @@
+"""Inference with a trained model (paper Eq. 3): predictions at ``t_end`` (``t_end < 1`` is
+early termination) and their error and loss on a data set. The trainer's ``predict`` and
+``evaluate`` call these; they work on any :class:`~lyapunov_plugin.LyapunovModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ._typing import Solver
+from ._validation import as_labels, check_tensor
+from .diagnostics import iter_batches, states_along
+from .model import LyapunovModel
+from .potentials import Potential
+
+__all__ = ["EvalMode", "explain_integer_input", "model_input", "predict", "evaluate"]
+
+
+class EvalMode:
+    """Context manager: the model in eval mode inside the block (rollouts and predictions
+    must not update BatchNorm statistics or draw dropout masks), its mode restored after.
+    A model that is not an ``nn.Module`` is left alone."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model if isinstance(model, nn.Module) else None
+        self.was_training = bool(self.model.training) if self.model is not None else False
+
+    def __enter__(self) -> None:
+        if self.model is not None:
+            self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.model is not None:
+            self.model.train(self.was_training)
+
+
+@contextlib.contextmanager
+def explain_integer_input(x: Tensor) -> Iterator[None]:
+    """Integer inputs are legitimate for an embedding input layer, so they are passed on; if
+    the model then fails on them, say that the dtype of ``x`` is the likely cause."""
+    try:
+        yield
+    except RuntimeError as err:
+        if x.is_floating_point():
+            raise
+        raise TypeError(
+            f"x has dtype {x.dtype} and the model failed on it ({err}); pass floating-point inputs "
+            "(e.g. x.float(), or x.float() / 255 for uint8 images)"
+        ) from err
+
+
+def model_input(model: Any, x: Tensor, device: Optional[torch.device] = None) -> Tensor:
+    """``x`` on ``device`` (default: the model's), floating inputs in the model's floating
+    dtype (numpy arrays become float64 tensors; a float32 model would fail deep inside)."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    dtype = next((p.dtype for p in params if p.is_floating_point()), None)
+    if x.is_floating_point() and dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
+    if device is None and params:
+        device = params[0].device
+    return x.to(device) if device is not None else x
+
+
+def predict(model: LyapunovModel, x: Tensor, *, t_end: float, solver: Optional[Solver] = None) -> Tensor:
+    """``psi(eta(t_end))`` without gradients (eval mode): the model's own solver, or
+    ``solver`` through the protocol. ``x`` must already be on the model's device and dtype
+    (:func:`model_input`)."""
+    ts = torch.tensor(
+        [0.0, t_end], device=x.device, dtype=x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    )
+    with EvalMode(model), torch.no_grad(), explain_integer_input(x):
+        return model.readout(states_along(model, x, ts, solver=solver)[-1])
+
+
+def evaluate(
+    model: LyapunovModel,
+    loader: Any,
+    *,
+    potential: Potential,
+    t_end: float,
+    solver: Optional[Solver] = None,
+    device: Optional[torch.device] = None,
+) -> dict[str, float]:
+    """Mean potential (the supervised loss) of :func:`predict` over a loader, and the error
+    rate when the targets are class labels."""
+    if loader is None or isinstance(loader, (str, bytes, Tensor)):
+        raise TypeError(
+            f"loader must be an (x, y) pair of tensors or an iterable of (x, y) batches, got {type(loader).__name__}"
+        )
+    errors, loss, count = 0.0, 0.0, 0
+    classes = True
+    for x, y in iter_batches(loader):
+        check_tensor("x", x, min_ndim=1)
+        check_tensor("y", y, min_ndim=1)
+        y = as_labels(y).to(device) if device is not None else as_labels(y)
+        out = predict(model, model_input(model, x, device), t_end=t_end, solver=solver)
+        if y.is_floating_point() and out.is_floating_point():
+            y = y.to(out.dtype)  # regression targets in the model's precision
+        potential.validate(out, y)  # labels in range, shapes: a clear error
+        if y.is_floating_point():
+            classes = False
+        else:
+            errors += float((out.argmax(-1) != y).sum())
+        loss += float(potential.value(out, y).sum())
+        count += int(y.shape[0])
+    if count == 0:
+        raise ValueError("loader yielded no batches; evaluate needs at least one (x, y) batch")
+    result = {"loss": loss / count}
+    if classes:
+        result = {"error": errors / count, **result}
+    return result
