@@ -1,0 +1,480 @@
+"""Anytime inference (issue 14): stop each example once the Lyapunov rule says it converged.
+
+For each cell (problem x model pattern) and seed, one model is trained with the LyaNet
+default recipe (``LyapunovTrainer(model)``) and one with standard training
+(``LyapunovTrainer(model, objective=SupervisedObjective())``), same epochs, batches, Adam
+at 1e-2 with the cosine schedule (the suite's budget, ``benchmarks.suite.runner.budget``).
+Then, for each trained model:
+
+1. the stopping rule's ``level`` is chosen on the **validation** split
+   (:func:`lyapunov_plugin.anytime.choose_level`: the largest level whose validation
+   false-stop rate is <= 0.5%), with ``kappa = DEFAULT_KAPPA`` and ``patience = 1``;
+2. on the **test** split: the full per-example dopri5 solve to ``t_end`` (rule off), the
+   anytime prediction at the chosen level, torchdiffeq's batched dopri5 to ``t_end`` (the
+   NFE protocol of EVALUATION.md: rtol = atol = 1e-3), the false-stop rate (stopped
+   prediction != prediction at ``t_end``), and the wall-clock of one test batch (anytime
+   vs the standard model's batched dopri5 solve, interleaved repeats in this process);
+3. ``|f|`` at ``t_end`` (RMS over the state, mean over test examples): how far from a
+   rest point the state still moves at the end (issue 14 item 3).
+
+The Pareto curve (test accuracy against mean NFE per example over ``level``) is replayed
+from one recorded full solve per model (:func:`lyapunov_plugin.anytime.anytime_trace`):
+stopping an example only truncates its own path, so no level needs another solve.
+
+    python -m benchmarks.anytime            # 4 problems x 2 patterns x 3 seeds
+    python -m benchmarks.anytime --quick    # smoke test (one small cell, 2 epochs)
+    python -m benchmarks.anytime --update-docs  # also embed the table in docs/anytime.md
+    python -m benchmarks.anytime --truncation   # truncated cross entropy: full-solve NFE, |f| at t_end
+
+Output: ``benchmarks/results/anytime.json``, ``anytime.md`` and ``anytime.png``
+(``anytime_quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from lyapunov_plugin import (
+    CrossEntropyPotential,
+    LyapunovTrainer,
+    MonteCarloObjective,
+    Objective,
+    PathIntegralObjective,
+    SupervisedObjective,
+    as_lyapunov_model,
+)
+from lyapunov_plugin.anytime import DEFAULT_KAPPA, anytime_predict, anytime_trace, choose_level
+from lyapunov_plugin.model import horizon, integrate
+
+from .suite.patterns import build
+from .suite.problems import Problem, load_problem
+from .suite.runner import Batches, budget
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "anytime.md"
+PROBLEMS = ("digits", "blobs10", "breast_cancer", "spiral2")
+PATTERNS = ("paper", "enc_dc")
+SEEDS = (0, 1)
+MAX_FALSE_STOP_RATE = 0.005
+TOLERANCE = 1e-3
+TIMING_REPEATS = 5
+METHODS = ("lyanet", "standard")
+
+
+def _objective(method: str, pattern: str) -> Optional[Objective]:
+    """``None`` (the default recipe), standard training, or the default recipe's objective
+    with the truncated cross entropy ``max(0, CE - gamma)`` (method ``"gamma=<g>"``)."""
+    if method == "standard":
+        return SupervisedObjective()
+    if method.startswith("gamma="):
+        potential = CrossEntropyPotential(gamma=float(method.split("=", 1)[1]))
+        # The default recipe's objective for these patterns (docs/defaults.md): Monte Carlo for
+        # the paper's model, the path integral for models with a trainable readout.
+        if pattern == "paper":
+            return MonteCarloObjective(potential=potential)
+        return PathIntegralObjective(potential=potential)
+    return None
+
+
+def _train(problem: Problem, pattern: str, method: str, seed: int, epochs: Optional[int]) -> Any:
+    torch.manual_seed(seed)
+    batch_size, default_epochs = budget(len(problem.y_train))
+    model = build(pattern, problem.num_features, problem.num_classes, seed=seed)
+    objective = _objective(method, pattern)
+    trainer = LyapunovTrainer(model, objective, seed=seed, progress=False)
+    trainer.fit(Batches(problem.x_train, problem.y_train, batch_size, seed), epochs=epochs or default_epochs)
+    return as_lyapunov_model(trainer.model)
+
+
+def _batched_dopri5(model: Any, x: Tensor) -> tuple[Tensor, int]:
+    import torchdiffeq
+
+    solver = partial(torchdiffeq.odeint, method="dopri5", rtol=TOLERANCE, atol=TOLERANCE)
+    ts = torch.tensor([0.0, horizon(model)], dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        states, nfe = integrate(model, x, ts, solver=solver, return_nfe=True)
+        return model.readout(states[-1]), int(nfe)
+
+
+def _speed_at_end(model: Any, x: Tensor) -> float:
+    """Mean over examples of the RMS of ``f(eta(t_end), x, t_end)`` (batched dopri5 state)."""
+    import torchdiffeq
+
+    solver = partial(torchdiffeq.odeint, method="dopri5", rtol=TOLERANCE, atol=TOLERANCE)
+    t_end = horizon(model)
+    with torch.no_grad():
+        context, eta0 = model.encode(x)
+        ts = torch.tensor([0.0, t_end], dtype=eta0.dtype, device=eta0.device)
+        final = integrate(model, x, ts, solver=solver)[-1]
+        f = model.vector_field(final, context, torch.full((x.shape[0],), t_end, dtype=eta0.dtype, device=eta0.device))
+    return float(f.flatten(1).pow(2).mean(-1).sqrt().mean())
+
+
+def _median_seconds(fn: Any, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> float:
+    return float((logits.argmax(-1).cpu() == y).double().mean())
+
+
+def _evaluate(model: Any, problem: Problem, device: torch.device) -> dict[str, Any]:
+    """Level on validation, everything else on test, for one trained model."""
+    x_val, x_test, y_test = problem.x_val.to(device), problem.x_test.to(device), problem.y_test
+    choice = choose_level(model, x_val, max_false_stop_rate=MAX_FALSE_STOP_RATE, kappa=DEFAULT_KAPPA, solver="dopri5")
+    trace = anytime_trace(model, x_test, solver="dopri5")
+    full = trace.final
+    anytime = anytime_predict(model, x_test, level=choice.level, kappa=DEFAULT_KAPPA, solver="dopri5")
+    batched_logits, batched_nfe = _batched_dopri5(model, x_test)
+    curve = []
+    for level, *_ in choice.curve:
+        replay = trace.apply(level=level, kappa=DEFAULT_KAPPA)
+        curve.append((level, _accuracy(replay.logits, y_test), replay.mean_nfe))
+    return {
+        "level": choice.level,
+        "val_false_stop_rate": choice.false_stop_rate,
+        "acc_full": _accuracy(full.logits, y_test),
+        "acc_batched_dopri5": _accuracy(batched_logits, y_test),
+        "acc_anytime": _accuracy(anytime.logits, y_test),
+        "false_stop_rate": float(anytime.false_stops(full.logits).double().mean()),
+        "mean_nfe_anytime": anytime.mean_nfe,
+        "mean_nfe_full": full.mean_nfe,
+        "nfe_batched_dopri5": batched_nfe,
+        "converged_fraction": anytime.converged_fraction,
+        "mean_stop_time": anytime.mean_stop_time,
+        "field_calls_anytime": anytime.field_calls,
+        "speed_at_end": _speed_at_end(model, x_test),
+        "curve": curve,
+    }
+
+
+def _time_batches(lyanet: Any, standard: Any, level: float, x: Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds of one test batch: LyaNet anytime, LyaNet full (per-example dopri5),
+    standard batched dopri5; interleaved, after one warm-up of each."""
+    jobs = {
+        "lyanet_anytime": lambda: anytime_predict(lyanet, x, level=level, kappa=DEFAULT_KAPPA, solver="dopri5"),
+        "lyanet_full": lambda: anytime_predict(lyanet, x, level=0.0, solver="dopri5"),
+        "standard_batched_dopri5": lambda: _batched_dopri5(standard, x),
+    }
+    for fn in jobs.values():
+        fn()
+    seconds: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, fn in jobs.items():
+            seconds[name] += _median_seconds(fn, 1)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def run_cell(
+    problem: Problem, pattern: str, seed: int, *, epochs: Optional[int], device: torch.device
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"problem": problem.name, "pattern": pattern, "seed": seed}
+    trained = {}
+    for method in METHODS:
+        started = time.perf_counter()
+        model = _train(problem, pattern, method, seed, epochs)
+        model = model.to(device) if isinstance(model, torch.nn.Module) else model
+        trained[method] = model
+        row[method] = _evaluate(model, problem, device)
+        row[method]["train_wall_seconds"] = time.perf_counter() - started
+    row["seconds"] = _time_batches(
+        trained["lyanet"], trained["standard"], row["lyanet"]["level"], problem.x_test.to(device), TIMING_REPEATS
+    )
+    return row
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(statistics.fmean(values))
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(statistics.pstdev(values)) if len(values) > 1 else 0.0
+
+
+def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    return f"{_mean(values) * scale:.{digits}f} ± {_std(values) * scale:.{digits}f}"
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per cell: means over seeds of every number the table shows."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["problem"], row["pattern"]), []).append(row)
+    out = []
+    for (problem, pattern), runs in cells.items():
+        lya = [r["lyanet"] for r in runs]
+        std = [r["standard"] for r in runs]
+
+        def col(items: list[dict[str, Any]], key: str) -> list[float]:
+            return [float(item[key]) for item in items]
+
+        ratio_nfe = [a["mean_nfe_anytime"] / s["nfe_batched_dopri5"] for a, s in zip(lya, std, strict=True)]
+        ratio_wall = [r["seconds"]["lyanet_anytime"] / r["seconds"]["standard_batched_dopri5"] for r in runs]
+        out.append(
+            {
+                "problem": problem,
+                "pattern": pattern,
+                "seeds": [r["seed"] for r in runs],
+                "lyanet": {k: col(lya, k) for k in lya[0] if k != "curve"},
+                "standard": {k: col(std, k) for k in std[0] if k != "curve"},
+                "nfe_ratio": ratio_nfe,
+                "wall_ratio": ratio_wall,
+            }
+        )
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    head = (
+        "| problem | pattern | acc full L (%) | acc anytime L (%) | false stops L (%) | NFE anytime L | "
+        "NFE full L / S (batched dopri5) | NFE anytime L / full S | wall anytime L / full S | "
+        "acc full / anytime S (%) | NFE anytime S | false stops S (%) | level L / S | |f| at t_end L / S |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for cell in summary:
+        lya, std = cell["lyanet"], cell["standard"]
+        lines.append(
+            f"| {cell['problem']} | {cell['pattern']} | {_pm(lya['acc_full'], 100)} | {_pm(lya['acc_anytime'], 100)} | "
+            f"{_pm(lya['false_stop_rate'], 100)} | {_pm(lya['mean_nfe_anytime'])} | "
+            f"{_mean(lya['nfe_batched_dopri5']):.0f} / {_mean(std['nfe_batched_dopri5']):.0f} | "
+            f"{_mean(cell['nfe_ratio']):.2f} | {_mean(cell['wall_ratio']):.2f} | "
+            f"{_mean(std['acc_full']) * 100:.1f} / {_mean(std['acc_anytime']) * 100:.1f} | "
+            f"{_pm(std['mean_nfe_anytime'])} | {_pm(std['false_stop_rate'], 100)} | "
+            f"{_mean(lya['level']):.3g} / {_mean(std['level']):.3g} | "
+            f"{_mean(lya['speed_at_end']):.3g} / {_mean(std['speed_at_end']):.3g} |"
+        )
+    nfe_ratios = [_mean(c["nfe_ratio"]) for c in summary]
+    wall_ratios = [_mean(c["wall_ratio"]) for c in summary]
+    acc_gap = [(_mean(c["lyanet"]["acc_full"]) - _mean(c["lyanet"]["acc_anytime"])) * 100 for c in summary]
+    worst_false = max(max(c["lyanet"]["false_stop_rate"]) for c in summary) * 100
+    lyanet_cheaper = sum(
+        _mean(c["lyanet"]["nfe_batched_dopri5"]) <= _mean(c["standard"]["nfe_batched_dopri5"]) for c in summary
+    )
+    std_ratio = [_mean(c["standard"]["mean_nfe_anytime"]) / _mean(c["standard"]["nfe_batched_dopri5"]) for c in summary]
+    lines += [
+        "",
+        f"- median over cells of LyaNet anytime NFE / standard full dopri5 NFE: {statistics.median(nfe_ratios):.2f} "
+        f"(target <= 0.5); wall-clock per test batch: {statistics.median(wall_ratios):.2f} (target <= 0.5)",
+        f"- LyaNet accuracy, full solve minus anytime: max {max(acc_gap):.1f} pt over cells (target <= 0.5)",
+        f"- worst false-stop rate of LyaNet over cells and seeds: {worst_false:.2f}% (target <= 0.5%)",
+        f"- the same rule on the standard model: median NFE anytime / its own full dopri5 "
+        f"{statistics.median(std_ratio):.2f}",
+        f"- full solve, LyaNet batched dopri5 NFE <= standard's: {lyanet_cheaper}/{len(summary)} cells",
+        "",
+        meta["description"],
+    ]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r["problem"], r["pattern"]) for r in rows})
+    ncols = min(4, len(cells))
+    nrows = -(-len(cells) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(cells) :]:
+        ax.set_visible(False)
+    for ax, (problem, pattern) in zip(axes.flat, cells, strict=False):
+        runs = [r for r in rows if (r["problem"], r["pattern"]) == (problem, pattern)]
+        for method, color in (("lyanet", "tab:blue"), ("standard", "tab:orange")):
+            curves = [r[method]["curve"] for r in runs]
+            nfe = [_mean([c[i][2] for c in curves]) for i in range(len(curves[0]))]
+            acc = [_mean([c[i][1] for c in curves]) * 100 for i in range(len(curves[0]))]
+            ax.plot(nfe, acc, "-", color=color, label=f"{'LyaNet' if method == 'lyanet' else 'standard'} anytime")
+            chosen_nfe = _mean([r[method]["mean_nfe_anytime"] for r in runs])
+            chosen_acc = _mean([r[method]["acc_anytime"] for r in runs]) * 100
+            ax.plot([chosen_nfe], [chosen_acc], "o", color=color)
+            full = _mean([r[method]["nfe_batched_dopri5"] for r in runs])
+            ax.axvline(full, color=color, ls=":", lw=1)
+        ax.set_title(f"{problem} / {pattern}", fontsize=9)
+        ax.set_xlabel("mean NFE per example")
+        ax.set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "accuracy vs NFE over the stopping level (dot: level chosen on validation; dotted: full batched dopri5)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(
+    *,
+    problems: Sequence[str] = PROBLEMS,
+    patterns: Sequence[str] = PATTERNS,
+    seeds: Sequence[int] = SEEDS,
+    epochs: Optional[int] = None,
+    out_dir: Path = RESULTS,
+    stem: str = "anytime",
+    threads: int = 1,
+    device: str = "cpu",
+    update_docs: bool = False,
+) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    started = time.perf_counter()
+    rows = []
+    for name in problems:
+        problem = load_problem(name)
+        for pattern in patterns:
+            for seed in seeds:
+                row = run_cell(problem, pattern, seed, epochs=epochs, device=dev)
+                rows.append(row)
+                print(
+                    f"{name}/{pattern}/seed {seed}: LyaNet acc {row['lyanet']['acc_full']:.3f} -> "
+                    f"{row['lyanet']['acc_anytime']:.3f}, NFE {row['lyanet']['mean_nfe_anytime']:.1f} vs standard "
+                    f"{row['standard']['nfe_batched_dopri5']}, false stops {row['lyanet']['false_stop_rate']:.4f}",
+                    flush=True,
+                )
+    summary = summarise(rows)
+    descriptions = "; ".join(load_problem(n).description for n in problems)
+    meta = {
+        "description": (
+            f"Mean ± std over seeds {list(seeds)}. {descriptions}. L = LyaNet (`LyapunovTrainer(model)` defaults), "
+            "S = standard (`SupervisedObjective()`), both Adam lr 1e-2 cosine, the suite's epochs and batches"
+            f"{'' if epochs is None else f' (here {epochs} epochs)'}. Rule: V_c < level and dV_c/dt + kappa V_c <= 0 "
+            f"(kappa = {DEFAULT_KAPPA}, patience 1, cross entropy), level = largest of 41 geometric levels in "
+            f"[1e-4, log 2] with validation false stops <= {MAX_FALSE_STOP_RATE:.1%}; per-example dopri5 "
+            f"rtol = atol = {TOLERANCE:g}. 'NFE full (batched dopri5)': torchdiffeq dopri5 on the whole test batch "
+            "(EVALUATION.md protocol); NFE anytime: mean row evaluations per example. False stop: anytime "
+            "prediction != per-example full solve at t_end. Wall: median of "
+            f"{TIMING_REPEATS} interleaved repeats, one test batch, device {device}. |f| at t_end: RMS of the "
+            f"velocity at the final state, mean over test examples. Machine: {platform.machine()}, {threads} "
+            f"thread(s), torch {torch.__version__}; wall clock {time.perf_counter() - started:.0f} s."
+        )
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=1))
+    table = markdown(summary, meta)
+    (out_dir / f"{stem}.md").write_text(table + "\n")
+    plot(rows, out_dir / f"{stem}.png")
+    if update_docs:
+        from examples.common.report import embed_markdown
+
+        embed_markdown(DOCS, "anytime", table)
+    print(table)
+    return {"rows": rows, "summary": summary, "markdown": table}
+
+
+def truncation_study(
+    *,
+    problems: Sequence[str] = ("digits",),
+    patterns: Sequence[str] = PATTERNS,
+    seeds: Sequence[int] = (0, 1),
+    gammas: Sequence[float] = (0.05, 0.2),
+    out_dir: Path = RESULTS,
+    threads: int = 1,
+    update_docs: bool = False,
+) -> str:
+    """Issue 14 item 3, numbers only: does the truncated cross entropy (paper Section 3.1,
+    ``V = 0`` at a finite state) make the full dopri5 solve cheaper or the state slower at
+    ``t_end``? LyaNet default (``gamma = 0``) against ``gamma`` in ``gammas`` and standard."""
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    methods = ("lyanet", *(f"gamma={g:g}" for g in gammas), "standard")
+    rows = []
+    for name in problems:
+        problem = load_problem(name)
+        for pattern in patterns:
+            for seed in seeds:
+                for method in methods:
+                    model = _train(problem, pattern, method, seed, None)
+                    result = _evaluate(model, problem, torch.device("cpu"))
+                    result.pop("curve")
+                    rows.append({"problem": name, "pattern": pattern, "seed": seed, "method": method, **result})
+                    print(f"{name}/{pattern}/{seed}/{method}: {result['nfe_batched_dopri5']} NFE", flush=True)
+    lines = [
+        "| problem | pattern | method | test acc, batched dopri5 (%) | NFE batched dopri5 | |f| at t_end | "
+        "NFE anytime | false stops (%) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in problems:
+        for pattern in patterns:
+            for method in methods:
+                runs = [r for r in rows if (r["problem"], r["pattern"], r["method"]) == (name, pattern, method)]
+
+                def col(key: str, runs: list[dict[str, Any]] = runs) -> list[float]:
+                    return [float(r[key]) for r in runs]
+
+                lines.append(
+                    f"| {name} | {pattern} | {method} | {_pm(col('acc_batched_dopri5'), 100)} | "
+                    f"{_pm(col('nfe_batched_dopri5'))} | {_pm(col('speed_at_end'), 1, 2)} | "
+                    f"{_pm(col('mean_nfe_anytime'))} | {_pm(col('false_stop_rate'), 100)} |"
+                )
+    lines += [
+        "",
+        f"Mean ± std over seeds {list(seeds)}; 'lyanet' = `LyapunovTrainer(model)`; 'gamma=g' = the same objective "
+        "(MonteCarloObjective for paper, PathIntegralObjective for enc_dc) with `CrossEntropyPotential(gamma=g)`; "
+        "anytime rule and level choice as in anytime.md (the rule's potential is the plain cross entropy for every "
+        f"model). Wall clock {time.perf_counter() - started:.0f} s, {threads} thread(s).",
+    ]
+    table = "\n".join(lines)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "anytime_truncation.json").write_text(json.dumps(rows, indent=1))
+    (out_dir / "anytime_truncation.md").write_text(table + "\n")
+    if update_docs:
+        from examples.common.report import embed_markdown
+
+        embed_markdown(DOCS, "anytime-truncation", table)
+    print(table)
+    return table
+
+
+def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one small cell, one seed, 2 epochs (smoke test)")
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
+    parser.add_argument("--patterns", nargs="+", default=list(PATTERNS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--truncation", action="store_true", help="the truncated-potential study (issue 14 item 3)")
+    parser.add_argument("--update-docs", action="store_true", help="embed the table in docs/anytime.md")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = _parse()
+    if args.truncation:
+        truncation_study(out_dir=args.out_dir, threads=args.threads, update_docs=args.update_docs)
+    elif args.quick:
+        main(problems=("iris",), patterns=("paper",), seeds=(0,), epochs=2, out_dir=args.out_dir, stem="anytime_quick")
+    else:
+        main(
+            problems=args.problems,
+            patterns=args.patterns,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            out_dir=args.out_dir,
+            threads=args.threads,
+            device=args.device,
+            update_docs=args.update_docs,
+        )

@@ -1,0 +1,717 @@
+"""Anytime inference: integrate each example only until it has converged (issue 14).
+
+LyaNet trains the inference dynamics so that the potential ``V_y(eta) = L(psi(eta), y)``
+of Eq. (11) decays exponentially along the flow, ``dV_y/deta . f + kappa V_y <= 0``
+(Eq. 10), which gives ``V_y(eta(t)) <= V_y(eta(0)) e^(-kappa t)`` (Theorem 2). At test time
+the label is unknown, so the rule below uses the *predicted* class ``c = argmax psi(eta)``:
+
+**Stopping rule.** At an accepted solver state ``eta`` at time ``t < t_end``, with the
+velocity ``f = f(eta, x, t)`` the solver has already computed there, stop the example when
+
+1. ``V_c(eta) < level`` and
+2. ``dV_c/deta . f + kappa V_c(eta) <= 0`` (Eq. 10 at this state, for the predicted class),
+
+on ``patience`` consecutive accepted states, and return ``psi(eta)``. Checking costs no
+evaluation of ``f`` with dopri5 (the velocity at the new state is the step's last stage,
+"first same as last"); with RK4 it is the next step's first stage, so only an example that
+stops pays for it (one evaluation).
+
+**What is guaranteed, and what is not.**
+
+- With the cross-entropy potential and ``level <= log 2``, every state of the sublevel set
+  ``{eta : V_c(eta) < level}`` has ``p_c > 1/2``, so ``c`` is its unique predicted class.
+- Condition 2 at the stopping state says only that ``V_c`` is not increasing *there, at that
+  instant*: it is a local statement. It does **not** prove that the class cannot change
+  between ``t`` and ``t_end``. That follows only if Eq. (10) (or merely ``dV_c/dt <= 0``)
+  holds on the whole sublevel set ``{V_c < level}`` for all times in ``[t, t_end]``: the set
+  is then forward invariant (the flow cannot cross its boundary outwards), the trajectory
+  stays in it, and the prediction at ``t_end`` is ``c`` with
+  ``V_c(eta(t_end)) <= V_c(eta(t)) e^(-kappa (t_end - t))`` (Theorem 2's argument). Lyapunov
+  training asks for Eq. (10) along training trajectories (with the true label); nothing
+  here verifies it on the sublevel set of a test example.
+- So a stop may be a *false stop* (the prediction at ``t_end`` differs). The rate is
+  measured, and ``level`` is chosen on a validation split to keep it below a target
+  (:func:`choose_level`); it is not zero by construction.
+- The stopped prediction is that of the per-example dopri5 (or RK4) state at ``t``, with the
+  solver's local error control (``rtol``, ``atol``), not of the exact flow.
+
+**Cost.** Each example has its own time, step size and error control
+(:mod:`lyapunov_plugin.adaptive`), so its path does not depend on the other rows, and
+examples that stop leave the batch: only the rows still integrating are passed to
+``model.vector_field`` (with the matching rows of the context). A stopped example costs no
+further evaluations or wall-clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ._typing import Context
+from ._validation import check_choice, check_non_negative, check_positive, check_positive_int, check_real, check_tensor
+from .adaptive import dopri5_step, error_ratio, initial_step, next_step, rk4_step
+from .budget import SolverError
+from .dispatch import as_lyapunov_model
+from .inference import EvalMode
+from .model import LyapunovModel, check_velocity, horizon
+from .potentials import CrossEntropyPotential, Potential, readout_jvp
+
+__all__ = [
+    "AnytimePrediction",
+    "AnytimeTrace",
+    "LevelChoice",
+    "anytime_predict",
+    "anytime_trace",
+    "choose_level",
+    "DEFAULT_LEVEL",
+    "DEFAULT_KAPPA",
+    "DEFAULT_LEVELS",
+    "SOLVERS",
+]
+
+#: Default ``level``: stop once the predicted class's cross entropy is below 0.1
+#: (``p_c > 0.905``). Choose it on validation data with :func:`choose_level`.
+DEFAULT_LEVEL = 0.1
+#: Default rate in condition 2 (Eq. 10). ``kappa = 0`` asks only that ``V_c`` does not rise.
+DEFAULT_KAPPA = 1.0
+#: Candidate levels of :func:`choose_level`: geometric from 1e-4 to ``log 2`` (the largest
+#: level for which the cross-entropy sublevel set has a unique predicted class).
+DEFAULT_LEVELS: tuple[float, ...] = tuple(1e-4 * (math.log(2.0) / 1e-4) ** (i / 40) for i in range(41))
+#: ``"auto"``: RK4 with the model's own ``fixed_steps`` when it has them, dopri5 otherwise.
+SOLVERS = ("auto", "dopri5", "rk4")
+#: Accepted plus rejected steps one example may take before the solve is abandoned
+#: (diffrax's ``max_steps``).
+DEFAULT_MAX_STEPS = 4096
+
+
+@dataclass(frozen=True)
+class AnytimePrediction:
+    """Result of :func:`anytime_predict` (the Eq. 10 stopping rule): one entry per example, in the input's order.
+
+    Attributes:
+        logits: ``psi(eta)`` at the stopping state, ``(B, m)``.
+        stop_time: the time each example stopped at, ``(B,)`` (``t_end`` if it never did).
+        nfe: vector-field evaluations of that example (row evaluations), ``(B,)`` int64.
+        converged: whether the stopping rule fired before ``t_end``, ``(B,)`` bool.
+        steps: accepted solver steps per example, ``(B,)`` int64.
+        rejected_steps: rejected dopri5 steps per example (0 for RK4), ``(B,)`` int64.
+        potential: ``V_c`` at the stopping state for the predicted class ``c``, ``(B,)``.
+        t_end: the horizon integrated towards.
+        solver: ``"dopri5"`` or ``"rk4"``.
+        field_calls: batched calls of ``model.vector_field`` (``None`` when the result was
+            replayed from an :class:`AnytimeTrace`, which has no batch of its own).
+    """
+
+    logits: Tensor
+    stop_time: Tensor
+    nfe: Tensor
+    converged: Tensor
+    steps: Tensor
+    rejected_steps: Tensor
+    potential: Tensor
+    t_end: float
+    solver: str
+    field_calls: Optional[int] = None
+
+    @property
+    def prediction(self) -> Tensor:
+        """Predicted classes ``argmax psi(eta)``, ``(B,)``."""
+        return self.logits.argmax(-1)
+
+    @property
+    def total_nfe(self) -> int:
+        """Row evaluations of the whole batch (what a batch-shrinking solve pays)."""
+        return int(self.nfe.sum())
+
+    @property
+    def mean_nfe(self) -> float:
+        """Mean vector-field evaluations per example."""
+        return float(self.nfe.double().mean())
+
+    @property
+    def max_nfe(self) -> int:
+        """Evaluations of the slowest example (what a fixed-batch solve would pay per row)."""
+        return int(self.nfe.max())
+
+    @property
+    def converged_fraction(self) -> float:
+        """Fraction of examples the rule stopped before ``t_end``."""
+        return float(self.converged.double().mean())
+
+    @property
+    def mean_stop_time(self) -> float:
+        """Mean stopping time."""
+        return float(self.stop_time.double().mean())
+
+    def false_stops(self, reference: Tensor) -> Tensor:
+        """``(B,)`` bool: examples whose stopped prediction differs from ``reference``
+        (predicted classes ``(B,)`` or logits ``(B, m)`` at ``t_end``, e.g. of a full solve)."""
+        check_tensor("reference", reference, min_ndim=1)
+        labels = reference.argmax(-1) if reference.ndim == 2 else reference
+        if labels.shape != self.prediction.shape:
+            raise ValueError(
+                f"reference must hold one prediction per example ({self.prediction.shape[0]}), "
+                f"got shape {tuple(reference.shape)}"
+            )
+        return self.prediction != labels.to(self.prediction.device)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    solver: str
+    steps: int
+    rtol: float
+    atol: float
+    t_end: float
+    max_steps: int
+    first_step: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    level: float
+    kappa: float
+    patience: int
+    potential: Potential
+
+
+def _check_settings(
+    model: LyapunovModel,
+    *,
+    solver: Any,
+    steps: Any,
+    rtol: Any,
+    atol: Any,
+    t_end: Any,
+    max_steps: Any,
+    first_step: Any = None,
+) -> _Settings:
+    check_choice("solver", solver, SOLVERS)
+    fixed = getattr(model, "fixed_steps", None)
+    if solver == "auto":
+        solver = "rk4" if steps is not None or isinstance(fixed, int) else "dopri5"
+    if solver == "rk4":
+        if steps is None:
+            if not isinstance(fixed, int):
+                raise ValueError(
+                    "steps is required with solver='rk4' for a model without fixed_steps "
+                    f"(got fixed_steps={fixed!r}); pass e.g. steps=20"
+                )
+            steps = fixed
+        steps = check_positive_int("steps", steps)
+    elif steps is not None:
+        raise ValueError(f"steps applies to solver='rk4' only, got steps={steps!r} with solver={solver!r}")
+    if first_step is not None:
+        if solver != "dopri5":
+            raise ValueError(f"first_step applies to solver='dopri5' only, got solver={solver!r}")
+        first_step = check_positive("first_step", first_step)
+    return _Settings(
+        solver=solver,
+        steps=0 if steps is None else steps,
+        rtol=check_positive("rtol", rtol),
+        atol=check_positive("atol", atol),
+        t_end=horizon(model) if t_end is None else check_positive("t_end", t_end),
+        max_steps=check_positive_int("max_steps", max_steps),
+        first_step=first_step,
+    )
+
+
+def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
+    if potential is None:
+        potential = CrossEntropyPotential()
+    if not isinstance(potential, Potential):
+        raise TypeError(f"potential must be a lyapunov_plugin Potential, got {type(potential).__name__}")
+    return _Rule(
+        level=check_non_negative("level", level),
+        kappa=check_non_negative("kappa", kappa),
+        patience=check_positive_int("patience", patience),
+        potential=potential,
+    )
+
+
+def _model_device(model: Any) -> Optional[torch.device]:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return None
+
+
+def _select(context: Context, rows: Tensor) -> Context:
+    return None if context is None else context[rows]
+
+
+@dataclass
+class _Checks:
+    """``V_c``, ``dV_c/dt`` and the logits at one batch of checked states."""
+
+    logits: Tensor
+    value: Tensor
+    derivative: Tensor
+
+
+def _check_states(model: LyapunovModel, potential: Potential, eta: Tensor, velocity: Tensor) -> _Checks:
+    """Eq. (10)'s two terms for the predicted class at states ``eta`` with ``f = velocity``."""
+    output, output_velocity = readout_jvp(model.readout, eta, velocity)
+    value, derivative = potential.value_and_derivative(output, output.argmax(-1), output_velocity)
+    return _Checks(output, value, derivative)
+
+
+class _Recorder:
+    """Every checked state of a solve (rows, times, cumulative NFE, logits, ``V_c``, ``dV_c/dt``)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+
+    def add(self, rows: Tensor, t: Tensor, nfe: Tensor, checks: _Checks) -> None:
+        self.parts.append((rows, t.clone(), nfe.clone(), checks.logits, checks.value, checks.derivative))
+
+
+class _Solve:
+    """The shrinking batch of one anytime solve (see :func:`anytime_predict`)."""
+
+    def __init__(
+        self, model: LyapunovModel, x: Tensor, settings: _Settings, rule: _Rule, recorder: Optional[_Recorder]
+    ):
+        self.model, self.settings, self.rule, self.recorder = model, settings, rule, recorder
+        context, eta0 = model.encode(x)
+        if context is not None and not isinstance(context, Tensor):
+            raise TypeError(
+                "anytime_predict needs the model's context to be a tensor with one row per example "
+                f"(or None) so that stopped rows can leave the batch, got {type(context).__name__}"
+            )
+        if isinstance(context, Tensor) and (context.ndim == 0 or context.shape[0] != eta0.shape[0]):
+            raise ValueError(
+                f"the model's context must have one row per example ({eta0.shape[0]}), got shape {tuple(context.shape)}"
+            )
+        batch, device, dtype = eta0.shape[0], eta0.device, eta0.dtype
+        self.field_calls = 0
+        # Results, filled in as rows finish.
+        self.out_eta = torch.empty_like(eta0)
+        self.out_logits: Optional[Tensor] = None
+        self.out_time = torch.full((batch,), settings.t_end, dtype=dtype, device=device)
+        self.out_nfe = torch.zeros(batch, dtype=torch.long, device=device)
+        self.out_converged = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.out_steps = torch.zeros(batch, dtype=torch.long, device=device)
+        self.out_rejected = torch.zeros(batch, dtype=torch.long, device=device)
+        self.out_value = torch.zeros(batch, dtype=dtype, device=device)
+        # The active rows (everything below is indexed like `rows`).
+        self.rows = torch.arange(batch, device=device)
+        self.context = context
+        self.eta = eta0
+        self.t = torch.zeros(batch, dtype=dtype, device=device)
+        self.nfe = torch.zeros(batch, dtype=torch.long, device=device)
+        self.streak = torch.zeros(batch, dtype=torch.long, device=device)
+        self.steps = torch.zeros(batch, dtype=torch.long, device=device)
+        self.rejected = torch.zeros(batch, dtype=torch.long, device=device)
+        self.h = torch.zeros(batch, dtype=dtype, device=device)
+        self.k1 = eta0
+
+    def field(self, eta: Tensor, t: Tensor) -> Tensor:
+        """``f`` on the active rows; every call evaluates every active row once."""
+        self.field_calls += 1
+        self.nfe += 1
+        velocity = self.model.vector_field(eta, self.context, t)
+        return check_velocity(velocity, eta)
+
+    def check(self, accepted: Tensor, interior: Tensor) -> tuple[Tensor, _Checks]:
+        """Update the rule's streaks at the accepted rows; return which rows stop now."""
+        checks = _check_states(self.model, self.rule.potential, self.eta, self.k1)
+        fired = (checks.value < self.rule.level) & (checks.derivative + self.rule.kappa * checks.value <= 0)
+        self.streak = torch.where(accepted, (self.streak + 1) * fired, self.streak)
+        if self.recorder is not None:
+            self.recorder.add(self.rows[accepted], self.t[accepted], self.nfe[accepted], _subset(checks, accepted))
+        return accepted & interior & (self.streak >= self.rule.patience), checks
+
+    def finish(self, done: Tensor, converged: Tensor, checks: _Checks) -> None:
+        """Write the finished rows' results and drop them from the active batch."""
+        if not bool(done.any()):
+            return
+        rows = self.rows[done]
+        if self.out_logits is None:
+            self.out_logits = checks.logits.new_zeros((self.out_eta.shape[0], *checks.logits.shape[1:]))
+        self.out_logits[rows] = checks.logits[done]
+        self.out_eta[rows] = self.eta[done]
+        self.out_time[rows] = self.t[done]
+        self.out_nfe[rows] = self.nfe[done]
+        self.out_converged[rows] = converged[done]
+        self.out_steps[rows] = self.steps[done]
+        self.out_rejected[rows] = self.rejected[done]
+        self.out_value[rows] = checks.value[done]
+        keep = ~done
+        self.rows, self.eta, self.t, self.nfe = self.rows[keep], self.eta[keep], self.t[keep], self.nfe[keep]
+        self.streak, self.steps, self.rejected = self.streak[keep], self.steps[keep], self.rejected[keep]
+        self.h, self.k1 = self.h[keep], self.k1[keep]
+        self.context = _select(self.context, keep)
+
+    def run(self) -> AnytimePrediction:
+        settings = self.settings
+        self.k1 = self.field(self.eta, self.t)
+        everyone = torch.ones_like(self.rows, dtype=torch.bool)
+        stop, checks = self.check(everyone, everyone)
+        self.finish(stop, stop, checks)
+        if settings.solver == "dopri5":
+            self._dopri5()
+        else:
+            self._rk4()
+        assert self.out_logits is not None  # every row finished: the loops end only when none is active
+        return AnytimePrediction(
+            logits=self.out_logits,
+            stop_time=self.out_time,
+            nfe=self.out_nfe,
+            converged=self.out_converged,
+            steps=self.out_steps,
+            rejected_steps=self.out_rejected,
+            potential=self.out_value,
+            t_end=settings.t_end,
+            solver=settings.solver,
+            field_calls=self.field_calls,
+        )
+
+    def _dopri5(self) -> None:
+        settings, t_end = self.settings, self.settings.t_end
+        if self.rows.numel():
+            if settings.first_step is not None:
+                self.h = torch.full_like(self.t, settings.first_step)
+            else:
+                self.h = initial_step(self.field, self.t, self.eta, self.k1, rtol=settings.rtol, atol=settings.atol)
+        while self.rows.numel():
+            remaining = t_end - self.t
+            last = self.h >= remaining
+            h = torch.where(last, remaining, self.h)
+            eta_new, error, k7 = dopri5_step(self.field, self.t, self.eta, self.k1, h)
+            ratio = error_ratio(error, self.eta, eta_new, rtol=settings.rtol, atol=settings.atol)
+            if not bool(torch.isfinite(ratio).all()):
+                raise SolverError(
+                    "the vector field returned NaN/Inf during anytime_predict's dopri5 step "
+                    f"(at t in [{float(self.t.min()):.4g}, {float(self.t.max()):.4g}])"
+                )
+            accepted = ratio <= 1
+            grid = accepted.reshape(-1, *([1] * (self.eta.ndim - 1)))
+            self.eta = torch.where(grid, eta_new, self.eta)
+            self.k1 = torch.where(grid, k7, self.k1)
+            # The last step lands on t_end exactly, not on t + h with its rounding.
+            self.t = torch.where(accepted, torch.where(last, torch.full_like(h, t_end), self.t + h), self.t)
+            self.h = next_step(h, ratio)
+            self.steps += accepted.long()
+            self.rejected += (~accepted).long()
+            if bool((self.steps + self.rejected > settings.max_steps).any()):
+                raise SolverError(
+                    f"an example needed more than max_steps={settings.max_steps} dopri5 steps in anytime_predict "
+                    "(a stiff or diverging field); raise max_steps or loosen rtol/atol"
+                )
+            reached = accepted & last
+            stop, checks = self.check(accepted, ~last)
+            self.finish(stop | reached, stop, checks)
+
+    def _rk4(self) -> None:
+        settings = self.settings
+        h = settings.t_end / settings.steps
+        for i in range(1, settings.steps + 1):
+            if not self.rows.numel():
+                return
+            step = torch.full_like(self.t, h)
+            self.eta = rk4_step(self.field, self.t, self.eta, self.k1, step)
+            self.t = torch.full_like(self.t, settings.t_end if i == settings.steps else i * h)
+            self.steps += 1
+            everyone = torch.ones_like(self.rows, dtype=torch.bool)
+            if i == settings.steps:
+                # No evaluation at t_end: nothing would use it. V_c is reported with f = 0.
+                checks = _check_states(self.model, self.rule.potential, self.eta, torch.zeros_like(self.eta))
+                self.finish(everyone, ~everyone, checks)
+                return
+            self.k1 = self.field(self.eta, self.t)
+            stop, checks = self.check(everyone, everyone)
+            self.finish(stop, stop, checks)
+
+
+def _subset(checks: _Checks, rows: Tensor) -> _Checks:
+    return _Checks(checks.logits[rows], checks.value[rows], checks.derivative[rows])
+
+
+def _prepare(model: Any, x: Any) -> tuple[LyapunovModel, Tensor]:
+    model = as_lyapunov_model(model)
+    check_tensor("x", x, min_ndim=1)
+    device = _model_device(model)
+    return model, (x.to(device) if device is not None else x)
+
+
+def anytime_predict(
+    model: Any,
+    x: Tensor,
+    *,
+    level: float = DEFAULT_LEVEL,
+    kappa: float = DEFAULT_KAPPA,
+    patience: int = 1,
+    potential: Optional[Potential] = None,
+    solver: str = "auto",
+    steps: Optional[int] = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    t_end: Optional[float] = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    first_step: Optional[float] = None,
+) -> AnytimePrediction:
+    """Predict with each example integrated only until the Lyapunov stopping rule fires.
+
+    The rule (module docstring; Eq. 10, Theorem 2): at an accepted state at ``t < t_end``,
+    with the predicted class ``c = argmax psi(eta)``, stop when ``V_c(eta) < level`` and
+    ``dV_c/deta . f + kappa V_c(eta) <= 0`` on ``patience`` consecutive accepted states.
+    Guaranteed: the stopped class is the predicted class at the stopping state, and (for the
+    cross entropy with ``level <= log 2``) the unique class of the sublevel set. Not
+    guaranteed: that the class at ``t_end`` is the same; that holds only if Eq. (10) holds
+    on the whole sublevel set ``{V_c < level}`` over ``[t, t_end]``, which is not checked.
+    Choose ``level`` on validation data with :func:`choose_level`.
+
+    Arguments:
+        model: any model ``LyapunovTrainer`` accepts (torchdyn, torchdiffeq, a
+            :class:`~lyapunov_plugin.LyapunovModel`); it is put in eval mode for the call
+            and restored afterwards; no gradients are recorded.
+        x: inputs ``(B, ...)``; moved to the model's parameter device.
+        level: stop only below this potential; ``0`` disables the rule (a full solve).
+        kappa: the rate of Eq. (10) in the rule, ``>= 0``.
+        patience: consecutive accepted states the rule must hold on.
+        potential: ``V`` of Eq. (11), evaluated with the predicted class as the target;
+            default :class:`~lyapunov_plugin.CrossEntropyPotential`.
+        solver: ``"dopri5"`` (per-example adaptive Dormand-Prince 5(4)), ``"rk4"``
+            (``steps`` fixed steps of ``t_end / steps``) or ``"auto"``: RK4 with the model's
+            own ``fixed_steps`` when it has them (or when ``steps`` is given), dopri5 otherwise.
+        steps: RK4 steps over ``[0, t_end]``.
+        rtol, atol: dopri5 tolerances (EVALUATION.md's NFE protocol uses 1e-3).
+        t_end: the horizon (default the model's, 1 in the paper).
+        max_steps: accepted plus rejected dopri5 steps allowed per example.
+        first_step: dopri5's first step size (``None``: the two-evaluation estimate, as
+            torchdiffeq's default; from ``eta(0) = 0`` that estimate starts at 1e-4 and the
+            step may grow only tenfold per step). Setting it saves that evaluation.
+
+    Returns:
+        An :class:`AnytimePrediction`.
+
+    Raises:
+        SolverError: the field returned NaN/Inf, or an example needed more than
+            ``max_steps`` steps.
+    """
+    model, x = _prepare(model, x)
+    settings = _check_settings(
+        model,
+        solver=solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        t_end=t_end,
+        max_steps=max_steps,
+        first_step=first_step,
+    )
+    rule = _check_rule(level, kappa, patience, potential)
+    with EvalMode(model), torch.no_grad():
+        return _Solve(model, x, settings, rule, None).run()
+
+
+@dataclass(frozen=True)
+class AnytimeTrace:
+    """Every accepted state of a full per-example solve, to replay the rule at any setting.
+
+    Because each example's steps do not depend on the other rows, stopping an example
+    only truncates its own path: :meth:`apply` gives what :func:`anytime_predict` would
+    return for any ``level``, ``kappa`` and ``patience`` without integrating again (used by
+    :func:`choose_level` and for accuracy-vs-NFE curves).
+
+    Attributes:
+        logits, value, derivative, nfe, time: ``(B, K)``-padded per checked state
+            (``K``: most checked states of any example), ``value = V_c``,
+            ``derivative = dV_c/deta . f``, ``nfe`` cumulative evaluations at that state.
+        valid: ``(B, K)`` which entries exist.
+        last: ``(B,)`` index of each example's final state (at ``t_end``).
+        final: the full solve, an :class:`AnytimePrediction` with the rule off.
+    """
+
+    logits: Tensor
+    value: Tensor
+    derivative: Tensor
+    nfe: Tensor
+    time: Tensor
+    valid: Tensor
+    last: Tensor
+    final: AnytimePrediction
+
+    def apply(self, *, level: float, kappa: float = DEFAULT_KAPPA, patience: int = 1) -> AnytimePrediction:
+        """The anytime prediction for these rule settings (no integration)."""
+        rule = _check_rule(level, kappa, patience, None)
+        batch, width = self.valid.shape
+        interior = self.valid & (torch.arange(width, device=self.valid.device)[None, :] < self.last[:, None])
+        fired = interior & (self.value < rule.level) & (self.derivative + rule.kappa * self.value <= 0)
+        streak = torch.zeros(batch, dtype=torch.long, device=fired.device)
+        stop_at = self.last.clone()
+        stopped = torch.zeros(batch, dtype=torch.bool, device=fired.device)
+        for k in range(width):
+            streak = (streak + 1) * fired[:, k]
+            now = ~stopped & (streak >= rule.patience)
+            stop_at = torch.where(now, torch.full_like(stop_at, k), stop_at)
+            stopped |= now
+        index = stop_at[:, None]
+        logits = self.logits.gather(1, index[:, :, None].expand(-1, 1, self.logits.shape[-1]))[:, 0]
+        steps = torch.where(stopped, stop_at, self.final.steps)
+        return AnytimePrediction(
+            logits=logits,
+            stop_time=self.time.gather(1, index)[:, 0],
+            nfe=self.nfe.gather(1, index)[:, 0],
+            converged=stopped,
+            steps=steps,
+            rejected_steps=torch.where(stopped, torch.zeros_like(steps), self.final.rejected_steps),
+            potential=self.value.gather(1, index)[:, 0],
+            t_end=self.final.t_end,
+            solver=self.final.solver,
+        )
+
+    def false_stop_rate(self, prediction: AnytimePrediction) -> float:
+        """Fraction of examples whose stopped prediction differs from the full solve's."""
+        return float(prediction.false_stops(self.final.logits).double().mean())
+
+
+def anytime_trace(
+    model: Any,
+    x: Tensor,
+    *,
+    potential: Optional[Potential] = None,
+    solver: str = "auto",
+    steps: Optional[int] = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    t_end: Optional[float] = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    first_step: Optional[float] = None,
+) -> AnytimeTrace:
+    """Solve to ``t_end`` per example (same solver as :func:`anytime_predict`) and record
+    ``V_c``, ``dV_c/deta . f``, the logits and the cumulative NFE at every accepted state.
+
+    Rejected steps before a stopping state are not separated out in the replay
+    (:meth:`AnytimeTrace.apply` reports ``rejected_steps = 0`` for stopped examples; their
+    ``nfe`` is exact)."""
+    model, x = _prepare(model, x)
+    settings = _check_settings(
+        model,
+        solver=solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        t_end=t_end,
+        max_steps=max_steps,
+        first_step=first_step,
+    )
+    rule = _check_rule(0.0, 0.0, 1, potential)
+    recorder = _Recorder()
+    with EvalMode(model), torch.no_grad():
+        final = _Solve(model, x, settings, rule, recorder).run()
+    if settings.solver == "rk4":
+        # The last RK4 state has no velocity (no evaluation at t_end); record it as final.
+        rows = torch.arange(final.logits.shape[0], device=final.logits.device)
+        recorder.parts.append(
+            (rows, final.stop_time, final.nfe, final.logits, final.potential, torch.zeros_like(final.potential))
+        )
+    rows, time, nfe, logits, value, derivative = (torch.cat(part) for part in zip(*recorder.parts, strict=True))
+    # Stable sort by time, then by row: each row's states in time order.
+    order = torch.argsort(time, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, time, nfe, logits, value, derivative = (v[order] for v in (rows, time, nfe, logits, value, derivative))
+    batch = final.logits.shape[0]
+    counts = torch.bincount(rows, minlength=batch)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    column = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+
+    def pad(v: Tensor, fill: float) -> Tensor:
+        out = v.new_full((batch, width, *v.shape[1:]), fill)
+        out[rows, column] = v
+        return out
+
+    valid = torch.zeros(batch, width, dtype=torch.bool, device=rows.device)
+    valid[rows, column] = True
+    return AnytimeTrace(
+        logits=pad(logits, 0.0),
+        value=pad(value, math.inf),
+        derivative=pad(derivative, 0.0),
+        nfe=pad(nfe, 0),
+        time=pad(time, settings.t_end),
+        valid=valid,
+        last=counts - 1,
+        final=final,
+    )
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """What :func:`choose_level` chose, and the validation curve it chose from.
+
+    Attributes:
+        level: the largest candidate whose validation false-stop rate is at most the
+            target (``0.0``, the rule off, if none is).
+        false_stop_rate, mean_nfe, converged_fraction: the validation numbers at ``level``.
+        curve: one ``(level, false_stop_rate, mean_nfe, converged_fraction)`` per candidate.
+    """
+
+    level: float
+    false_stop_rate: float
+    mean_nfe: float
+    converged_fraction: float
+    curve: tuple[tuple[float, float, float, float], ...]
+
+
+def choose_level(
+    model: Any,
+    x_val: Tensor,
+    *,
+    max_false_stop_rate: float = 0.005,
+    levels: Optional[Sequence[float]] = None,
+    kappa: float = DEFAULT_KAPPA,
+    patience: int = 1,
+    potential: Optional[Potential] = None,
+    solver: str = "auto",
+    steps: Optional[int] = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    t_end: Optional[float] = None,
+    trace: Optional[AnytimeTrace] = None,
+) -> LevelChoice:
+    """Choose the stopping rule's ``level`` on a validation split (never the test split).
+
+    A false stop is an example whose stopped prediction differs from its prediction at
+    ``t_end`` (no labels needed). Returns the largest candidate level whose false-stop rate
+    on ``x_val`` is at most ``max_false_stop_rate``.
+
+    Arguments:
+        model, x_val: the trained model and validation inputs.
+        max_false_stop_rate: the target, in ``[0, 1)``.
+        levels: candidates (default :data:`DEFAULT_LEVELS`, 1e-4 to ``log 2``).
+        kappa, patience, potential, solver, steps, rtol, atol, t_end: as in
+            :func:`anytime_predict` (use the same values there).
+        trace: a precomputed :func:`anytime_trace` of ``x_val`` (then ``x_val`` is not
+            integrated again).
+    """
+    rate_target = check_real("max_false_stop_rate", max_false_stop_rate)
+    if not 0.0 <= rate_target < 1.0:
+        raise ValueError(f"max_false_stop_rate must lie in [0, 1), got {rate_target}")
+    candidates = DEFAULT_LEVELS if levels is None else tuple(levels)
+    if not candidates:
+        raise ValueError("levels must hold at least one candidate level")
+    candidates = tuple(sorted(check_non_negative("levels[i]", v) for v in candidates))
+    if trace is None:
+        trace = anytime_trace(
+            model, x_val, potential=potential, solver=solver, steps=steps, rtol=rtol, atol=atol, t_end=t_end
+        )
+    curve = []
+    for level in candidates:
+        result = trace.apply(level=level, kappa=kappa, patience=patience)
+        curve.append((level, trace.false_stop_rate(result), result.mean_nfe, result.converged_fraction))
+    admissible = [row for row in curve if row[1] <= rate_target]
+    if admissible:
+        best = admissible[-1]
+    else:
+        off = trace.final
+        best = (0.0, 0.0, off.mean_nfe, 0.0)
+    return LevelChoice(
+        level=best[0], false_stop_rate=best[1], mean_nfe=best[2], converged_fraction=best[3], curve=tuple(curve)
+    )
