@@ -5,7 +5,13 @@ ICML 2022. The core imports torch only; torchdyn and torchdiffeq models are reac
 through ``lyapunov_plugin.adapters``.
 """
 
+from .adapter import NeuralODEAdapter as NeuralODEAdapter
+from .anytime import AnytimePrediction as AnytimePrediction
+from .anytime import anytime_predict as anytime_predict
 from .budget import SolverError as SolverError
+from .certify import Certificate as Certificate
+from .certify import certify as certify
+from .classifier import Classifier as Classifier
 from .diagnostics import DecayStatistics as DecayStatistics
 from .diagnostics import InferenceCurve as InferenceCurve
 from .diagnostics import decay_statistics as decay_statistics
@@ -23,7 +29,6 @@ from .losses import discrete_path_lyapunov_loss as discrete_path_lyapunov_loss
 from .losses import lyapunov_loss as lyapunov_loss
 from .losses import monte_carlo_lyapunov_loss as monte_carlo_lyapunov_loss
 from .losses import path_lyapunov_loss as path_lyapunov_loss
-from .model import Classifier as Classifier
 from .model import LyapunovModel as LyapunovModel
 from .model import ODEModel as ODEModel
 from .model import Solution as Solution
@@ -37,6 +42,11 @@ from .potentials import CrossEntropyPotential as CrossEntropyPotential
 from .potentials import MarginPotential as MarginPotential
 from .potentials import MSEPotential as MSEPotential
 from .potentials import Potential as Potential
+from .recipe import Recipe as Recipe
+from .recipe import default_recipe as default_recipe
+from .registry import register_adapter as register_adapter
+from .registry import registered_adapters as registered_adapters
+from .registry import unregister_adapter as unregister_adapter
 from .samplers import HypercubeSampler as HypercubeSampler
 from .samplers import HypersphereSampler as HypersphereSampler
 from .samplers import MixtureSampler as MixtureSampler
@@ -58,6 +68,8 @@ from .trainer import NonFiniteLossError as NonFiniteLossError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnytimePrediction",
+    "Certificate",
     "Classifier",
     "ConstantKappa",
     "CounterexampleSearch",
@@ -76,11 +88,13 @@ __all__ = [
     "MarginPotential",
     "MixtureSampler",
     "MonteCarloObjective",
+    "NeuralODEAdapter",
     "NonFiniteLossError",
     "ODEModel",
     "Objective",
     "PathIntegralObjective",
     "Potential",
+    "Recipe",
     "RolloutSampler",
     "SamplingContext",
     "Solution",
@@ -91,10 +105,13 @@ __all__ = [
     "TimeSampler",
     "TrajectorySampler",
     "UniformTimeSampler",
+    "anytime_predict",
     "appendix_b_half_width",
     "as_lyapunov_model",
+    "certify",
     "decay_statistics",
     "default_objective",
+    "default_recipe",
     "discrete_path_lyapunov_loss",
     "empirical_lipschitz",
     "integrate",
@@ -104,7 +121,10 @@ __all__ = [
     "monte_carlo_lyapunov_loss",
     "nfe_to_end",
     "path_lyapunov_loss",
+    "register_adapter",
+    "registered_adapters",
     "spectral_lipschitz_bound",
     "theorem3_radius",
     "trajectory_violation_rate",
+    "unregister_adapter",
 ]
