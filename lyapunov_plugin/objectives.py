@@ -488,6 +488,15 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
       a torchdyn ``rk4`` model: one step), the discrete path loss, Eq. (16)-(17), along
       the model's own steps instead: the flow learned on a finer grid is not the map such
       a model computes at inference.
+    - A bare flow (the dynamics do not see the input, ``eta(0) = x`` has no trainable input
+      layer and the state is read out without parameters, as torchdyn's tutorial
+      ``NeuralODE(f)`` on 2-D data): the discrete path loss, Eq. (16)-(17), along an RK4
+      rollout of ``BARE_FLOW_STEPS = 8`` steps. Eq. (10) at the fixed initial states asks
+      for ``|f(x)| >= kappa V / |dV/deta|`` at inputs of opposite labels close together, a
+      field stiff enough that the continuous condition is met at RK4-4 grid states that are
+      not on the flow (the true flow collapsed to the decision boundary, ~50 % accuracy on
+      two moons); the discrete loss constrains the states the steps actually reach
+      (benchmarks/bare_torchdyn.py, docs/defaults.md).
 
     Arguments:
         model: the user's model (any form the trainer accepts).
@@ -505,4 +514,22 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
         # [0, t_end]). Train the map inference uses: the discrete path loss, Eq. (16)-(17),
         # along the model's own steps.
         return PathIntegralObjective(form="discrete", solver="model", steps=steps)
+    if not conditioned and _is_bare_flow(protocol, x):
+        return PathIntegralObjective(form="discrete", steps=BARE_FLOW_STEPS)
     return PathIntegralObjective()
+
+
+#: Rollout steps of the discrete path loss for a bare flow (see :func:`default_objective`).
+BARE_FLOW_STEPS = 8
+
+
+def _is_bare_flow(model: Any, x: Optional[Tensor]) -> bool:
+    """Whether the model is a bare flow: ``eta(0) = x`` without trainable input layer, the
+    state read out without trainable readout (torchdyn's tutorial ``NeuralODE(f)``). Read
+    from the declared attributes, or probed on ``x``; ``False`` when neither is available."""
+    declared = isinstance(getattr(model, "readout_module", None), nn.Module) and isinstance(
+        getattr(model, "initial_state_trainable", None), bool
+    )
+    if not declared and x is None:
+        return False
+    return not readout_is_trainable(model, x) and not initial_state_is_trainable(model, x)
