@@ -47,6 +47,8 @@ from .recipe import default_recipe as default_recipe
 from .registry import register_adapter as register_adapter
 from .registry import registered_adapters as registered_adapters
 from .registry import unregister_adapter as unregister_adapter
+from .robust import InputPerturbedObjective as InputPerturbedObjective
+from .robust import robust_objective as robust_objective
 from .samplers import HypercubeSampler as HypercubeSampler
 from .samplers import HypersphereSampler as HypersphereSampler
 from .samplers import MixtureSampler as MixtureSampler
@@ -79,6 +81,7 @@ __all__ = [
     "HypercubeSampler",
     "HypersphereSampler",
     "InferenceCurve",
+    "InputPerturbedObjective",
     "KappaSchedule",
     "KappaWarmup",
     "LyapunovLossOutput",
@@ -123,6 +126,7 @@ __all__ = [
     "path_lyapunov_loss",
     "register_adapter",
     "registered_adapters",
+    "robust_objective",
     "spectral_lipschitz_bound",
     "theorem3_radius",
     "trajectory_violation_rate",
