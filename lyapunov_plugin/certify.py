@@ -265,6 +265,11 @@ def _program(model: Any, dtype: torch.dtype) -> _Program:
     if isinstance(model, ODEModel):
         return _ode_model_program(model, interpreter)
     if isinstance(model, nn.Module):
+        # The trainer's view of a torchdyn model (lyapunov_plugin.adapters.torchdyn.TorchdynModel,
+        # recognised by name: the core never imports the adapters) certifies the model it wraps.
+        wrapped = getattr(model, "model", None)
+        if type(model).__name__ == "TorchdynModel" and isinstance(wrapped, nn.Module):
+            model = wrapped
         program = _torchdyn_program(model, interpreter)
         if program is not None:
             return program

@@ -272,6 +272,12 @@ def test_torchdyn_data_control_and_depth_cat():
         y = Classifier(model, solver=solver)(x).argmax(1)  # untrained: certify its own predictions
     cert = _sampled_soundness(model, x, y, 0.05, solver)
     assert int(cert.certified.sum()) > 0
+    # The trainer's view of the same model (what trainer.model is) certifies the same way.
+    from lyapunov_plugin.adapters.torchdyn import TorchdynModel
+
+    through = certify(TorchdynModel(model), x, y, eps=0.05, solver=solver)
+    assert torch.equal(through.certified, cert.certified)
+    torch.testing.assert_close(through.margin_lower, cert.margin_lower)
 
 
 def test_float32_bounds_agree_with_float64(trained):
