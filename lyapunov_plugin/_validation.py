@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -191,6 +191,15 @@ def floating_dtype_of(model: Any) -> Any:
     if not isinstance(model, torch.nn.Module) or not callable(parameters):
         return None
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def parameter_device(model: Any) -> Optional[torch.device]:
+    """The device of the first parameter of ``model`` (``None`` when it has none or is not an
+    ``nn.Module``): where its inputs must be."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return None
 
 
 def as_model_dtype(value: Tensor, dtype: Any) -> Tensor:

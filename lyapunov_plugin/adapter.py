@@ -32,13 +32,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
 
 from ._typing import Context, Output, State, Times, Trajectory
 from ._validation import (
+    as_model_dtype,
     check_batch,
     check_choice,
     check_finite,
@@ -48,6 +49,7 @@ from ._validation import (
     check_real,
     check_tensor,
     check_time_grid,
+    floating_dtype_of,
 )
 
 if TYPE_CHECKING:
@@ -169,7 +171,7 @@ def expand_to_batch(t: Tensor, batch: int, like: Tensor) -> Tensor:
 def model_dtype(module: nn.Module) -> Optional[torch.dtype]:
     """The floating dtype of ``module``'s first floating parameter (``None`` if it has none):
     the dtype the input ``x`` of Eq. (1) is cast to."""
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    return cast(Optional[torch.dtype], floating_dtype_of(module))
 
 
 class NeuralODEAdapter(nn.Module):
@@ -219,10 +221,7 @@ class NeuralODEAdapter(nn.Module):
         model's floating dtype."""
         check_tensor("x", x, min_ndim=1)
         check_finite("x", x)
-        dtype = model_dtype(self)
-        if x.is_floating_point() and dtype is not None and x.dtype != dtype:
-            x = x.to(dtype)
-        return x
+        return as_model_dtype(x, floating_dtype_of(self))
 
     def _encode_prepared(self, x: Tensor) -> tuple[Context, State]:
         context, eta0 = self._encode(x)

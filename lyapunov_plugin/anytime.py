@@ -50,10 +50,18 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._typing import Context
-from ._validation import check_choice, check_non_negative, check_positive, check_positive_int, check_real, check_tensor
+from ._validation import (
+    check_choice,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_real,
+    check_tensor,
+    parameter_device,
+)
 from .adaptive import dopri5_step, error_ratio, initial_step, next_step, rk4_step
 from .budget import SolverError
 from .dispatch import as_lyapunov_model
@@ -232,13 +240,6 @@ def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
         patience=check_positive_int("patience", patience),
         potential=potential,
     )
-
-
-def _model_device(model: Any) -> Optional[torch.device]:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
-    return None
 
 
 def _select(context: Context, rows: Tensor) -> Context:
@@ -436,7 +437,7 @@ def _subset(checks: _Checks, rows: Tensor) -> _Checks:
 def _prepare(model: Any, x: Any) -> tuple[LyapunovModel, Tensor]:
     model = as_lyapunov_model(model)
     check_tensor("x", x, min_ndim=1)
-    device = _model_device(model)
+    device = parameter_device(model)
     return model, (x.to(device) if device is not None else x)
 
 

@@ -29,6 +29,7 @@ from ._validation import (
     check_tensor,
     check_time_grid,
     floating_dtype_of,
+    parameter_device,
 )
 from .dispatch import as_lyapunov_model
 from .losses import monte_carlo_lyapunov_loss
@@ -99,13 +100,6 @@ def _tile(value: Tensor, times: int) -> Tensor:
     return value.repeat(times, *([1] * (value.ndim - 1)))
 
 
-def _model_device(model: Any) -> Optional[torch.device]:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
-    return None
-
-
 def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optional[Solver] = None) -> Tensor:
     """States ``(T, B, *S)`` at ``ts``: the model's own solver, or ``solver`` through the protocol."""
     model = as_lyapunov_model(model)
@@ -122,7 +116,7 @@ def _batches_on_model_device(model: Any, data: Any) -> Iterable[tuple[Tensor, Te
     """:func:`iter_batches`, each batch moved to the device of the model's parameters, with
     floating-point features and targets in the model's dtype (float64 numpy data for a
     float32 model, as the trainer does)."""
-    device = _model_device(model)
+    device = parameter_device(model)
     dtype = floating_dtype_of(model)
     for x, y in iter_batches(data):
         if device is not None:
@@ -237,7 +231,7 @@ def nfe_to_end(model: LyapunovModel, x: Tensor, *, t_end: float = 1.0, solver: O
     check_tensor("x", x, min_ndim=1)
     t_end = check_positive("t_end", t_end)
     _check_solver(solver)
-    device = _model_device(model)
+    device = parameter_device(model)
     if device is not None:
         x = x.to(device)
     x = as_model_dtype(x, floating_dtype_of(model))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typing import Solver
-from ._validation import as_labels, check_tensor
+from ._validation import as_labels, as_model_dtype, check_tensor, floating_dtype_of, parameter_device
 from .diagnostics import iter_batches, states_along
 from .model import LyapunovModel
 from .potentials import Potential
@@ -57,12 +57,8 @@ def explain_integer_input(x: Tensor) -> Iterator[None]:
 def model_input(model: Any, x: Tensor, device: Optional[torch.device] = None) -> Tensor:
     """``x`` on ``device`` (default: the model's), floating inputs in the model's floating
     dtype (numpy arrays become float64 tensors; a float32 model would fail deep inside)."""
-    params = list(model.parameters()) if isinstance(model, nn.Module) else []
-    dtype = next((p.dtype for p in params if p.is_floating_point()), None)
-    if x.is_floating_point() and dtype is not None and x.dtype != dtype:
-        x = x.to(dtype)
-    if device is None and params:
-        device = params[0].device
+    x = as_model_dtype(x, floating_dtype_of(model))
+    device = device if device is not None else parameter_device(model)
     return x.to(device) if device is not None else x
 
 

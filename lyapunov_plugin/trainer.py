@@ -32,7 +32,15 @@ from torch import Tensor, nn
 from . import inference
 from ._legacy import MODES, recipe_from_keywords
 from ._typing import Solver
-from ._validation import as_labels, check_choice, check_finite, check_positive, check_positive_int, check_tensor
+from ._validation import (
+    as_labels,
+    check_choice,
+    check_finite,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    parameter_device,
+)
 from .anytime import AnytimePrediction, anytime_predict
 from .budget import SolverError
 from .checkpoint import FORMAT as _CHECKPOINT_FORMAT
@@ -199,7 +207,9 @@ class LyapunovTrainer:
             if not 0 <= seed < 2**64:
                 raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
 
-        self.device = _check_device(device) if device is not None else self._parameter_device()
+        self.device = (
+            _check_device(device) if device is not None else (parameter_device(self.model) or torch.device("cpu"))
+        )
         self.model.to(self.device)
         broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.optimizer = self.recipe.build_optimizer(self.model.parameters())
@@ -264,11 +274,6 @@ class LyapunovTrainer:
             self.recipe = resolved
             logger.info("default objective: %s", chosen)
         return cast(Objective, self.recipe.objective)
-
-    def _parameter_device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
 
     # ------------------------------------------------------------------ steps
     def _check_batch(self, batch: Any, epoch: int, step: int) -> Optional[tuple[Tensor, Tensor]]:
