@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -78,6 +80,54 @@ GARBAGE = [
     torch.tensor([1.0, 2.0]),
     torch.device("cpu"),
 ]
+
+
+#: A valid value too large to run (the fuzz oracles accept it; it is not called).
+TOO_BIG = 10**30
+
+
+def fuzz_arguments(
+    key: str,
+    call: Callable[..., Any],
+    base: dict[str, Any],
+    oracle: dict[str, Callable[[Any], bool]],
+    *,
+    skip: Callable[[str, Any], bool] = lambda argument, value: False,
+    documented: tuple[type[Exception], ...] = (),
+) -> list[str]:
+    """Call ``call(**base)`` with each value of :data:`GARBAGE` in place of each argument the
+    ``oracle`` covers; return the problems: a valid value refused, an invalid one accepted, a
+    ``TypeError``/``ValueError`` that does not name the argument, or any other error from
+    inside (``documented`` library errors are fine for valid values when they name the
+    argument, e.g. a ``SolverError`` for ``max_steps=1``). Counted under ``key``."""
+    problems = []
+    for argument, valid_of in oracle.items():
+        for value in GARBAGE:
+            valid = valid_of(value)
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if (valid and is_int and value == TOO_BIG) or skip(argument, value):
+                continue
+            FUZZ_COUNTS[key] = FUZZ_COUNTS.get(key, 0) + 1
+            try:
+                call(**{**base, argument: value})
+            except documented as err:
+                if not (valid and argument in str(err)):
+                    problems.append(f"{argument}={value!r}: {type(err).__name__}: {err}")
+                continue
+            except (TypeError, ValueError) as err:
+                if valid:
+                    problems.append(f"{argument}={value!r} is valid but was refused: {type(err).__name__}: {err}")
+                elif argument not in str(err):
+                    problems.append(
+                        f"{argument}={value!r}: the message does not name {argument}: {type(err).__name__}: {err}"
+                    )
+                continue
+            except Exception as err:  # noqa: BLE001 - the fuzz reports any other error as a defect
+                problems.append(f"{argument}={value!r}: {type(err).__name__} from inside: {err}")
+                continue
+            if not valid:
+                problems.append(f"{argument}={value!r} was accepted")
+    return problems
 
 
 def _count(name: str) -> None:

@@ -34,7 +34,7 @@ from lyapunov_plugin import (
 )
 from lyapunov_plugin.blocks import MLPDynamics
 
-from .test_boundaries import FUZZ_COUNTS, GARBAGE
+from .test_boundaries import FUZZ_COUNTS, fuzz_arguments
 
 
 def _real(v: Any) -> bool:
@@ -159,45 +159,12 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, Callable[[A
     ),
 }
 
-#: Valid values too large to run (the oracle accepts them).
-_TOO_BIG = 10**30
-
-
-def _outcome(name: str, argument: str, value: Any) -> str:
-    call, base, oracle = CASES[name]
-    kwargs = {**base, argument: value}
-    valid = oracle[argument](value)
-    if valid and isinstance(value, int) and not isinstance(value, bool) and value == _TOO_BIG:
-        return "skipped"
-    try:
-        call(**kwargs)
-    except SolverError as err:
-        # A documented library error for a valid but too small budget (max_steps=1).
-        return "ok" if valid and argument in str(err) else f"{argument}={value!r}: SolverError: {err}"
-    except (TypeError, ValueError) as err:
-        if valid:
-            return f"{argument}={value!r} is valid but was refused: {type(err).__name__}: {err}"
-        if argument not in str(err):
-            return f"{argument}={value!r}: the message does not name {argument}: {type(err).__name__}: {err}"
-        return "ok"
-    except Exception as err:  # noqa: BLE001 - the fuzz reports any other error as a defect
-        return f"{argument}={value!r}: {type(err).__name__} from inside: {err}"
-    if not valid:
-        return f"{argument}={value!r} was accepted"
-    return "ok"
-
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_argument_of_the_new_entry_points_is_checked(name):
-    problems = []
-    for argument in CASES[name][2]:
-        for value in GARBAGE:
-            outcome = _outcome(name, argument, value)
-            if outcome == "skipped":
-                continue
-            FUZZ_COUNTS[f"entry:{name}"] = FUZZ_COUNTS.get(f"entry:{name}", 0) + 1
-            if outcome != "ok":
-                problems.append(outcome)
+    call, base, oracle = CASES[name]
+    # SolverError is the documented answer to a valid but too small budget (max_steps=1).
+    problems = fuzz_arguments(f"entry:{name}", call, base, oracle, documented=(SolverError,))
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
@@ -223,26 +190,7 @@ def test_the_torchode_adapter_names_bad_settings():
         "t_end": _positive,
         "state_shape": _none,  # a zero initial state needs a conditioned field
     }
-    problems = []
-    for argument, valid_of in oracle.items():
-        for value in GARBAGE:
-            valid = valid_of(value)
-            if valid and value == _TOO_BIG:
-                continue
-            FUZZ_COUNTS["entry:TorchodeModel"] = FUZZ_COUNTS.get("entry:TorchodeModel", 0) + 1
-            try:
-                TorchodeModel(Field(), **{argument: value})
-            except (TypeError, ValueError) as err:
-                if valid:
-                    problems.append(f"{argument}={value!r} refused: {err}")
-                elif argument not in str(err):
-                    problems.append(f"{argument}={value!r}: message does not name it: {err}")
-                continue
-            except Exception as err:  # noqa: BLE001 - any other error is a defect
-                problems.append(f"{argument}={value!r}: {type(err).__name__} from inside: {err}")
-                continue
-            if not valid:
-                problems.append(f"{argument}={value!r} was accepted")
+    problems = fuzz_arguments("entry:TorchodeModel", lambda **kw: TorchodeModel(Field(), **kw), {}, oracle)
     assert not problems, "\n".join(problems)
 
 

@@ -47,7 +47,7 @@ from lyapunov_plugin.budget import EvaluationBudget
 from lyapunov_plugin.potentials import Potential, readout_jvp
 from lyapunov_plugin.schedules import ConstantKappa, KappaWarmup, constant_kappa
 
-from .test_boundaries import FUZZ_COUNTS, GARBAGE
+from .test_boundaries import FUZZ_COUNTS, fuzz_arguments
 
 B, S, T = 4, 2, 3
 
@@ -502,49 +502,21 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, Callable[[A
     ),
 }
 
-#: Valid values that would make a test slow or huge (the oracle accepts them; they are not run).
-_TOO_BIG = 10**30
-
 #: (case, argument, repr(value)) whose check belongs to the model, not to this layer: the
 #: shape of ``x`` is only known to the model's input layer (``ODEModel.encode`` in model.py).
 _LEFT_TO_THE_MODEL = {(name, "x", "tensor([1., 2.])") for name in ("nfe_to_end", "states_along")}
 
 
-def _outcome(name: str, argument: str, value: Any) -> str:
-    call, base, oracle = CASES[name]
-    kwargs = dict(base)
-    kwargs[argument] = value
-    valid = oracle[argument](value)
-    if valid and _int(value) and value == _TOO_BIG:
-        return "skipped"
-    if (name, argument, repr(value)) in _LEFT_TO_THE_MODEL:
-        return "skipped"
-    try:
-        call(**kwargs)
-    except (TypeError, ValueError) as err:
-        if valid:
-            return f"{argument}={value!r} is valid but was refused: {type(err).__name__}: {err}"
-        if argument not in str(err):
-            return f"{argument}={value!r}: the message does not name {argument}: {type(err).__name__}: {err}"
-        return "ok"
-    except Exception as err:  # noqa: BLE001 - the fuzz reports any other error as a defect
-        return f"{argument}={value!r}: {type(err).__name__} from inside: {err}"
-    if not valid:
-        return f"{argument}={value!r} was accepted"
-    return "ok"
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_argument_is_checked_at_the_boundary(name):
-    problems = []
-    for argument in CASES[name][2]:
-        for value in GARBAGE:
-            outcome = _outcome(name, argument, value)
-            if outcome == "skipped":
-                continue
-            FUZZ_COUNTS[f"layer:{name}"] = FUZZ_COUNTS.get(f"layer:{name}", 0) + 1
-            if outcome != "ok":
-                problems.append(outcome)
+    call, base, oracle = CASES[name]
+    problems = fuzz_arguments(
+        f"layer:{name}",
+        call,
+        base,
+        oracle,
+        skip=lambda argument, value: (name, argument, repr(value)) in _LEFT_TO_THE_MODEL,
+    )
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
