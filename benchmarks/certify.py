@@ -1,19 +1,24 @@
-"""Certified accuracy of LyaNet- and standard-trained Neural ODEs on digits (issue 15, item 3).
+"""Certified accuracy of LyaNet- and standard-trained Neural ODEs on digits / MNIST-5k (issue 15, item 3).
 
-The model is the issue's probe: a linear encoder (flatten, standardise, ``Linear(64, 32)``),
+The model is the issue's probe: a linear encoder (flatten, standardise, ``Linear(64, 32)``;
+``Linear(784, 32)`` with ``--dataset mnist5k``),
 a data-controlled tanh MLP field ``MLPDynamics(10, 32, (64,))`` (input ``[eta, c, t]``),
 ``eta(0) = 0`` and the identity readout, run through RK4 with 10 steps. Each seed trains
-one copy with the standard objective (``SupervisedObjective``: cross entropy at ``t = 1``
-through the solver) and one with ``LyapunovTrainer(model)`` (the default recipe), and
-optionally one with a training-side lever (a Monte Carlo objective with wider rollout
-noise). :func:`lyapunov_plugin.certify` then certifies the test set at each l_inf eps,
-within the pixel box [0, 1] (the attacks' threat model) and, at the headline eps, for
-the whole ball too. Soundness: every certified point is attacked (margin-loss PGD
-through the same solver with restarts, plus random corners and uniform points of the
-ball); the number of certified points broken must be 0.
+one copy per method: ``standard`` (``SupervisedObjective``: cross entropy at ``t = 1`` through the solver), ``lyanet``
+(``LyapunovTrainer(model)``, the default recipe), ``lyanet_wide_noise`` (wider rollout
+noise), ``robust`` (``robust_objective(model)``) and the opt-in levers of
+:mod:`lyapunov_plugin.contraction` (``input_lipschitz``, ``contraction``: the
+incremental-stability condition; ``certified``: certified training through the
+certificate's own bounds). :func:`lyapunov_plugin.certify` then certifies the test set at
+each l_inf eps, within the pixel box [0, 1] (the attacks' threat model) and, at the
+headline eps, for the whole ball too. Soundness: every certified point is attacked
+(margin-loss PGD through the same solver with restarts, plus random corners and uniform
+points of the ball); the number of certified points broken must be 0.
 
     python -m benchmarks.certify            # 3 seeds
     python -m benchmarks.certify --quick    # a smoke run (numbers meaningless)
+    python -m benchmarks.certify --seeds 0 --methods robust certified --name certify_seed0  # one process per seed
+    python -m benchmarks.certify --methods standard lyanet robust certified --merge a.json b.json --update-doc
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from examples.common.data import digits
+from examples.common.data import digits, mnist5k
 from examples.common.report import embed_markdown, mean_std, write_outputs
 from lyapunov_plugin import (
     Classifier,
@@ -40,8 +45,10 @@ from lyapunov_plugin import (
     RolloutSampler,
     SupervisedObjective,
     certify,
+    robust_objective,
 )
 from lyapunov_plugin.blocks import MLPDynamics, Standardize
+from lyapunov_plugin.contraction import CertifiedMarginObjective, ContractionObjective
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DOC = Path(__file__).parent.parent / "docs" / "certify.md"
@@ -50,13 +57,23 @@ EPS = (0.001, 0.005, 0.01, 0.02, 0.05)
 HEADLINE_EPS = 0.02
 DOMAIN = (0.0, 1.0)
 WIDE_NOISE = (0.0, 0.1, 0.3, 1.0, 3.0)
-METHODS = ("standard", "lyanet", "lyanet_wide_noise")
+DATASETS = ("digits", "mnist5k")
+METHODS = ("standard", "lyanet", "lyanet_wide_noise", "robust", "input_lipschitz", "contraction", "certified")
+#: The opt-in levers of lyapunov_plugin.contraction, as measured (docs/certify.md).
+LEVERS = {
+    "input_lipschitz": "ContractionObjective(rate=0, weight=0, input_weight=0.1): Monte Carlo loss "
+    "+ 0.1 mean |J_x^T u|_1 / 10",
+    "contraction": "ContractionObjective(rate=1, weight=1): Monte Carlo loss + mean relu(v^T J_eta f v / |v|^2 + 1)",
+    "certified": "CertifiedMarginObjective(eps=0.03, weight=0.5, max_examples=8): Monte Carlo loss + 0.5 CE of the "
+    "certified worst-case logits (affine bounds through RK4-10, l_inf 0.03 in [0, 1]) on 8 examples per batch",
+}
+CERTIFIED_TRAINING = {"eps": 0.03, "weight": 0.5, "max_examples": 8}
 
 
 def probe_model(x_train: torch.Tensor, *, seed: int) -> ODEModel:
     """The issue's probe: linear encoder, data-controlled tanh MLP field, identity readout."""
     torch.manual_seed(seed)
-    encoder = nn.Sequential(nn.Flatten(), Standardize.fit(x_train.flatten(1)), nn.Linear(64, 32))
+    encoder = nn.Sequential(nn.Flatten(), Standardize.fit(x_train.flatten(1)), nn.Linear(x_train[0].numel(), 32))
     return ODEModel(MLPDynamics(10, 32, (64,)), state_shape=(10,), encoder=encoder, solver=SOLVER)
 
 
@@ -69,6 +86,24 @@ def train(method: str, split: Any, *, seed: int, epochs: int) -> tuple[ODEModel,
     elif method == "lyanet_wide_noise":
         objective = MonteCarloObjective(state_sampler=RolloutSampler(noise_scales=WIDE_NOISE))
         trainer = LyapunovTrainer(model, objective=objective, seed=seed, progress=False)
+    elif method == "robust":
+        trainer = LyapunovTrainer(model, objective=robust_objective(model), seed=seed, progress=False)
+    elif method == "input_lipschitz":
+        lipschitz = ContractionObjective(rate=0.0, weight=0.0, input_weight=0.1)
+        trainer = LyapunovTrainer(model, objective=lipschitz, seed=seed, progress=False)
+    elif method == "contraction":
+        trainer = LyapunovTrainer(
+            model, objective=ContractionObjective(rate=1.0, weight=1.0), seed=seed, progress=False
+        )
+    elif method == "certified":
+        lever = CertifiedMarginObjective(
+            solver=SOLVER,
+            domain=DOMAIN,
+            eps=CERTIFIED_TRAINING["eps"],
+            weight=CERTIFIED_TRAINING["weight"],
+            max_examples=int(CERTIFIED_TRAINING["max_examples"]),
+        )
+        trainer = LyapunovTrainer(model, objective=lever, seed=seed, progress=False)
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     train_loader, test_loader = split.loaders(64, generator=torch.Generator().manual_seed(seed))
@@ -149,14 +184,28 @@ def main(
     out_dir: Path | str = RESULTS_DIR,
     name: str = "certify",
     update_doc: bool = False,
+    merge: Sequence[Path | str] = (),
+    eps: Optional[Sequence[float]] = None,
+    dataset: str = "digits",
 ) -> dict[str, Any]:
-    """Train, certify, attack; write ``<name>.json`` and ``<name>.md``."""
+    """Train, certify, attack; write ``<name>.json`` and ``<name>.md``. With ``merge``, read
+    the runs of those json files (e.g. one process per seed) instead of training."""
+    import json
+
     torch.set_num_threads(1)
-    split = digits(limit=120 if quick else None)
-    eps_list = (0.005, 0.02) if quick else EPS
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    split = (digits if dataset == "digits" else mnist5k)(limit=120 if quick else None)
+    eps_list = tuple(eps) if eps else ((0.005, 0.02) if quick else EPS)
     budget = {"steps": 5, "restarts": 1, "samples": 4} if quick else {"steps": 40, "restarts": 2, "samples": 32}
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for seed in seeds:
+    for path in merge:
+        loaded = json.loads(Path(path).read_text())["runs"]
+        for m in methods:
+            runs[m].extend(loaded.get(m, []))
+    if merge:
+        seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    for seed in seeds if not merge else ():
         for method in methods:
             model, train_seconds, evaluation = train(method, split, seed=seed, epochs=1 if quick else epochs)
             run = measure(model, split, eps_list=eps_list, budget=budget, seed=seed)
@@ -190,8 +239,10 @@ def main(
         for m, rs in runs.items()
     }
     setting = {
+        "dataset": dataset,
         "data": split.description,
-        "model": "linear encoder (Flatten, Standardize, Linear 64->32), MLPDynamics(10, 32, (64,)) tanh on "
+        "model": f"linear encoder (Flatten, Standardize, Linear {split.x_train[0].numel()}->32), "
+        "MLPDynamics(10, 32, (64,)) tanh on "
         "[eta, c, t], eta(0)=0, identity readout",
         "solver": f"{SOLVER} over [0, 1]: the certificate covers this discretised model, not the exact ODE flow",
         "threat": f"l_inf ball intersected with the pixel box {DOMAIN}",
@@ -201,6 +252,8 @@ def main(
         "corners/uniform points, through the certified solver",
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread",
         "wide_noise_scales": WIDE_NOISE,
+        "levers": {m: LEVERS[m] for m in methods if m in LEVERS},
+        "merged_from": [Path(p).name for p in merge],
     }
     payload = {"setting": setting, "summary": summary, "runs": runs, "quick": quick}
     markdown = render(summary, setting, eps_list)
@@ -208,7 +261,7 @@ def main(
     print(markdown)
     print(f"wrote {json_path} and {md_path}")
     if update_doc:
-        embed_markdown(DOC, "certify-results", markdown)
+        embed_markdown(DOC, "certify-results" if dataset == "digits" else f"certify-results-{dataset}", markdown)
         print(f"updated {DOC}")
     return payload
 
@@ -220,7 +273,8 @@ def _pct(cell: dict[str, Any]) -> str:
 def render(summary: dict[str, Any], setting: dict[str, Any], eps_list: Sequence[float]) -> str:
     methods = list(summary)
     lines = [
-        f"Certified accuracy (%) on the digits test set, mean ± std over seeds {setting['seeds']}, "
+        f"Certified accuracy (%) on the {setting.get('dataset', 'digits')} test set, mean ± std over seeds "
+        f"{setting['seeds']}, "
         f"{setting['epochs']} epochs. Certificate: `lyapunov_plugin.certify`, {setting['threat']}, "
         f"{setting['solver']}.",
         "",
@@ -260,6 +314,16 @@ def render(summary: dict[str, Any], setting: dict[str, Any], eps_list: Sequence[
         lines.append(
             f"`lyanet_wide_noise`: MonteCarloObjective(state_sampler=RolloutSampler(noise_scales={WIDE_NOISE}))."
         )
+    if setting.get("merged_from"):
+        lines.append(
+            f"Runs merged (`--merge`) from {', '.join(setting['merged_from'])}, each written by its own process "
+            "(seconds are wall clock on a shared 2-core machine, so they depend on its load)."
+        )
+    for m in methods:
+        if m in LEVERS:
+            lines.append(f"`{m}`: {LEVERS[m]}.")
+    if "robust" in summary:
+        lines.append("`robust`: `robust_objective(model)` (Eq. 10 at inputs perturbed within l_inf 0.1).")
     lines.append("")
     return "\n".join(lines)
 
@@ -273,6 +337,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=None)
     parser.add_argument("--update-doc", action="store_true", help="put the table into docs/certify.md")
+    parser.add_argument("--eps", type=float, nargs="+", default=None, help=f"l_inf radii (default {EPS})")
+    parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], help="combine the runs of these json files")
     return parser.parse_args(argv)
 
 
@@ -286,4 +353,7 @@ if __name__ == "__main__":
         out_dir=args.out_dir,
         name=args.name or ("certify_quick" if args.quick else "certify"),
         update_doc=args.update_doc,
+        merge=args.merge,
+        eps=args.eps,
+        dataset=args.dataset,
     )

@@ -12,6 +12,8 @@ from .budget import SolverError as SolverError
 from .certify import Certificate as Certificate
 from .certify import certify as certify
 from .classifier import Classifier as Classifier
+from .contraction import CertifiedMarginObjective as CertifiedMarginObjective
+from .contraction import ContractionObjective as ContractionObjective
 from .diagnostics import DecayStatistics as DecayStatistics
 from .diagnostics import InferenceCurve as InferenceCurve
 from .diagnostics import decay_statistics as decay_statistics
@@ -72,7 +74,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AnytimePrediction",
     "Certificate",
+    "CertifiedMarginObjective",
     "Classifier",
+    "ContractionObjective",
     "ConstantKappa",
     "CounterexampleSearch",
     "CrossEntropyPotential",

@@ -104,11 +104,17 @@ class _FieldInputs:
 class _Interpreter:
     """Walks the modules of a model and applies them to affine forms."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype, differentiable: bool = False) -> None:
         self.dtype = dtype
+        # Certified training (lyapunov_plugin.contraction) differentiates the bounds with
+        # respect to the parameters; the certificate itself never does.
+        self.differentiable = differentiable
+
+    def detach(self, value: Tensor) -> Tensor:
+        return value.to(self.dtype) if self.differentiable else value.detach().to(self.dtype)
 
     def param(self, value: Optional[Tensor]) -> Optional[Tensor]:
-        return None if value is None else value.detach().to(self.dtype)
+        return None if value is None else self.detach(value)
 
     def run(self, module: Any, form: AffineForm, inputs: Optional[_FieldInputs], path: str) -> AffineForm:
         kind = type(module)
@@ -164,7 +170,7 @@ class _Interpreter:
     def _weight(self, module: nn.Linear | nn.Conv2d) -> Tensor:
         # A parametrised (spectral-norm) weight is computed on access, in eval mode without
         # a power-iteration update.
-        return module.weight.detach().to(self.dtype)
+        return self.detach(module.weight)
 
     def time_column(self, like: AffineForm, t: float) -> AffineForm:
         column = like.center.new_full((like.center.shape[0], 1), t)
@@ -260,8 +266,8 @@ def _torchdyn_program(model: nn.Module, interpreter: _Interpreter) -> Optional[_
     return _Program(interpreter, encode, field, lambda eta: interpreter.run(readout, eta, None, "readout"))
 
 
-def _program(model: Any, dtype: torch.dtype) -> _Program:
-    interpreter = _Interpreter(dtype)
+def _program(model: Any, dtype: torch.dtype, differentiable: bool = False) -> _Program:
+    interpreter = _Interpreter(dtype, differentiable)
     if isinstance(model, ODEModel):
         return _ode_model_program(model, interpreter)
     if isinstance(model, nn.Module):
@@ -317,6 +323,17 @@ def _input_form(x: Tensor, eps: float, norm: str, domain: Optional[tuple[float, 
     return AffineForm(center, gens, SymbolSpace(num_input=d, norm=norm, total=d))
 
 
+def _margin_lowers(logits: AffineForm, y: Tensor) -> Tensor:
+    """``(B, C)``: the exact lower bound of each affine form ``logit_y - logit_j`` over the
+    ball (``+inf`` at ``j = y``)."""
+    index = y.reshape(-1, 1)
+    c_y = logits.center.gather(1, index)
+    g_y = logits.gens.gather(2, index.unsqueeze(1).expand(-1, logits.gens.shape[1], 1))
+    lower = AffineForm(c_y - logits.center, g_y - logits.gens, logits.space).bounds()[0]
+    other = torch.ones_like(lower, dtype=torch.bool).scatter(1, index, False)
+    return torch.where(other, lower, torch.full_like(lower, math.inf))
+
+
 def _margins(logits: AffineForm, y: Tensor) -> tuple[Tensor, Tensor]:
     """Lower bound of ``logit_y - max_{j != y} logit_j`` over the ball, and its value at the
     center, from the exact bounds of the affine forms ``logit_y - logit_j``."""
@@ -328,6 +345,26 @@ def _margins(logits: AffineForm, y: Tensor) -> tuple[Tensor, Tensor]:
     other = torch.ones_like(lower, dtype=torch.bool).scatter(1, index, False)
     inf = torch.full_like(lower, math.inf)
     return torch.where(other, lower, inf).amin(dim=1), torch.where(other, diff.center, inf).amin(dim=1)
+
+
+def margin_lower_bounds(
+    model: Any,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    solver: FixedStepSolver,
+    norm: str = "linf",
+    domain: Optional[tuple[float, float]] = None,
+) -> Tensor:
+    """``(B, C)`` lower bounds of ``logit_y - logit_j`` over the ball (``+inf`` at ``j = y``),
+    *differentiable* with respect to the model's parameters: the bounds of :func:`certify`
+    for certified training (:class:`~lyapunov_plugin.contraction.CertifiedMarginObjective`).
+    Computed in ``x``'s dtype, on checked arguments (no validation, no self-check; the
+    caller certifies with :func:`certify`)."""
+    program = _program(model, x.dtype, differentiable=True)
+    logits = _unrolled(program, _input_form(x, eps, norm, domain), solver, horizon(model))
+    return _margin_lowers(logits, y.to(dtype=torch.long))
 
 
 # -- the public entry point -------------------------------------------------------------------

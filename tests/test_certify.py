@@ -392,3 +392,13 @@ def test_benchmark_quick_smoke(tmp_path):
     summary = payload["summary"]["standard"]
     assert summary["certified_broken"] == 0 and summary["certified_points"] > 0
     assert (tmp_path / "smoke.json").exists() and "soundness" in (tmp_path / "smoke.md").read_text()
+
+
+def test_benchmark_merge_reproduces_the_summary(tmp_path):
+    """``--merge`` (one process per seed, combined afterwards) gives the summary of the runs it reads."""
+    from benchmarks.certify import main
+
+    first = main(quick=True, seeds=[0], methods=["standard"], out_dir=tmp_path, name="one")
+    merged = main(quick=True, methods=["standard"], out_dir=tmp_path, name="merged", merge=[tmp_path / "one.json"])
+    assert merged["summary"] == first["summary"]
+    assert merged["setting"]["seeds"] == [0]
