@@ -7,7 +7,10 @@ through ``lyapunov_plugin.adapters``.
 
 from .adapter import NeuralODEAdapter as NeuralODEAdapter
 from .anytime import AnytimePrediction as AnytimePrediction
+from .anytime import LevelChoice as LevelChoice
 from .anytime import anytime_predict as anytime_predict
+from .anytime import binomial_upper_bound as binomial_upper_bound
+from .anytime import choose_level as choose_level
 from .budget import SolverError as SolverError
 from .certify import Certificate as Certificate
 from .certify import certify as certify
@@ -65,6 +68,7 @@ from .samplers import appendix_b_half_width as appendix_b_half_width
 from .schedules import ConstantKappa as ConstantKappa
 from .schedules import KappaSchedule as KappaSchedule
 from .schedules import KappaWarmup as KappaWarmup
+from .settling import SettlingPenalty as SettlingPenalty
 from .solvers import FixedStepSolver as FixedStepSolver
 from .trainer import LyapunovTrainer as LyapunovTrainer
 from .trainer import NonFiniteLossError as NonFiniteLossError
@@ -88,6 +92,7 @@ __all__ = [
     "InputPerturbedObjective",
     "KappaSchedule",
     "KappaWarmup",
+    "LevelChoice",
     "LyapunovLossOutput",
     "LyapunovModel",
     "LyapunovTrainer",
@@ -105,6 +110,7 @@ __all__ = [
     "RolloutSampler",
     "SamplingContext",
     "Solution",
+    "SettlingPenalty",
     "SolverError",
     "StateSampler",
     "StratifiedTimeSampler",
@@ -113,6 +119,8 @@ __all__ = [
     "TrajectorySampler",
     "UniformTimeSampler",
     "anytime_predict",
+    "binomial_upper_bound",
+    "choose_level",
     "appendix_b_half_width",
     "as_lyapunov_model",
     "certify",

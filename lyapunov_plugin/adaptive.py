@@ -31,6 +31,7 @@ __all__ = [
     "per_row",
     "initial_step",
     "dopri5_step",
+    "control",
     "rk4_step",
     "next_step",
     "error_ratio",
@@ -104,10 +105,24 @@ def initial_step(
     return torch.minimum(100 * h0, h1)
 
 
+def _combine(weights: tuple[float, ...], stages: list[Tensor]) -> Tensor:
+    """``sum_j w_j k_j`` over the nonzero weights, one kernel per term (``add`` with ``alpha``)."""
+    terms = [(w, k) for w, k in zip(weights, stages, strict=False) if w != 0.0]
+    total = terms[0][1] * terms[0][0]
+    for w, k in terms[1:]:
+        total = torch.add(total, k, alpha=w)
+    return total
+
+
 def dopri5_step(field: RowField, t: Tensor, y: Tensor, k1: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One Dormand-Prince 5(4) step of size ``h`` per row from ``(t, y)`` with ``k1 = f(y, t)``.
 
-    Costs six evaluations per row (``k1`` is the previous step's last stage).
+    Costs six evaluations per row (``k1`` is the previous step's last stage). Each tableau
+    term is one fused ``add(..., alpha=a_ij)`` and each stage one ``addcmul`` (about half
+    the kernels of a product and a sum per term). Only elementwise kernels are used, never a
+    matrix product or a reduction over the stages, whose summation order may depend on the
+    batch size: each row's result, and so its step sequence, does not depend on the other rows
+    (as far as the vector field itself computes each row independently).
 
     Returns:
         ``(y_new, error, k7)``: the fifth-order state, the embedded error estimate and
@@ -116,11 +131,32 @@ def dopri5_step(field: RowField, t: Tensor, y: Tensor, k1: Tensor, h: Tensor) ->
     hb = per_row(h, y)
     stages = [k1]
     for i in range(1, 7):
-        increment = sum(a * k for a, k in zip(DOPRI5_A[i], stages, strict=False) if a != 0.0)
-        stages.append(field(y + hb * increment, t + DOPRI5_C[i] * h))
-    y_new = y + hb * sum(b * k for b, k in zip(DOPRI5_B, stages, strict=True) if b != 0.0)
-    error = hb * sum(e * k for e, k in zip(DOPRI5_ERROR, stages, strict=True) if e != 0.0)
+        stages.append(field(torch.addcmul(y, hb, _combine(DOPRI5_A[i], stages)), torch.add(t, h, alpha=DOPRI5_C[i])))
+    y_new = torch.addcmul(y, hb, _combine(DOPRI5_B, stages))
+    error = hb * _combine(DOPRI5_ERROR, stages)
     return y_new, error, stages[6]
+
+
+def control(
+    error: Tensor, y0: Tensor, y1: Tensor, h: Tensor, *, rtol: float, atol: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Accept/reject and the next step size per row, in a handful of fused ops.
+
+    The same rule as :func:`error_ratio` and :func:`next_step` (accept when the RMS error
+    ratio is at most 1; next step ``h min(10, max(0.2, 0.9 ratio^(-1/5)))``, no shrinking
+    after a ratio below 1), computed on the squared ratio, so without a square root.
+
+    Returns:
+        ``(accepted, h_next, ratio_squared)``, each ``(B,)``.
+    """
+    scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+    squared = error.div(scale).square_().flatten(1).mean(-1)
+    accepted = squared <= 1
+    # 0.9 r^(-1/5) = 0.9 (r^2)^(-1/10); a zero error gives inf, clamped to the 10x growth.
+    factor = squared.pow(-0.5 / _ORDER).mul_(SAFETY).clamp_(MIN_FACTOR, MAX_FACTOR)
+    # After a step with ratio < 1 the factor is at least 1 (the float is 1 there, 0 elsewhere).
+    factor = torch.maximum(factor, (squared < 1).to(factor.dtype))
+    return accepted, h * factor, squared
 
 
 def rk4_step(field: RowField, t: Tensor, y: Tensor, k1: Tensor, h: Tensor) -> Tensor:

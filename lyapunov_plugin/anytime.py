@@ -31,7 +31,8 @@ stops pays for it (one evaluation).
   here verifies it on the sublevel set of a test example.
 - So a stop may be a *false stop* (the prediction at ``t_end`` differs). The rate is
   measured, and ``level`` is chosen on a validation split to keep it below a target
-  (:func:`choose_level`); it is not zero by construction.
+  (:func:`choose_level`, optionally with a Clopper-Pearson upper confidence bound on the
+  validation rate, :func:`binomial_upper_bound`); it is not zero by construction.
 - The stopped prediction is that of the per-example dopri5 (or RK4) state at ``t``, with the
   solver's local error control (``rtol``, ``atol``), not of the exact flow.
 
@@ -39,7 +40,9 @@ stops pays for it (one evaluation).
 (:mod:`lyapunov_plugin.adaptive`), so its path does not depend on the other rows, and
 examples that stop leave the batch: only the rows still integrating are passed to
 ``model.vector_field`` (with the matching rows of the context). A stopped example costs no
-further evaluations or wall-clock.
+further evaluations or wall-clock. The bookkeeping is per batch, not per row, where it can be:
+every active row has been evaluated by every field call so far and has taken as many steps
+as the others, so NFE and rejected steps come from two counters when a row leaves.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -62,12 +65,12 @@ from ._validation import (
     check_tensor,
     parameter_device,
 )
-from .adaptive import dopri5_step, error_ratio, initial_step, next_step, rk4_step
+from .adaptive import control, dopri5_step, initial_step, per_row, rk4_step
 from .budget import SolverError
 from .dispatch import as_lyapunov_model
 from .inference import EvalMode
 from .model import LyapunovModel, check_velocity, horizon
-from .potentials import CrossEntropyPotential, Potential, readout_jvp
+from .potentials import CrossEntropyPotential, Potential, _readout_jvp, readout_of
 
 __all__ = [
     "AnytimePrediction",
@@ -76,6 +79,7 @@ __all__ = [
     "anytime_predict",
     "anytime_trace",
     "choose_level",
+    "binomial_upper_bound",
     "DEFAULT_LEVEL",
     "DEFAULT_KAPPA",
     "DEFAULT_LEVELS",
@@ -255,25 +259,26 @@ class _Checks:
     derivative: Tensor
 
 
-def _check_states(model: LyapunovModel, potential: Potential, eta: Tensor, velocity: Tensor) -> _Checks:
-    """Eq. (10)'s two terms for the predicted class at states ``eta`` with ``f = velocity``."""
-    output, output_velocity = readout_jvp(model.readout, eta, velocity)
-    value, derivative = potential.value_and_derivative(output, output.argmax(-1), output_velocity)
-    return _Checks(output, value, derivative)
-
-
 class _Recorder:
     """Every checked state of a solve (rows, times, cumulative NFE, logits, ``V_c``, ``dV_c/dt``)."""
 
     def __init__(self) -> None:
         self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
 
-    def add(self, rows: Tensor, t: Tensor, nfe: Tensor, checks: _Checks) -> None:
-        self.parts.append((rows, t.clone(), nfe.clone(), checks.logits, checks.value, checks.derivative))
+    def add(self, rows: Tensor, t: Tensor, nfe: int, checks: _Checks) -> None:
+        count = torch.full_like(rows, nfe)
+        self.parts.append((rows, t.clone(), count, checks.logits, checks.value, checks.derivative))
 
 
 class _Solve:
-    """The shrinking batch of one anytime solve (see :func:`anytime_predict`)."""
+    """The shrinking batch of one anytime solve (see :func:`anytime_predict`).
+
+    Bookkeeping that costs nothing per row: every row still active has been evaluated by
+    every call of the field so far (all rows start together and stopped rows leave), so a
+    row's NFE is the number of calls when it leaves; and every active row has taken the same
+    number of (accepted or rejected) steps, so its rejected steps are that count minus its
+    accepted ones. Finished rows are collected and written to the output once, at the end.
+    """
 
     def __init__(
         self, model: LyapunovModel, x: Tensor, settings: _Settings, rule: _Rule, recorder: Optional[_Recorder]
@@ -290,86 +295,133 @@ class _Solve:
                 f"the model's context must have one row per example ({eta0.shape[0]}), got shape {tuple(context.shape)}"
             )
         batch, device, dtype = eta0.shape[0], eta0.device, eta0.dtype
+        self.batch = batch
+        # The readout resolved once (identity / linear get their closed-form JVP every step).
+        self.readout = readout_of(model.readout)
         self.field_calls = 0
-        # Results, filled in as rows finish.
-        self.out_eta = torch.empty_like(eta0)
-        self.out_logits: Optional[Tensor] = None
-        self.out_time = torch.full((batch,), settings.t_end, dtype=dtype, device=device)
-        self.out_nfe = torch.zeros(batch, dtype=torch.long, device=device)
-        self.out_converged = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.out_steps = torch.zeros(batch, dtype=torch.long, device=device)
-        self.out_rejected = torch.zeros(batch, dtype=torch.long, device=device)
-        self.out_value = torch.zeros(batch, dtype=dtype, device=device)
+        self.attempts = 0  # accepted + rejected steps of every active row
+        # Finished rows: (rows, logits, time, accepted steps, V_c, converged, nfe, attempts).
+        self.done: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
         # The active rows (everything below is indexed like `rows`).
         self.rows = torch.arange(batch, device=device)
         self.context = context
         self.eta = eta0
         self.t = torch.zeros(batch, dtype=dtype, device=device)
-        self.nfe = torch.zeros(batch, dtype=torch.long, device=device)
-        self.streak = torch.zeros(batch, dtype=torch.long, device=device)
         self.steps = torch.zeros(batch, dtype=torch.long, device=device)
-        self.rejected = torch.zeros(batch, dtype=torch.long, device=device)
+        self.streak: Optional[Tensor] = (
+            torch.zeros(batch, dtype=torch.long, device=device) if rule.patience > 1 else None
+        )
         self.h = torch.zeros(batch, dtype=dtype, device=device)
         self.k1 = eta0
+        self.check_rule = rule.level > 0 or recorder is not None
 
     def field(self, eta: Tensor, t: Tensor) -> Tensor:
         """``f`` on the active rows; every call evaluates every active row once."""
         self.field_calls += 1
-        self.nfe += 1
         velocity = self.model.vector_field(eta, self.context, t)
         return check_velocity(velocity, eta)
 
-    def check(self, accepted: Tensor, interior: Tensor) -> tuple[Tensor, _Checks]:
-        """Update the rule's streaks at the accepted rows; return which rows stop now."""
-        checks = _check_states(self.model, self.rule.potential, self.eta, self.k1)
-        fired = (checks.value < self.rule.level) & (checks.derivative + self.rule.kappa * checks.value <= 0)
-        self.streak = torch.where(accepted, (self.streak + 1) * fired, self.streak)
-        if self.recorder is not None:
-            self.recorder.add(self.rows[accepted], self.t[accepted], self.nfe[accepted], _subset(checks, accepted))
-        return accepted & interior & (self.streak >= self.rule.patience), checks
+    def checks(self, eta: Tensor, velocity: Tensor) -> _Checks:
+        """Eq. (10)'s two terms for the predicted class at states ``eta`` with ``f = velocity``."""
+        output, output_velocity = _readout_jvp(self.readout, eta, velocity)
+        value, derivative = self.rule.potential.value_and_derivative(output, output.argmax(-1), output_velocity)
+        return _Checks(output, value, derivative)
 
-    def finish(self, done: Tensor, converged: Tensor, checks: _Checks) -> None:
-        """Write the finished rows' results and drop them from the active batch."""
-        if not bool(done.any()):
+    def check(self, accepted: Optional[Tensor], interior: bool) -> tuple[Optional[Tensor], Optional[_Checks]]:
+        """The rule at the active states (``accepted``: which took a step; ``None``: all).
+
+        Returns which rows stop now (``None``: none can) and the checks (``None`` when the
+        rule is off and nothing is recorded: :meth:`finish` then checks only the rows that finish)."""
+        if not self.check_rule:
+            return None, None
+        checks = self.checks(self.eta, self.k1)
+        if self.recorder is not None:
+            if accepted is None:
+                self.recorder.add(self.rows, self.t, self.field_calls, checks)
+            else:
+                self.recorder.add(self.rows[accepted], self.t[accepted], self.field_calls, _subset(checks, accepted))
+        if self.rule.level <= 0:
+            return None, checks
+        fired = (checks.value < self.rule.level) & (checks.derivative + self.rule.kappa * checks.value <= 0)
+        if accepted is not None:
+            fired &= accepted
+        if self.streak is not None:
+            streak = (self.streak + 1) * fired
+            self.streak = streak if accepted is None else torch.where(accepted, streak, self.streak)
+            fired = self.streak >= self.rule.patience
+        return (fired if interior else None), checks
+
+    def finish(self, done: Optional[Tensor], converged: Union[Tensor, bool], checks: Optional[_Checks]) -> None:
+        """Record the finished rows' results and drop them from the active batch."""
+        if done is None:
+            index = None
+        else:
+            index = done.nonzero()[:, 0]
+            if not index.numel():
+                return
+        pick = (lambda v: v) if index is None else (lambda v: v.index_select(0, index))
+        rows = pick(self.rows)
+        pick_checks = pick
+        if checks is None:  # the rule is off: V_c and the logits only at the rows that finish
+            checks, pick_checks = self.checks(pick(self.eta), pick(self.k1)), (lambda v: v)
+        self.done.append(
+            (
+                rows,
+                pick_checks(checks.logits),
+                pick(self.t),
+                pick(self.steps),
+                pick_checks(checks.value),
+                pick(converged)
+                if isinstance(converged, Tensor)
+                else torch.full_like(rows, converged, dtype=torch.bool),
+                torch.full_like(rows, self.field_calls),
+                torch.full_like(rows, self.attempts),
+            )
+        )
+        if index is None or index.numel() == self.rows.numel():
+            self.rows = self.rows[:0]
             return
-        rows = self.rows[done]
-        if self.out_logits is None:
-            self.out_logits = checks.logits.new_zeros((self.out_eta.shape[0], *checks.logits.shape[1:]))
-        self.out_logits[rows] = checks.logits[done]
-        self.out_eta[rows] = self.eta[done]
-        self.out_time[rows] = self.t[done]
-        self.out_nfe[rows] = self.nfe[done]
-        self.out_converged[rows] = converged[done]
-        self.out_steps[rows] = self.steps[done]
-        self.out_rejected[rows] = self.rejected[done]
-        self.out_value[rows] = checks.value[done]
-        keep = ~done
-        self.rows, self.eta, self.t, self.nfe = self.rows[keep], self.eta[keep], self.t[keep], self.nfe[keep]
-        self.streak, self.steps, self.rejected = self.streak[keep], self.steps[keep], self.rejected[keep]
-        self.h, self.k1 = self.h[keep], self.k1[keep]
-        self.context = _select(self.context, keep)
+        keep = (~done).nonzero()[:, 0]  # type: ignore[operator]
+        self.rows, self.eta, self.k1 = (v.index_select(0, keep) for v in (self.rows, self.eta, self.k1))
+        self.t, self.h, self.steps = (v.index_select(0, keep) for v in (self.t, self.h, self.steps))
+        if self.streak is not None:
+            self.streak = self.streak.index_select(0, keep)
+        if self.context is not None:
+            self.context = self.context.index_select(0, keep)
 
     def run(self) -> AnytimePrediction:
         settings = self.settings
         self.k1 = self.field(self.eta, self.t)
-        everyone = torch.ones_like(self.rows, dtype=torch.bool)
-        stop, checks = self.check(everyone, everyone)
-        self.finish(stop, stop, checks)
+        stop, checks = self.check(None, True)
+        if stop is not None:
+            self.finish(stop, True, checks)
         if settings.solver == "dopri5":
             self._dopri5()
         else:
             self._rk4()
-        assert self.out_logits is not None  # every row finished: the loops end only when none is active
+        return self._result()
+
+    def _result(self) -> AnytimePrediction:
+        rows, logits, time, steps, value, converged, nfe, attempts = (
+            torch.cat(part) for part in zip(*self.done, strict=True)
+        )
+
+        def place(v: Tensor) -> Tensor:
+            out = v.new_empty((self.batch, *v.shape[1:]))
+            out[rows] = v
+            return out
+
+        steps = place(steps)
         return AnytimePrediction(
-            logits=self.out_logits,
-            stop_time=self.out_time,
-            nfe=self.out_nfe,
-            converged=self.out_converged,
-            steps=self.out_steps,
-            rejected_steps=self.out_rejected,
-            potential=self.out_value,
-            t_end=settings.t_end,
-            solver=settings.solver,
+            logits=place(logits),
+            stop_time=place(time),
+            nfe=place(nfe),
+            converged=place(converged),
+            steps=steps,
+            rejected_steps=place(attempts) - steps,
+            potential=place(value),
+            t_end=self.settings.t_end,
+            solver=self.settings.solver,
             field_calls=self.field_calls,
         )
 
@@ -381,33 +433,42 @@ class _Solve:
             else:
                 self.h = initial_step(self.field, self.t, self.eta, self.k1, rtol=settings.rtol, atol=settings.atol)
         while self.rows.numel():
-            remaining = t_end - self.t
-            last = self.h >= remaining
-            h = torch.where(last, remaining, self.h)
-            eta_new, error, k7 = dopri5_step(self.field, self.t, self.eta, self.k1, h)
-            ratio = error_ratio(error, self.eta, eta_new, rtol=settings.rtol, atol=settings.atol)
-            if not bool(torch.isfinite(ratio).all()):
-                raise SolverError(
-                    "the vector field returned NaN/Inf during anytime_predict's dopri5 step "
-                    f"(at t in [{float(self.t.min()):.4g}, {float(self.t.max()):.4g}])"
-                )
-            accepted = ratio <= 1
-            grid = accepted.reshape(-1, *([1] * (self.eta.ndim - 1)))
-            self.eta = torch.where(grid, eta_new, self.eta)
-            self.k1 = torch.where(grid, k7, self.k1)
-            # The last step lands on t_end exactly, not on t + h with its rounding.
-            self.t = torch.where(accepted, torch.where(last, torch.full_like(h, t_end), self.t + h), self.t)
-            self.h = next_step(h, ratio)
-            self.steps += accepted.long()
-            self.rejected += (~accepted).long()
-            if bool((self.steps + self.rejected > settings.max_steps).any()):
+            if self.attempts >= settings.max_steps:
                 raise SolverError(
                     f"an example needed more than max_steps={settings.max_steps} dopri5 steps in anytime_predict "
                     "(a stiff or diverging field); raise max_steps or loosen rtol/atol"
                 )
+            remaining = t_end - self.t
+            last = self.h >= remaining
+            h = torch.where(last, remaining, self.h)
+            eta_new, error, k7 = dopri5_step(self.field, self.t, self.eta, self.k1, h)
+            accepted, self.h, squared = control(error, self.eta, eta_new, h, rtol=settings.rtol, atol=settings.atol)
+            self.attempts += 1
+            # One synchronisation per step: NaN/Inf anywhere, and whether every row was accepted.
+            finite, everyone = (bool(v) for v in torch.stack([squared.sum().isfinite(), accepted.all()]).tolist())
+            if not finite:
+                raise SolverError(
+                    "the vector field returned NaN/Inf during anytime_predict's dopri5 step "
+                    f"(at t in [{float(self.t.min()):.4g}, {float(self.t.max()):.4g}])"
+                )
+            if everyone:
+                self.eta, self.k1 = eta_new, k7
+                # The last step lands on t_end exactly, not on t + h with its rounding.
+                self.t = torch.where(last, t_end, self.t + h)
+                self.steps += 1
+            else:
+                grid = per_row(accepted, self.eta)
+                self.eta = torch.where(grid, eta_new, self.eta)
+                self.k1 = torch.where(grid, k7, self.k1)
+                self.t = torch.where(accepted, torch.where(last, t_end, self.t + h), self.t)
+                self.steps += accepted
             reached = accepted & last
-            stop, checks = self.check(accepted, ~last)
-            self.finish(stop | reached, stop, checks)
+            stop, checks = self.check(None if everyone else accepted, True)
+            if stop is not None:
+                stop &= ~last
+                self.finish(stop | reached, stop, checks)
+            else:
+                self.finish(reached, False, checks)
 
     def _rk4(self) -> None:
         settings = self.settings
@@ -419,15 +480,15 @@ class _Solve:
             self.eta = rk4_step(self.field, self.t, self.eta, self.k1, step)
             self.t = torch.full_like(self.t, settings.t_end if i == settings.steps else i * h)
             self.steps += 1
-            everyone = torch.ones_like(self.rows, dtype=torch.bool)
+            self.attempts += 1
             if i == settings.steps:
                 # No evaluation at t_end: nothing would use it. V_c is reported with f = 0.
-                checks = _check_states(self.model, self.rule.potential, self.eta, torch.zeros_like(self.eta))
-                self.finish(everyone, ~everyone, checks)
+                self.finish(None, False, self.checks(self.eta, torch.zeros_like(self.eta)))
                 return
             self.k1 = self.field(self.eta, self.t)
-            stop, checks = self.check(everyone, everyone)
-            self.finish(stop, stop, checks)
+            stop, checks = self.check(None, True)
+            if stop is not None:
+                self.finish(stop, True, checks)
 
 
 def _subset(checks: _Checks, rows: Tensor) -> _Checks:
@@ -643,14 +704,70 @@ def anytime_trace(
     )
 
 
+def binomial_upper_bound(events: int, trials: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper confidence bound on a binomial rate.
+
+    :func:`choose_level` uses it to bound the false-stop rate of the Eq. (10) stopping rule
+    (Theorem 2) from a validation split.
+
+    The ``p`` at which observing at most ``events`` in ``trials`` has probability
+    ``1 - confidence``: with probability at least ``confidence`` the true rate is below it
+    (exact, not an asymptotic approximation). ``events = 0`` gives
+    ``1 - (1 - confidence)^(1 / trials)``. Solved by bisection on the binomial CDF (float64).
+
+    Arguments:
+        events: observed events (false stops), ``0 <= events <= trials``.
+        trials: examples, ``>= 1``.
+        confidence: in ``(0, 1)``.
+    """
+    trials = check_positive_int("trials", trials)
+    if isinstance(events, bool) or not isinstance(events, int) or not 0 <= events <= trials:
+        raise ValueError(f"events must be an int in [0, trials={trials}], got {events!r}")
+    confidence = check_real("confidence", confidence)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if events == trials:
+        return 1.0
+    tail = 1.0 - confidence
+
+    def cdf(p: float) -> float:  # P(Binomial(trials, p) <= events)
+        if p <= 0.0:
+            return 1.0
+        log_p, log_q = math.log(p), math.log1p(-p)
+        terms = [
+            math.lgamma(trials + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(trials - k + 1)
+            + k * log_p
+            + (trials - k) * log_q
+            for k in range(events + 1)
+        ]
+        top = max(terms)
+        return math.exp(top) * sum(math.exp(t - top) for t in terms)
+
+    low, high = events / trials, 1.0
+    for _ in range(100):  # the CDF falls in p; 100 halvings reach float64 resolution
+        mid = 0.5 * (low + high)
+        if cdf(mid) > tail:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
 @dataclass(frozen=True)
 class LevelChoice:
-    """What :func:`choose_level` chose, and the validation curve it chose from.
+    """What :func:`choose_level` chose, and the validation curve it chose from (the level
+    of the Eq. (10) stopping rule of :func:`anytime_predict`).
 
     Attributes:
-        level: the largest candidate whose validation false-stop rate is at most the
-            target (``0.0``, the rule off, if none is).
+        level: the largest candidate whose validation false-stop rate (or, with
+            ``confidence``, its upper confidence bound) is at most the target (``0.0``, the
+            rule off, if none is).
         false_stop_rate, mean_nfe, converged_fraction: the validation numbers at ``level``.
+        upper_bound: the Clopper-Pearson bound on the false-stop rate at ``level`` (``None``
+            without ``confidence``, or when the rule is off).
+        confidence: the confidence of the bound (``None``: the point estimate was used).
         curve: one ``(level, false_stop_rate, mean_nfe, converged_fraction)`` per candidate.
     """
 
@@ -659,13 +776,16 @@ class LevelChoice:
     mean_nfe: float
     converged_fraction: float
     curve: tuple[tuple[float, float, float, float], ...]
+    upper_bound: Optional[float] = None
+    confidence: Optional[float] = None
 
 
 def choose_level(
     model: Any,
-    x_val: Tensor,
+    x_val: Optional[Tensor],
     *,
     max_false_stop_rate: float = 0.005,
+    confidence: Optional[float] = None,
     levels: Optional[Sequence[float]] = None,
     kappa: float = DEFAULT_KAPPA,
     patience: int = 1,
@@ -679,13 +799,25 @@ def choose_level(
 ) -> LevelChoice:
     """Choose the stopping rule's ``level`` on a validation split (never the test split).
 
+    The rule is :func:`anytime_predict`'s: ``V_c < level`` and Eq. (10) at the current state.
+
     A false stop is an example whose stopped prediction differs from its prediction at
     ``t_end`` (no labels needed). Returns the largest candidate level whose false-stop rate
-    on ``x_val`` is at most ``max_false_stop_rate``.
+    on ``x_val`` is at most ``max_false_stop_rate``; with ``confidence``, the largest whose
+    one-sided Clopper-Pearson upper bound (:func:`binomial_upper_bound`) is: then, for
+    that level (and treating the test examples as draws from the validation distribution),
+    the true false-stop rate exceeds the target with probability at most
+    ``1 - confidence`` (ignoring the selection over levels). A validation split of ``n``
+    examples can certify the target only if ``1 - (1 - confidence)^(1/n)`` is below it
+    (zero false stops): with ``confidence = 0.8`` and the 0.5% target that needs
+    ``n >= 322``; smaller splits get the rule off (``level = 0``), which is the price of
+    the guarantee.
 
     Arguments:
-        model, x_val: the trained model and validation inputs.
+        model, x_val: the trained model and validation inputs (both unused, and may be
+            ``None``, when ``trace`` is given).
         max_false_stop_rate: the target, in ``[0, 1)``.
+        confidence: ``None`` (the point estimate) or the bound's confidence in ``(0, 1)``.
         levels: candidates (default :data:`DEFAULT_LEVELS`, 1e-4 to ``log 2``).
         kappa, patience, potential, solver, steps, rtol, atol, t_end: as in
             :func:`anytime_predict` (use the same values there).
@@ -695,24 +827,42 @@ def choose_level(
     rate_target = check_real("max_false_stop_rate", max_false_stop_rate)
     if not 0.0 <= rate_target < 1.0:
         raise ValueError(f"max_false_stop_rate must lie in [0, 1), got {rate_target}")
+    if confidence is not None:
+        confidence = check_real("confidence", confidence)
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be None or lie in (0, 1), got {confidence}")
     candidates = DEFAULT_LEVELS if levels is None else tuple(levels)
     if not candidates:
         raise ValueError("levels must hold at least one candidate level")
     candidates = tuple(sorted(check_non_negative("levels[i]", v) for v in candidates))
     if trace is None:
+        if x_val is None:
+            raise ValueError("choose_level needs x_val (validation inputs) or a precomputed trace, got neither")
         trace = anytime_trace(
             model, x_val, potential=potential, solver=solver, steps=steps, rtol=rtol, atol=atol, t_end=t_end
         )
-    curve = []
+    n = int(trace.final.logits.shape[0])
+    curve, bounds = [], []
     for level in candidates:
         result = trace.apply(level=level, kappa=kappa, patience=patience)
-        curve.append((level, trace.false_stop_rate(result), result.mean_nfe, result.converged_fraction))
-    admissible = [row for row in curve if row[1] <= rate_target]
+        false = int(result.false_stops(trace.final.logits).sum())
+        curve.append((level, false / n, result.mean_nfe, result.converged_fraction))
+        bounds.append(None if confidence is None else binomial_upper_bound(false, n, confidence))
+    admissible = [
+        (row, bound)
+        for row, bound in zip(curve, bounds, strict=True)
+        if (row[1] if bound is None else bound) <= rate_target
+    ]
     if admissible:
-        best = admissible[-1]
+        best, best_bound = admissible[-1]
     else:
-        off = trace.final
-        best = (0.0, 0.0, off.mean_nfe, 0.0)
+        best, best_bound = (0.0, 0.0, trace.final.mean_nfe, 0.0), None
     return LevelChoice(
-        level=best[0], false_stop_rate=best[1], mean_nfe=best[2], converged_fraction=best[3], curve=tuple(curve)
+        level=best[0],
+        false_stop_rate=best[1],
+        mean_nfe=best[2],
+        converged_fraction=best[3],
+        curve=tuple(curve),
+        upper_bound=best_bound,
+        confidence=confidence,
     )

@@ -410,9 +410,19 @@ def test_benchmark_quick_mode(tmp_path) -> None:
         assert 0.0 <= result["acc_anytime"] <= 1.0 and 0.0 <= result["false_stop_rate"] <= 1.0
         assert 1.0 <= result["mean_nfe_anytime"] <= result["mean_nfe_full"]
         assert result["val_false_stop_rate"] <= bench.MAX_FALSE_STOP_RATE
+        assert 0.0 <= result["acc_early"] <= 1.0
+        # The level is chosen with the Clopper-Pearson bound: 30 validation examples cannot
+        # certify 0.5% (that needs >= 322 without a false stop), so the rule is off.
+        assert result["level"] == 0.0 and result["val_upper_bound"] is None
+        assert result["mean_nfe_anytime"] == result["mean_nfe_full"]
+        point = result["selectors"]["point estimate"]
+        assert point["level"] >= result["level"] and point["val_false_stop_rate"] <= bench.MAX_FALSE_STOP_RATE
+        assert point["mean_nfe_anytime"] <= result["mean_nfe_full"]
     cell = out["summary"][0]
     assert cell["nfe_ratio"][0] == row["lyanet"]["mean_nfe_anytime"] / row["standard"]["nfe_batched_dopri5"]
     assert "| iris | paper |" in out["markdown"]
+    assert "early termination" in out["markdown"] and "| point estimate |" in out["markdown"]
+    assert ("met" in out["markdown"]) and ("missed" in out["markdown"])
 
 
 def test_the_trainer_reaches_anytime_predict_with_its_potential():
