@@ -6,10 +6,24 @@ reported with the metrics the README's table shows, and that the baseline is tun
 import json
 import math
 
+import numpy as np
+import pytest
+import torch
+
 from benchmarks.suite import __main__ as suite
-from benchmarks.suite.patterns import PATTERNS, build
-from benchmarks.suite.problems import DEVELOPMENT, HELD_OUT, PROBLEMS, load_problem
-from benchmarks.suite.runner import budget, time_to
+from benchmarks.suite.patterns import PATTERNS, applies, build
+from benchmarks.suite.problems import (
+    BARE_EXTRA,
+    DEVELOPMENT,
+    HELD_OUT,
+    HELD_OUT_BARE,
+    HELD_OUT_REGRESSION,
+    PROBLEMS,
+    REGRESSION,
+    load_problem,
+)
+from benchmarks.suite.runner import budget, run, time_to
+from benchmarks.suite.variants import DEFAULT, STANDARD
 
 
 def test_problems_are_split_the_same_way_every_time_and_stratified():
@@ -26,10 +40,58 @@ def test_every_pattern_builds_a_model_the_trainer_accepts():
 
     modes = {}
     for pattern in PATTERNS:
-        trainer = LyapunovTrainer(build(pattern, 4, 3, seed=0), progress=False)
+        d, m = (3, 3) if pattern == "bare" else (4, 3)
+        trainer = LyapunovTrainer(build(pattern, d, m, seed=0), progress=False)
         modes[pattern] = trainer.mode
     assert modes["paper"] == "monte_carlo"
     assert all(modes[p] == "path_integral" for p in PATTERNS if p != "paper")
+
+
+def test_the_bare_pattern_is_torchdyns_neural_ode_with_the_state_as_logits():
+    from torchdyn.core import NeuralODE
+
+    from lyapunov_plugin import LyapunovTrainer, PathIntegralObjective
+
+    model = build("bare", 2, 2, seed=0)
+    assert isinstance(model, NeuralODE)  # no readout: the user's model is the NeuralODE itself
+    assert LyapunovTrainer(model, progress=False).recipe.objective == PathIntegralObjective(form="discrete", steps=8)
+    with pytest.raises(ValueError, match="d=4, m=3"):
+        build("bare", 4, 3, seed=0)
+    assert applies("bare", 2, 2) and not applies("bare", 4, 3) and applies("dc", 4, 3)
+    for name in BARE_EXTRA + HELD_OUT_BARE:
+        problem = load_problem(name)
+        assert problem.num_features == problem.num_classes and not problem.is_regression
+
+
+def test_regression_problems_have_standardised_float_targets_and_a_fixed_split():
+    assert set(REGRESSION).isdisjoint(HELD_OUT_REGRESSION) and len(REGRESSION) >= 3
+    for name in REGRESSION + HELD_OUT_REGRESSION:
+        a, b = load_problem(name), load_problem(name)
+        assert a.is_regression and a.num_classes == 1
+        assert a.y_train.dtype == torch.float32 and a.y_train.shape == (len(a.x_train), 1)
+        assert a.x_test.equal(b.x_test) and a.y_test.equal(b.y_test)
+        y = a.y_train.double().numpy()
+        assert abs(y.mean()) < 1e-6 and abs(y.std() - 1.0) < 1e-5  # training statistics
+        assert len(a.y_train) + len(a.y_val) + len(a.y_test) in (442, 600, 800, 1000)
+
+
+@pytest.mark.parametrize("method", [DEFAULT, STANDARD], ids=["lyanet", "standard"])
+def test_a_regression_cell_trains_through_fit_and_reports_the_test_mse(method):
+    problem = load_problem("sine")
+    keep: dict = {}
+    result = run(problem, "paper", method, seed=0, epochs=4, keep=keep)
+    trainer = keep["trainer"]
+    assert result["task"] == "regression" and result["objective"] == ("monte_carlo" if method.lyanet else "standard")
+    assert type(trainer.potential).__name__ == "MSEPotential"
+    with torch.no_grad():
+        prediction = trainer.predict(problem.x_test).double().numpy()
+    independent = float(np.mean((prediction - problem.y_test.double().numpy()) ** 2))
+    assert result["test_mse"] == pytest.approx(independent, rel=1e-9)
+    # The curve's last point is the trainer's own evaluate() on the test set (mean MSEPotential).
+    assert result["curve"][-1][2] == pytest.approx(trainer.evaluate([(problem.x_test, problem.y_test)])["loss"])
+    assert result["curve"][-1][2] == pytest.approx(independent, rel=1e-5)
+    assert all(np.isfinite(result[k]) for k in ("test_mse", "val_mse", "test_mse_t0.25", "test_mse_t0.5"))
+    assert result["test_mse"] < 0.9  # four epochs already beat predicting the training mean (MSE 1)
 
 
 def test_budget_and_time_to_target():
@@ -63,3 +125,40 @@ def test_markdown_is_rendered_again_from_the_json(tmp_path):
     first = (tmp_path / "suite_quick.md").read_text()
     suite.main(["--from-json", str(tmp_path / "suite_quick.json")])
     assert (tmp_path / "suite_quick.md").read_text() == first
+
+
+def test_quick_regression_and_bare_subsets_write_their_own_tables(tmp_path):
+    payload = suite.main(
+        [
+            "--regression",
+            "--quick",
+            "--jobs",
+            "1",
+            "--problems",
+            "sine",
+            "--patterns",
+            "dc",
+            "bare",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    cells = json.loads((tmp_path / "suite_regression_quick.json").read_text())["cells"]
+    assert [(c["problem"], c["pattern"]) for c in cells] == [("sine", "dc"), ("sine", "bare")]  # 1-D in, 1-D out
+    for cell in cells:
+        assert all(math.isfinite(cell[side]["mse"]) and cell[side]["mse"] > 0 for side in ("lyanet", "standard"))
+        # the table stores the ratio rounded to 4 places
+        assert cell["mse_ratio"] == pytest.approx(cell["lyanet"]["mse"] / cell["standard"]["mse"], abs=1e-4)
+    assert payload["targets"]["regression"]["cells"] == 2
+    assert (
+        (tmp_path / "suite_regression_quick.md")
+        .read_text()
+        .startswith("| problem | pattern | LyaNet objective | test MSE")
+    )
+
+    suite.main(
+        ["--patterns", "bare", "--quick", "--jobs", "1", "--problems", "circles", "iris", "--out", str(tmp_path)]
+    )
+    bare = json.loads((tmp_path / "suite_bare_quick.json").read_text())
+    assert [(c["problem"], c["pattern"]) for c in bare["cells"]] == [("circles", "bare")]  # iris: 4 features, 3 classes
+    assert bare["kind"] == "bare" and 0.0 <= bare["cells"][0]["lyanet"]["acc"] <= 1.0

@@ -5,9 +5,13 @@ many small problems and every model pattern users have (docs/defaults.md).
     python -m benchmarks.suite --held-out            # the held-out problems only
     python -m benchmarks.suite --variants lr_1e-3 kappa_1 ...   # the lever study
     python -m benchmarks.suite --quick               # smoke run (CI)
+    python -m benchmarks.suite --regression          # regression problems (MSEPotential), suite_regression.*
+    python -m benchmarks.suite --patterns bare       # torchdyn's bare NeuralODE(f), state = logits, suite_bare.*
+    python -m benchmarks.suite --regression --held-out   # (and --patterns bare --held-out): held-out problems
 
 Writes ``suite.json`` (every run, every cell) and ``suite.md`` (the table the README embeds)
-to ``--out``; with ``--update-readme`` also replaces the README's table.
+to ``--out``; with ``--update-readme`` also replaces the README's table (the regression and
+bare tables go to docs/defaults.md only).
 """
 
 from __future__ import annotations
@@ -28,8 +32,18 @@ from typing import Any, Optional
 from examples.common.report import embed_markdown
 
 from . import report
-from .patterns import PATTERNS
-from .problems import DEVELOPMENT, HELD_OUT, PROBLEMS, Problem, load_problem
+from .patterns import PATTERNS, applies
+from .problems import (
+    BARE_EXTRA,
+    DEVELOPMENT,
+    HELD_OUT,
+    HELD_OUT_BARE,
+    HELD_OUT_REGRESSION,
+    PROBLEMS,
+    REGRESSION,
+    Problem,
+    load_problem,
+)
 from .runner import run
 from .variants import DEFAULT, STANDARD, VARIANTS
 
@@ -87,7 +101,7 @@ class _Pool:
             print(
                 f"[{self.done}/{self.total} {time.perf_counter() - self.started:6.0f}s] {result['problem']}/"
                 f"{result['pattern']} {result['method']} lr={result['lr']:g} seed {result['seed']}: "
-                f"{result['schedule']}: acc {100 * result['test_acc']:.1f}% ({result['objective']}), "
+                f"{result['schedule']}: {_score(result)} ({result['objective']}), "
                 f"{result['train_seconds']:.1f}s",
                 file=sys.stderr,
                 flush=True,
@@ -100,6 +114,12 @@ class _Pool:
             self.pool.join()
 
 
+def _score(result: dict[str, Any]) -> str:
+    if result.get("task") == "regression":
+        return f"test MSE {result['test_mse']:.3f}"
+    return f"acc {100 * result['test_acc']:.1f}%"
+
+
 def _indexed(item: tuple[int, tuple]) -> tuple[int, dict[str, Any]]:
     index, task = item
     return index, _job(task)
@@ -107,6 +127,18 @@ def _indexed(item: tuple[int, tuple]) -> tuple[int, dict[str, Any]]:
 
 def _majority(problem: Problem) -> float:
     return max(Counter(problem.y_test.tolist()).values()) / len(problem.y_test)
+
+
+def _applies(problem: str, pattern: str) -> bool:
+    p = _problem(problem)
+    return applies(pattern, p.num_features, p.num_classes)
+
+
+def _selection_key(run_: dict[str, Any]) -> tuple[float, ...]:
+    """Higher is better: validation accuracy then loss (classification), validation MSE (regression)."""
+    if run_.get("task") == "regression":
+        return (-run_["val_loss"],)
+    return (run_["val_acc"], -run_["val_loss"])
 
 
 def run_suite(
@@ -124,7 +156,7 @@ def run_suite(
     """Run standard training (lr and schedule tuned on seed ``seeds[0]``) and each variant
     on every cell; ``baseline`` (the ``runs`` of an earlier suite JSON) reuses its standard
     runs instead of training them again."""
-    cells = [(p, q) for p in problems for q in patterns]
+    cells = [(p, q) for p in problems for q in patterns if _applies(p, q)]
     first, rest = seeds[0], list(seeds[1:])
     if baseline is not None:
         keep = {(p, q) for p, q in cells}
@@ -179,7 +211,7 @@ def run_suite(
         for r in searched:
             key = (r["problem"], r["pattern"])
             best = chosen.get(key)
-            if best is None or (r["val_acc"], -r["val_loss"]) > (best["val_acc"], -best["val_loss"]):
+            if best is None or _selection_key(r) > _selection_key(best):
                 chosen[key] = r
         standard_runs = list(chosen.values())
         standard_runs += pool.map(
@@ -199,6 +231,8 @@ def cells_of(runs: dict[str, Any], variant: str, problems: Sequence[str], patter
     out = []
     for p in problems:
         for q in patterns:
+            if not _applies(p, q):
+                continue
             mine = [r for r in runs["lyanet"] if r["method"] == variant and (r["problem"], r["pattern"]) == (p, q)]
             if not mine:
                 mine = [
@@ -207,7 +241,10 @@ def cells_of(runs: dict[str, Any], variant: str, problems: Sequence[str], patter
                     if r["method"] == DEFAULT.name and (r["problem"], r["pattern"]) == (p, q)
                 ]
             standard = [r for r in runs["standard"] if (r["problem"], r["pattern"]) == (p, q)]
-            out.append(report.summarise_cell(mine, standard, chance=_majority(_problem(p))))
+            if _problem(p).is_regression:
+                out.append(report.summarise_regression_cell(mine, standard))
+            else:
+                out.append(report.summarise_cell(mine, standard, chance=_majority(_problem(p))))
     return out
 
 
@@ -290,6 +327,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     )
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, help="default: the development problems")
     parser.add_argument("--held-out", action="store_true", help="run the held-out problems instead")
+    parser.add_argument(
+        "--regression", action="store_true", help="the regression problems (MSEPotential), every pattern that applies"
+    )
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
@@ -327,13 +367,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             publish(payload, markdown, levers)
         return payload
 
-    problems = list(args.problems or (HELD_OUT if args.held_out else DEVELOPMENT))
+    bare_only = list(args.patterns) == ["bare"]
+    if args.problems:
+        problems = list(args.problems)
+    elif args.regression:
+        problems = list(HELD_OUT_REGRESSION if args.held_out else REGRESSION)
+    elif bare_only:
+        problems = [p for p in (HELD_OUT + HELD_OUT_BARE if args.held_out else DEVELOPMENT + BARE_EXTRA)]
+        problems = [p for p in problems if _applies(p, "bare")]
+    else:
+        problems = list(HELD_OUT if args.held_out else DEVELOPMENT)
     patterns, seeds, epochs, lrs = list(args.patterns), list(args.seeds), args.epochs, BASELINE_LRS
     if args.quick:
-        problems = problems if args.problems else ["circles", "iris"]
+        problems = problems if (args.problems or args.regression or bare_only) else ["circles", "iris"]
         patterns = patterns if args.patterns != list(PATTERNS) else ["dc", "paper"]
         seeds, epochs, lrs = [0], 2, (1e-2,)
-    name = args.name or ("suite_held_out" if args.held_out else "suite") + ("_quick" if args.quick else "")
+    stem = "suite_regression" if args.regression else ("suite_bare" if bare_only else "suite")
+    name = args.name or (stem + ("_held_out" if args.held_out else "") + ("_quick" if args.quick else ""))
     variants = [DEFAULT.name, *args.variants]
     started = time.perf_counter()
     baseline = _loaded(json.loads(args.baseline_from.read_text()))["runs"] if args.baseline_from else None
@@ -373,6 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 }
             )
     payload = {
+        "kind": "regression" if args.regression else ("bare" if bare_only else "classification"),
         "problems": problems,
         "patterns": patterns,
         "seeds": seeds,
@@ -382,7 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "machine": report.machine(),
         "wall_seconds": wall,
         "cells": cells,
-        "targets": report.targets(cells),
+        "targets": _targets(cells),
         "levers": lever_rows,
         "runs": runs,
     }
@@ -407,9 +458,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     return payload
 
 
+def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    regression = [c for c in cells if c.get("task") == "regression"]
+    classification = [c for c in cells if c.get("task") != "regression"]
+    out = report.targets(classification) if classification else {}
+    if regression:
+        out["regression"] = report.regression_targets(regression)
+    return out
+
+
 def publish(payload: dict[str, Any], markdown: str, levers: str) -> None:
     """Embed the tables in README.md and docs/defaults.md (``suite`` / ``suite-held-out``
-    blocks, and the lever table in the write-up)."""
+    blocks, and the lever table in the write-up); the regression and bare subsets go to
+    docs/defaults.md only (``suite-regression``, ``suite-bare``, ``-held-out`` suffixed)."""
+    kind = payload.get("kind", "classification")
+    if kind != "classification":
+        marker = f"suite-{kind}" + ("-held-out" if payload.get("held_out") else "")
+        embed_markdown(ROOT / "docs" / "defaults.md", marker, markdown)
+        return
     marker = "suite-held-out" if payload.get("held_out") else "suite"
     embed_markdown(ROOT / "README.md", marker, markdown)
     embed_markdown(ROOT / "docs" / "defaults.md", marker, markdown)
@@ -422,6 +488,30 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
     runs = payload["runs"]
     count = len(runs["search"]) + len(runs["standard"]) - len(payload["cells"]) + len(runs["lyanet"])
     label = "held-out problems" if payload.get("held_out") else "development problems"
+    if payload.get("kind") == "bare":
+        label += ", bare pattern"
+    if payload.get("kind") == "regression":
+        label = "regression, " + label
+        problems = "; ".join(f"{p.name}: {p.description}" for p in (_problem(n) for n in payload["problems"]))
+        note = (
+            f"{problems}. Seeds {payload['seeds']}; standard training (`SupervisedObjective(MSEPotential())`) at "
+            "the best of lr 1e-3, 3e-3, 1e-2 and a cosine or constant schedule by validation MSE (seed "
+            f"{payload['seeds'][0]}), Adam; LyaNet: `LyapunovTrainer(model, Recipe(potential=MSEPotential()))` "
+            f"(the default objective for the model, Adam, lr 1e-2, cosine schedule). {count} training runs, "
+            f"{payload.get('jobs', 2)} in parallel, wall clock {payload['wall_seconds']:.0f} s; MSE of "
+            "standardised targets at t = 1 with the model's own solver (1 = predicting the training mean); "
+            "'L / S' = LyaNet / standard; time to target = median over seeds of the training CPU seconds until "
+            "the test MSE first falls to 1.05x the baseline's mean final MSE; Eq. 10 and V monotone with "
+            f"V = MSE, kappa = 10. Machine: {payload['machine']}."
+        )
+        markdown = "\n\n".join(
+            [
+                report.regression_table(payload["cells"]),
+                report.regression_targets_markdown(payload["targets"]["regression"], label=label),
+                note,
+            ]
+        )
+        return markdown, ""
     note = report.note(
         [_problem(p) for p in payload["problems"]],
         payload["seeds"],

@@ -11,7 +11,10 @@ training methods start from the same weights.
 - ``enc_dc``: ``nn.Sequential(nn.Linear, NeuralODE(DataControl field), nn.Linear)``;
 - ``torchdiffeq``: a torchdiffeq ``func(t, y)`` between a linear encoder and readout;
 - ``paper``: the paper's data-controlled model (``ODEModel``): MLP encoder, MLP dynamics
-  ``f(eta, c, t)``, ``eta(0) = 0``, identity readout (state = logits).
+  ``f(eta, c, t)``, ``eta(0) = 0``, identity readout (state = logits);
+- ``bare``: torchdyn's quick-start model, a bare ``NeuralODE(f)`` with no readout: ``eta(0) = x``
+  and the state is the logits (or the regression output), so it applies only where the input
+  dimension equals the output's (:func:`applies`).
 
 torchdyn and torchdiffeq models integrate with dopri5 (rtol = atol = 1e-3), the
 ``ODEModel`` with its default RK4 (20 steps).
@@ -97,6 +100,12 @@ def paper(d: int, m: int) -> nn.Module:
     return ODEModel(MLPDynamics(m, LATENT, hidden=(HIDDEN,)), state_shape=(m,), encoder=encoder)
 
 
+def bare(d: int, m: int) -> nn.Module:
+    if d != m:
+        raise ValueError(f"the bare pattern needs as many features as outputs (state = logits), got d={d}, m={m}")
+    return _node(_mlp(d, d))
+
+
 BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "dc": data_control,
     "plain": plain,
@@ -104,8 +113,15 @@ BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "enc_dc": encoder_data_control,
     "torchdiffeq": torchdiffeq_func,
     "paper": paper,
+    "bare": bare,
 }
 PATTERNS: tuple[str, ...] = tuple(BUILDERS)
+
+
+def applies(pattern: str, d: int, m: int) -> bool:
+    """Whether ``pattern`` can be built for ``d`` features and ``m`` outputs: every pattern
+    ends in a layer of width ``m`` except ``bare``, whose output is its ``d``-dimensional state."""
+    return pattern != "bare" or d == m
 
 
 def build(pattern: str, d: int, m: int, *, seed: int) -> nn.Module:

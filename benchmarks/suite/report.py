@@ -232,3 +232,99 @@ def note(
         parts.append(extra)
     parts.append(f"machine: {machine_line if machine_line is not None else machine()}")
     return ". ".join(parts) + "."
+
+
+#: Regression target (issue 13): LyaNet's test MSE at most this multiple of standard's.
+MSE_RATIO = 1.05
+
+
+def summarise_regression_cell(lyanet: list[dict[str, Any]], standard: list[dict[str, Any]]) -> dict[str, Any]:
+    """One regression cell: LyaNet's test MSE (standardised targets) against the tuned standard runs'."""
+
+    def side(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
+        mse = [r["test_mse"] for r in runs]
+        out: dict[str, Any] = {
+            "mse": _mean(mse),
+            "mse_std": _std(mse),
+            "seeds": [r["seed"] for r in runs],
+            "time_to_target": _median([time_to(r["curve"], target, lower_is_better=True) for r in runs]),
+            "train_seconds": _mean([r["train_seconds"] for r in runs]),
+            "seconds_per_epoch": _mean([r["train_seconds"] / r["epochs"] for r in runs]),
+            "nfe": _mean([r["nfe"] for r in runs]),
+            "v_monotone": _mean([r["v_monotone"] for r in runs]),
+            "test_violation": _mean([r["test_violation"] for r in runs]),
+            "objective": runs[0]["objective"],
+            "lr": runs[0]["lr"],
+            "schedule": runs[0]["schedule"],
+        }
+        for t in EARLY_TIMES:
+            out[f"mse_t{t}"] = _mean([r[f"test_mse_t{t}"] for r in runs])
+        return out
+
+    baseline = _mean([r["test_mse"] for r in standard])
+    target = MSE_RATIO * baseline
+    ly, st = side(lyanet, target), side(standard, target)
+    ratio = ly["mse"] / st["mse"]
+    time_ratio = ly["time_to_target"] / st["time_to_target"] if math.isfinite(ly["time_to_target"]) else math.inf
+    return {
+        "problem": lyanet[0]["problem"],
+        "pattern": lyanet[0]["pattern"],
+        "method": lyanet[0]["method"],
+        "task": "regression",
+        "lyanet": ly,
+        "standard": st,
+        "target": target,
+        "mse_ratio": ratio,
+        "time_ratio": time_ratio,
+        "meets_mse": ratio <= MSE_RATIO + 1e-12,
+        "meets_early": ly["mse_t0.25"] <= MSE_RATIO * ly["mse"] + 1e-12,
+        "meets_speed": time_ratio <= 1.0,
+    }
+
+
+def regression_table(cells: list[dict[str, Any]]) -> str:
+    """One row per regression (problem, pattern) cell: test MSE of both methods and their ratio."""
+    lines = [
+        "| problem | pattern | LyaNet objective | test MSE LyaNet | standard, lr, schedule | ratio L / S "
+        "| MSE t=0.25 L / S | MSE t=0.5 L / S | CPU s to 1.05x S L / S | NFE L / S "
+        "| V monotone L / S (%) | Eq. 10 violated L / S (%) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        ly, st = c["lyanet"], c["standard"]
+        flag = "" if c["meets_mse"] else " ✗"
+        lines.append(
+            f"| {c['problem']} | {c['pattern']} | {ly['objective']} | {ly['mse']:.3f} ± {ly['mse_std']:.3f}{flag} "
+            f"| {st['mse']:.3f} ± {st['mse_std']:.3f}, {st['lr']:g}, {st['schedule']} | {c['mse_ratio']:.2f} "
+            f"| {ly['mse_t0.25']:.3f} / {st['mse_t0.25']:.3f} | {ly['mse_t0.5']:.3f} / {st['mse_t0.5']:.3f} "
+            f"| {_seconds(ly['time_to_target'])} / {_seconds(st['time_to_target'])} "
+            f"| {ly['nfe']:.0f} / {st['nfe']:.0f} | {_pct(ly['v_monotone'], 0)} / {_pct(st['v_monotone'], 0)} "
+            f"| {_pct(ly['test_violation'], 0)} / {_pct(st['test_violation'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def regression_targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue-13 regression target over a set of cells."""
+    return {
+        "cells": len(cells),
+        "mse_met": sum(c["meets_mse"] for c in cells),
+        "mse_missed": {f"{c['problem']}/{c['pattern']}": round(c["mse_ratio"], 3) for c in cells if not c["meets_mse"]},
+        "median_mse_ratio": _median([c["mse_ratio"] for c in cells]),
+        "worst_mse_ratio": max((c["mse_ratio"] for c in cells), default=math.nan),
+        "early_met": sum(c["meets_early"] for c in cells),
+        "speed_met": sum(c["meets_speed"] for c in cells),
+    }
+
+
+def regression_targets_markdown(t: dict[str, Any], *, label: str) -> str:
+    missed = ", ".join(f"{k} ({v:.2f}x)" for k, v in t["mse_missed"].items()) or "none"
+    return "\n".join(
+        [
+            f"**{label}** ({t['cells']} cells):",
+            f"- test MSE <= {MSE_RATIO:g}x tuned standard training's: {t['mse_met']}/{t['cells']} cells "
+            f"(median ratio {t['median_mse_ratio']:.2f}, worst {t['worst_mse_ratio']:.2f}); missed: {missed}",
+            f"- MSE at t=0.25 within {MSE_RATIO:g}x of t=1 (LyaNet): {t['early_met']}/{t['cells']}",
+            f"- reaches 1.05x the baseline's MSE no later than standard training: {t['speed_met']}/{t['cells']}",
+        ]
+    )

@@ -7,10 +7,16 @@ the optimiser (Adam); they differ only in the recipe: LyaNet's (the trainer's de
 through the model's own solver). Test accuracy is
 measured after every epoch with the model's own solver; the clock counts the CPU time of
 training only (one intra-op thread per run).
+
+On a regression problem (``problem.is_regression``) both methods use ``MSEPotential``: the
+default recipe with ``Recipe(potential=MSEPotential())`` (an explicit objective of a variant
+gets it as its own potential) and the baseline with ``SupervisedObjective(MSEPotential())``;
+the metric is the test MSE (standardised targets) instead of the accuracy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +29,8 @@ from torch import Tensor
 from lyapunov_plugin import (
     CrossEntropyPotential,
     LyapunovTrainer,
+    MSEPotential,
+    Potential,
     Recipe,
     decay_statistics,
     nfe_to_end,
@@ -82,6 +90,21 @@ def _accuracy(trainer: LyapunovTrainer, x: Tensor, y: Tensor, t_end: Optional[fl
     return float((trainer.predict(x, t_end=t_end).argmax(-1) == y).double().mean())
 
 
+def _mse(trainer: LyapunovTrainer, x: Tensor, y: Tensor, t_end: Optional[float] = None) -> float:
+    with torch.no_grad():
+        return float((trainer.predict(x, t_end=t_end).double() - y.double()).pow(2).mean())
+
+
+def with_potential(recipe: Recipe, potential: Potential) -> Recipe:
+    """``recipe`` with ``potential`` as the supervised loss: the default objective's potential
+    (``objective=None``) or the explicit objective's own ``potential`` field."""
+    if recipe.objective is None:
+        return replace(recipe, potential=potential)
+    if not any(f.name == "potential" for f in dataclasses.fields(recipe.objective)):
+        raise ValueError(f"objective {type(recipe.objective).__name__} has no potential to set for regression")
+    return replace(recipe, objective=replace(recipe.objective, potential=potential))
+
+
 def run(
     problem: Problem,
     pattern: str,
@@ -103,6 +126,10 @@ def run(
     epochs = default_epochs if epochs is None else epochs
     user_model = build(pattern, problem.num_features, problem.num_classes, seed=seed)
     recipe = method.recipe(problem, pattern)
+    regression = problem.is_regression
+    potential: Potential = MSEPotential() if regression else CrossEntropyPotential()
+    if regression:
+        recipe = with_potential(recipe, potential)
     if lr is not None:
         recipe = replace(recipe, lr=lr)
     if schedule is not None:
@@ -120,20 +147,36 @@ def run(
     for record in history:
         seconds += record["train_cpu_seconds"]
         wall += record["train_seconds"]
-        curve.append((record["epoch"], seconds, 1.0 - record["val_error"]))
+        # Regression: the curve holds the test MSE (``val_loss`` is the mean MSEPotential).
+        score = record["val_loss"] if regression else 1.0 - record["val_error"]
+        curve.append((record["epoch"], seconds, score))
     if keep is not None:
         keep["trainer"] = trainer
     x, y = problem.x_test, problem.y_test
     ts = torch.linspace(0.0, trainer.t_end, 11)
-    potential = CrossEntropyPotential()
     with torch.no_grad():
         monotone = decay_statistics(
             trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts, only_correct=False
         ).monotone_fraction
         violation = trajectory_violation_rate(trainer.model, (x, y), potential=potential, kappa=CHECK_KAPPA, ts=ts)
         nfe = nfe_to_end(trainer.model, x, t_end=trainer.t_end)
+    if regression:
+        metrics = {
+            "test_mse": _mse(trainer, x, y),
+            "val_mse": _mse(trainer, problem.x_val, problem.y_val),
+            **{f"test_mse_t{t}": _mse(trainer, x, y, t) for t in EARLY_TIMES},
+        }
+        metrics["val_loss"] = metrics["val_mse"]
+    else:
+        metrics = {
+            "test_acc": curve[-1][2],
+            "val_acc": _accuracy(trainer, problem.x_val, problem.y_val),
+            "val_loss": float(potential.value(trainer.predict(problem.x_val), problem.y_val).mean()),
+            **{f"test_acc_t{t}": _accuracy(trainer, x, y, t) for t in EARLY_TIMES},
+        }
     return {
         "problem": problem.name,
+        "task": problem.task,
         "pattern": pattern,
         "method": method.name,
         "lyanet": method.lyanet,
@@ -147,10 +190,7 @@ def run(
         "train_wall_seconds": wall,
         "wall_seconds": time.perf_counter() - started,
         "curve": curve,
-        "test_acc": curve[-1][2],
-        "val_acc": _accuracy(trainer, problem.x_val, problem.y_val),
-        "val_loss": float(potential.value(trainer.predict(problem.x_val), problem.y_val).mean()),
-        **{f"test_acc_t{t}": _accuracy(trainer, x, y, t) for t in EARLY_TIMES},
+        **metrics,
         "nfe": nfe,
         "v_monotone": monotone,
         "test_violation": violation,
@@ -158,9 +198,10 @@ def run(
     }
 
 
-def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
-    """Training seconds until the test accuracy first reaches ``target`` (``inf``: never)."""
-    for _, seconds, accuracy in curve:
-        if accuracy >= target - 1e-12:
+def time_to(curve: list[tuple[int, float, float]], target: float, *, lower_is_better: bool = False) -> float:
+    """Training seconds until the test accuracy first reaches ``target`` (``inf``: never);
+    with ``lower_is_better`` (a regression curve of test MSE) until it first falls to ``target``."""
+    for _, seconds, score in curve:
+        if (score <= target + 1e-12) if lower_is_better else (score >= target - 1e-12):
             return seconds
     return math.inf
