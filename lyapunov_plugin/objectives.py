@@ -503,24 +503,48 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
         x: a few example inputs, needed only for a model without ``readout_module`` or
             ``initial_state_trainable`` (it is probed on them; nothing is trained).
     """
-    protocol = as_lyapunov_model(model)
-    conditioned = bool(getattr(protocol, "conditioned_on_input", True))
-    if conditioned and not readout_is_trainable(protocol, x) and not initial_state_is_trainable(protocol, x):
+    choice, steps = default_choice(model, x)
+    if choice == "monte_carlo":
         return MonteCarloObjective()
-    steps = getattr(protocol, "fixed_steps", None)
-    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < PathIntegralObjective().steps:
+    if choice == "model_steps":
         # Inference takes fewer fixed steps than the rollout would: the flow learned on the
         # finer grid is not what the model computes (a torchdyn rk4 model takes one step over
         # [0, t_end]). Train the map inference uses: the discrete path loss, Eq. (16)-(17),
         # along the model's own steps.
         return PathIntegralObjective(form="discrete", solver="model", steps=steps)
-    if not conditioned and _is_bare_flow(protocol, x):
+    if choice == "bare_flow":
         return PathIntegralObjective(form="discrete", steps=BARE_FLOW_STEPS)
     return PathIntegralObjective()
 
 
+def default_choice(model: Any, x: Optional[Tensor] = None) -> tuple[str, int]:
+    """Which branch of :func:`default_objective` applies to ``model`` (``"monte_carlo"``,
+    ``"model_steps"``, ``"bare_flow"`` or ``"path_integral"``), and the model's fixed steps
+    for ``"model_steps"`` (0 otherwise). :meth:`~lyapunov_plugin.Recipe.resolve` reads it
+    for the bare flow's own ``kappa`` and learning rate (``BARE_FLOW_KAPPA``, Section 3.2)."""
+    protocol = as_lyapunov_model(model)
+    conditioned = bool(getattr(protocol, "conditioned_on_input", True))
+    if conditioned and not readout_is_trainable(protocol, x) and not initial_state_is_trainable(protocol, x):
+        return "monte_carlo", 0
+    steps = getattr(protocol, "fixed_steps", None)
+    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < PathIntegralObjective().steps:
+        return "model_steps", steps
+    if not conditioned and _is_bare_flow(protocol, x):
+        return "bare_flow", 0
+    return "path_integral", 0
+
+
 #: Rollout steps of the discrete path loss for a bare flow (see :func:`default_objective`).
 BARE_FLOW_STEPS = 8
+#: The rate of Eq. (10) in a bare flow's default recipe (Section 3.2, "Choosing kappa": a
+#: large kappa makes learning harder). With ``eta(0) = x`` fixed and no readout, the one
+#: field must untangle the classes *and* raise the margin at rate ``kappa`` from ``t = 0``;
+#: at ``kappa = 10`` the discrete loss asks for a 71 % drop of ``V`` per step and the suite's
+#: bare cells fell 1-26 points behind standard training (docs/defaults.md, "The bare pattern").
+BARE_FLOW_KAPPA = 3.0
+#: The Adam learning rate of a bare flow's default recipe (chosen with ``BARE_FLOW_KAPPA`` on
+#: the suite's development problems' validation splits, docs/defaults.md).
+BARE_FLOW_LR = 3e-2
 
 
 def _is_bare_flow(model: Any, x: Optional[Tensor]) -> bool:

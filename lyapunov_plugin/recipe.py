@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ._validation import check_choice, check_non_negative, check_positive
 from .dispatch import as_lyapunov_model
-from .objectives import DEFAULT_KAPPA, Objective, default_objective
+from .objectives import BARE_FLOW_KAPPA, BARE_FLOW_LR, DEFAULT_KAPPA, Objective, default_choice, default_objective
 from .potentials import Potential
 from .schedules import KappaSchedule, constant_kappa
 
@@ -72,11 +72,14 @@ class Recipe:
             objective (e.g. :class:`~lyapunov_plugin.MSEPotential` for regression).
             An explicit objective holds its own potential.
         kappa: the rate of Eq. (10): a positive float or a
-            :class:`~lyapunov_plugin.KappaSchedule` over epochs (default 10).
+            :class:`~lyapunov_plugin.KappaSchedule` over epochs. ``None`` (default): 10, or,
+            when :meth:`resolve` chooses the default objective of a bare flow (``eta(0) = x``,
+            no readout, e.g. torchdyn's tutorial ``NeuralODE(f)``), ``BARE_FLOW_KAPPA = 3``.
         optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"nero"``
             (paper Appendix C; needs ``pytorch-optimizer``), or a factory
             ``params -> torch.optim.Optimizer``.
-        lr, weight_decay: settings of a named optimizer (default learning rate 1e-2).
+        lr, weight_decay: settings of a named optimizer. ``lr=None`` (default): 1e-2, or
+            ``BARE_FLOW_LR = 3e-2`` with a bare flow's default objective (as for ``kappa``).
         schedule: ``"cosine"`` (default): the learning rate falls from ``lr`` along half a
             cosine over the epochs of a run, which on the suite removed the late-training
             oscillation of a constant rate (docs/defaults.md); ``"constant"``; or a factory
@@ -87,9 +90,9 @@ class Recipe:
 
     objective: Optional[Objective] = None
     potential: Optional[Potential] = None
-    kappa: Union[float, KappaSchedule] = DEFAULT_KAPPA
+    kappa: Union[float, KappaSchedule, None] = None
     optimizer: Union[str, OptimizerFactory] = "adam"
-    lr: float = DEFAULT_LR
+    lr: Optional[float] = None
     weight_decay: float = 0.0
     schedule: Union[str, SchedulerFactory] = "cosine"
     schedule_interval: str = "epoch"
@@ -110,7 +113,14 @@ class Recipe:
                     "potential applies only to the default objective (objective=None); pass it to the objective "
                     f"instead, e.g. {type(self.objective).__name__}(potential=...)"
                 )
-        if not isinstance(self.kappa, KappaSchedule):
+        if self.objective is not None:
+            # An explicit objective: unset kappa / lr are the plain defaults right away (only
+            # the default objective's are left to resolve(), which knows the model).
+            if self.kappa is None:
+                object.__setattr__(self, "kappa", DEFAULT_KAPPA)
+            if self.lr is None:
+                object.__setattr__(self, "lr", DEFAULT_LR)
+        if self.kappa is not None and not isinstance(self.kappa, KappaSchedule):
             object.__setattr__(self, "kappa", constant_kappa(check_positive("kappa", self.kappa)))
         if isinstance(self.optimizer, str):
             check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -120,7 +130,8 @@ class Recipe:
                 f"{type(self.optimizer).__name__} (a recipe is reusable: pass a factory such as "
                 "lambda params: torch.optim.SGD(params, lr=0.1), not an optimizer instance)"
             )
-        object.__setattr__(self, "lr", check_positive("lr", self.lr))
+        if self.lr is not None:
+            object.__setattr__(self, "lr", check_positive("lr", self.lr))
         object.__setattr__(self, "weight_decay", check_non_negative("weight_decay", self.weight_decay))
         if isinstance(self.schedule, str):
             check_choice("schedule", self.schedule, SCHEDULES)
@@ -136,8 +147,16 @@ class Recipe:
     # ------------------------------------------------------------------ what
     @property
     def kappa_schedule(self) -> KappaSchedule:
-        """``kappa`` as a schedule (a float is held as a constant schedule)."""
+        """``kappa`` as a schedule (a float is held as a constant schedule; ``None`` is the
+        default rate, 10)."""
+        if self.kappa is None:
+            return constant_kappa(DEFAULT_KAPPA)
         return cast(KappaSchedule, self.kappa)  # __post_init__ converted a float
+
+    @property
+    def learning_rate(self) -> float:
+        """The named optimizer's learning rate (``lr``, or the default 1e-2 when unset)."""
+        return DEFAULT_LR if self.lr is None else float(self.lr)
 
     def kappa_at(self, epoch: int) -> float:
         """The rate used during ``epoch`` (1-based)."""
@@ -159,7 +178,11 @@ class Recipe:
         chosen = default_objective(model, x)
         if self.potential is not None:
             chosen = dataclasses.replace(chosen, potential=self.potential)
-        return dataclasses.replace(self, objective=chosen, potential=None)
+        # Unset kappa / lr: the defaults, or the bare flow's own rate and step size.
+        bare = default_choice(model, x)[0] == "bare_flow"
+        kappa = self.kappa if self.kappa is not None else (BARE_FLOW_KAPPA if bare else DEFAULT_KAPPA)
+        lr = self.lr if self.lr is not None else (BARE_FLOW_LR if bare else DEFAULT_LR)
+        return dataclasses.replace(self, objective=chosen, potential=None, kappa=kappa, lr=lr)
 
     # ------------------------------------------------------------------- how
     def build_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -177,16 +200,16 @@ class Recipe:
                 raise ValueError(f"optimizer holds {foreign} parameter(s) that are not the model's trainable ones")
             return built
         if self.optimizer == "adam":
-            return torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
+            return torch.optim.Adam(trainable, lr=self.learning_rate, weight_decay=self.weight_decay)
         if self.optimizer == "adamw":
-            return torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+            return torch.optim.AdamW(trainable, lr=self.learning_rate, weight_decay=self.weight_decay)
         if self.optimizer == "sgd":
-            return torch.optim.SGD(trainable, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+            return torch.optim.SGD(trainable, lr=self.learning_rate, momentum=0.9, weight_decay=self.weight_decay)
         try:
             from pytorch_optimizer import Nero
         except ImportError as err:
             raise ImportError("optimizer='nero' needs pytorch-optimizer: pip install pytorch-optimizer") from err
-        return Nero(trainable, lr=self.lr)
+        return Nero(trainable, lr=self.learning_rate)
 
     @property
     def cosine(self) -> bool:
@@ -243,7 +266,8 @@ def default_recipe(model: Any, x: Optional[Tensor] = None, *, potential: Optiona
     """The whole default training configuration for ``model`` (docs/defaults.md): the
     default objective (:func:`~lyapunov_plugin.default_objective`: Monte Carlo, Algorithm 1,
     or the path integral, Algorithm 2), ``kappa = 10`` (Eq. 10), Adam at
-    ``1e-2`` with a per-run cosine decay, no clipping. ``LyapunovTrainer(model)``,
+    ``1e-2`` with a per-run cosine decay, no clipping; for a bare flow (``eta(0) = x``, no
+    readout: torchdyn's tutorial ``NeuralODE(f)``) ``kappa = 3`` and Adam at ``3e-2``. ``LyapunovTrainer(model)``,
     ``LyapunovModule(model)`` and a plain loop that calls this get the same value.
 
     Arguments:

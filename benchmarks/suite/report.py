@@ -226,7 +226,8 @@ def note(
     parts.append(
         f"seeds {list(seeds)}; standard training (`objective=SupervisedObjective()`) at the best of "
         f"lr 1e-3, 3e-3, 1e-2 and a cosine or constant schedule by validation accuracy (seed {seeds[0]}), Adam; "
-        "LyaNet: `LyapunovTrainer(model)` defaults (Adam, lr 1e-2, cosine schedule)"
+        "LyaNet: `LyapunovTrainer(model)` defaults (Adam, lr 1e-2, cosine schedule, kappa 10; on the bare "
+        "pattern the bare flow's lr 3e-2 and kappa 3)"
     )
     if extra:
         parts.append(extra)

@@ -172,6 +172,13 @@ VARIANTS: dict[str, Method] = {
         ),
         Method("cosine_to_0.2", _epoch_schedule(_cosine_to_floor), patterns=PATH_PATTERNS),
         Method("constant_then_cosine", _epoch_schedule(_constant_then_cosine), patterns=PATH_PATTERNS),
+        # The bare flow's own defaults (kappa 3, Adam 3e-2; docs/defaults.md): the previous
+        # setting and one change at a time around the chosen one.
+        Method("bare_previous", lambda problem, pattern: Recipe(kappa=10.0, lr=1e-2), patterns=("bare",)),
+        Method("bare_kappa_2", lambda problem, pattern: Recipe(kappa=2.0), patterns=("bare",)),
+        Method("bare_kappa_5", lambda problem, pattern: Recipe(kappa=5.0), patterns=("bare",)),
+        Method("bare_lr_1e-2", lambda problem, pattern: Recipe(lr=1e-2), patterns=("bare",)),
+        Method("bare_lr_5e-2", lambda problem, pattern: Recipe(lr=5e-2), patterns=("bare",)),
         Method(
             "mc_32_samples",
             lambda problem, pattern: Recipe(objective=MonteCarloObjective(num_samples=32)),
