@@ -92,9 +92,10 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, Callable[[A
         {
             "objective": lambda v: v is None or isinstance(v, Objective),
             "potential": lambda v: v is None or isinstance(v, Potential),
-            "kappa": lambda v: _positive(v) or isinstance(v, KappaSchedule),
+            # None: resolved with the objective (10 / 1e-2, or the bare flow's 3 / 3e-2)
+            "kappa": lambda v: v is None or _positive(v) or isinstance(v, KappaSchedule),
             "optimizer": lambda v: v in ("adam", "adamw", "sgd", "nero"),
-            "lr": _positive,
+            "lr": lambda v: v is None or _positive(v),
             "weight_decay": _non_negative,
             "schedule": lambda v: v in ("cosine", "constant"),
             "schedule_interval": lambda v: v in ("epoch", "step"),
