@@ -1,4 +1,4 @@
-"""The three model classes of paper Table 1 (Section 5.1) for FashionMNIST / CIFAR.
+"""The three model classes of paper Table 1 (Section 5.1) for MNIST-5k / FashionMNIST / CIFAR.
 
 - ``resnet18``: ResNet-18 (He et al., 2015) adapted to small images (3x3 stride-1 stem,
   no max-pool), a plain classifier, the reference row;
@@ -9,7 +9,7 @@
 - ``continuous``: a continuous-in-depth network (Queiruga et al., 2020; the paper's
   "Continuous" / "Continuous LyaNet" rows): convolutional stem, one ODE block whose
   state is a feature map and whose dynamics are a small convolutional net with a time
-  channel, then global average pooling and a linear readout.
+  channel, then average pooling to a coarse grid and a linear readout.
 
 Every model takes images in [0, 1]; per-dataset channel normalisation is its first layer
 (:class:`~lyapunov_plugin.blocks.Standardize`), so attacks are measured in pixel units.
@@ -30,6 +30,7 @@ from lyapunov_plugin.blocks import MLPDynamics, Standardize
 
 __all__ = [
     "CHANNEL_STATS",
+    "CONTINUOUS_READOUT_GRID",
     "RESNET18_WIDTH",
     "TRAIN_STEPS",
     "ConvDynamics",
@@ -47,6 +48,8 @@ __all__ = [
 #: published constants of each training set).
 CHANNEL_STATS = {
     "fashionmnist": ((0.2860,), (0.3530,)),
+    # MNIST's published constants; MNIST-5k's 4,000 training digits give 0.131 / 0.308.
+    "mnist5k": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
@@ -62,6 +65,12 @@ TRAIN_STEPS = 10
 #: evaluations of its convolutional dynamics per RK4 solve work on 16x16 (CIFAR) or
 #: 14x14 (FashionMNIST) feature maps.
 CONTINUOUS_STEM_STRIDE = 2
+#: The continuous net's readout average-pools its final feature map to this grid (per
+#: side) before the linear layer. Its stem is two convolutions deep, so each feature sees a
+#: small patch; global pooling (grid 1) would keep only *how much* of each local pattern an
+#: image has, not *where*, and left the MNIST-5k net near chance after a few epochs
+#: (docs/vision.md, ``benchmarks/results/vision_mnist5k_val_*``).
+CONTINUOUS_READOUT_GRID = 4
 
 
 def standardize(dataset: str) -> Standardize:
@@ -182,11 +191,20 @@ def node_parts(
 
 
 def continuous_parts(
-    dataset: str, in_channels: int, num_classes: int, *, width: int = RESNET18_WIDTH, hidden: int = RESNET18_WIDTH
+    dataset: str,
+    in_channels: int,
+    num_classes: int,
+    *,
+    width: int = RESNET18_WIDTH,
+    hidden: int = RESNET18_WIDTH,
+    readout_grid: int = CONTINUOUS_READOUT_GRID,
 ) -> FlowParts:
     """Continuous-in-depth network (Queiruga et al., 2020): stem -> ODE block over a
-    ``(width, H/2, W/2)`` feature map with :class:`ConvDynamics` -> global average pool
-    -> linear readout; ``eta(0)`` is the stem's output."""
+    ``(width, H/2, W/2)`` feature map with :class:`ConvDynamics` -> average pool to a
+    ``readout_grid x readout_grid`` grid (1: global pooling) -> linear readout;
+    ``eta(0)`` is the stem's output."""
+    if isinstance(readout_grid, bool) or not isinstance(readout_grid, int) or readout_grid < 1:
+        raise ValueError(f"readout_grid must be an int >= 1, got {readout_grid!r}")
     stem = nn.Sequential(
         standardize(dataset),
         nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False),
@@ -196,7 +214,9 @@ def continuous_parts(
         nn.BatchNorm2d(width),
         nn.ReLU(),
     )
-    readout = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+    readout = nn.Sequential(
+        nn.AdaptiveAvgPool2d(readout_grid), nn.Flatten(), nn.Linear(width * readout_grid**2, num_classes)
+    )
     return FlowParts(stem, ConvDynamics(width, hidden), readout, None)
 
 
