@@ -24,6 +24,7 @@ points of the ball); the number of certified points broken must be 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
 import time
@@ -187,6 +188,7 @@ def main(
     merge: Sequence[Path | str] = (),
     eps: Optional[Sequence[float]] = None,
     dataset: str = "digits",
+    test_limit: Optional[int] = None,
 ) -> dict[str, Any]:
     """Train, certify, attack; write ``<name>.json`` and ``<name>.md``. With ``merge``, read
     the runs of those json files (e.g. one process per seed) instead of training."""
@@ -196,6 +198,16 @@ def main(
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     split = (digits if dataset == "digits" else mnist5k)(limit=120 if quick else None)
+    if test_limit is not None:
+        if isinstance(test_limit, bool) or not isinstance(test_limit, int) or test_limit < 1:
+            raise ValueError(f"test_limit must be a positive int, got {test_limit!r}")
+        n = min(test_limit, len(split.y_test))
+        split = dataclasses.replace(
+            split,
+            x_test=split.x_test[:n],
+            y_test=split.y_test[:n],
+            description=f"{split.description}; certified on the first {n} test images (the split is shuffled)",
+        )
     eps_list = tuple(eps) if eps else ((0.005, 0.02) if quick else EPS)
     budget = {"steps": 5, "restarts": 1, "samples": 4} if quick else {"steps": 40, "restarts": 2, "samples": 32}
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -339,6 +351,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--update-doc", action="store_true", help="put the table into docs/certify.md")
     parser.add_argument("--eps", type=float, nargs="+", default=None, help=f"l_inf radii (default {EPS})")
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--test-limit", type=int, default=None, help="certify only the first N test images")
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="combine the runs of these json files")
     return parser.parse_args(argv)
 
@@ -356,4 +369,5 @@ if __name__ == "__main__":
         merge=args.merge,
         eps=args.eps,
         dataset=args.dataset,
+        test_limit=args.test_limit,
     )
