@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ._validation import check_choice, check_non_negative, check_positive_int, check_tensor
 from .blocks import LipschitzMLP, MLPDynamics, Standardize
@@ -118,6 +119,10 @@ class _Interpreter:
 
     def run(self, module: Any, form: AffineForm, inputs: Optional[_FieldInputs], path: str) -> AffineForm:
         kind = type(module)
+        if parametrize.is_parametrized(module):
+            # torch.nn.utils.parametrize swaps the class for a subclass of the original
+            # (e.g. ParametrizedLinear of nn.Linear); the weight is computed on access.
+            kind = kind.__bases__[0]
         if kind is nn.Sequential:
             for name, child in module.named_children():
                 form = self.run(child, form, inputs, f"{path}.{name}")

@@ -25,7 +25,7 @@ from lyapunov_plugin import (
     SupervisedObjective,
     certify,
 )
-from lyapunov_plugin.blocks import MLPDynamics, SimplexDynamics, Standardize
+from lyapunov_plugin.blocks import LipschitzMLP, MLPDynamics, SimplexDynamics, Standardize
 from lyapunov_plugin.bounds import relax
 
 from .models import blobs, loader, torchdyn_data_controlled
@@ -260,6 +260,22 @@ def test_conv_relu_softplus_sigmoid_model(norm):
     y = torch.arange(10) % 3
     cert = _sampled_soundness(model, x, y, 0.05, None, norm)
     assert (cert.norm, cert.method, cert.steps) == (norm, "rk4", 3)
+
+
+def test_spectrally_normalised_encoder_is_certified_through_its_parametrised_weights():
+    """compare_digits' Lipschitz encoder: LipschitzMLP over torch's parametrised (spectral-norm)
+    nn.Linear, whose class is a generated subclass of nn.Linear."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), LipschitzMLP([16, 8, 6], lipschitz=1.5))
+    assert any(parametrize.is_parametrized(m) for m in encoder.modules())
+    model = ODEModel(MLPDynamics(3, 6, (8,)), state_shape=(3,), encoder=encoder, solver=FixedStepSolver(steps=3))
+    model.eval()
+    x = torch.rand(10, 1, 4, 4)
+    y = torch.arange(10) % 3
+    cert = _sampled_soundness(model, x, y, 0.05, None)
+    assert cert.margin_lower.shape == (10,)
 
 
 def test_torchdyn_data_control_and_depth_cat():
