@@ -15,7 +15,8 @@ It then measures what docs/evaluation.md describes, per seed: clean error (RK4 a
 the robustness protocol (PGD through a fixed-step solver, stronger PGD with restarts,
 l2 PGD, an epsilon sweep, Square, transfer from the other model, and the obfuscation
 sanity checks), early-termination error, monotone decay of V, dopri5 NFE, training
-time and time to a target error, and the Theorem-3 certified radius. Results are
+time and time to a target error, the sound certificate (lyapunov_plugin.certify at l_inf
+0.01 and 0.02) and the Theorem-3 certified radius. Results are
 written as JSON and a markdown table (mean and spread over seeds).
 
     python -m examples.compare_digits                 # 3 seeds, full protocol
@@ -44,6 +45,7 @@ from lyapunov_plugin import (
     RolloutSampler,
     SupervisedObjective,
     appendix_b_half_width,
+    certify,
     decay_statistics,
     spectral_lipschitz_bound,
 )
@@ -87,6 +89,10 @@ LINF_TO_L2 = 8.0
 
 #: The two encoders of the comparison: what a user has, and the Lipschitz lever.
 ENCODERS = {"lipschitz": ENCODER_LIPSCHITZ, "plain": None}
+#: l_inf radii of the sound certificate (lyapunov_plugin.certify, docs/certify.md), through
+#: the attacks' RK4-10 solver.
+CERTIFY_EPS = (0.01, 0.02)
+CERTIFY_SOLVER = FixedStepSolver(method="rk4", steps=10)
 #: Standard training is tuned over these learning rates on a validation split.
 STANDARD_LRS = (1e-3, 1e-2)
 #: Share of the training set held out to choose the standard learning rate.
@@ -222,6 +228,11 @@ def measure(
     out["attack_budget"] = budget
     out["robustness"] = report.as_dict()
     out["certificate"] = certificate(trainer, xt, yt, kappa=kappa, seed=seed, num_samples=16 if quick else 256)
+    # The sound certificate of the model as attacked (RK4-10, l_inf ball within the pixel box).
+    out["certify"] = {
+        f"{eps:g}": certify(model, xt, yt, eps=eps, solver=CERTIFY_SOLVER, domain=(0.0, 1.0)).certified_accuracy
+        for eps in CERTIFY_EPS
+    }
     return out
 
 
@@ -278,6 +289,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         f"dopri5 NFE to t=1, first step {DOPRI5_FIRST_STEP}": lambda r: r["nfe_dopri5_first_step"],
         "training CPU time, s": lambda r: r["train_seconds"],
         "CPU time to target error, s": lambda r: r["time_to_target"] if r["time_to_target"] is not None else math.nan,
+        **{
+            f"certified accuracy, certify l_inf {eps:g} (%)": (
+                lambda r, key=f"{eps:g}": 100 * r["certify"][key] if "certify" in r else math.nan
+            )
+            for eps in CERTIFY_EPS
+        },
         "certified radius l2 (Thm 3, conditional)": lambda r: r["certificate"]["radius_l2"],
         "Thm 3 radius l2 if the condition held": lambda r: r["certificate"]["radius_if_held_median"],
         "Lipschitz bound L = L_V L_f": lambda r: r["certificate"]["lipschitz"],
