@@ -42,7 +42,7 @@ from torch import Tensor
 from ._validation import check_non_negative, check_positive, check_positive_int, check_real
 from .certify import margin_lower_bounds
 from .inference import EvalMode
-from .losses import LyapunovLossOutput
+from .losses import LyapunovLossOutput, tile_time_major
 from .model import LyapunovModel, horizon, solve
 from .objectives import MonteCarloObjective, Objective
 from .solvers import FixedStepSolver
@@ -162,7 +162,7 @@ class ContractionObjective(Objective):
         points, batch = traj.shape[0], traj.shape[1]
         eta = traj.reshape(points * batch, *traj.shape[2:])
         t = ts.repeat_interleave(batch)
-        xs = x.repeat(points, *([1] * (x.ndim - 1)))
+        xs = tile_time_major(x, points)
         return eta, t, xs
 
     def compute(

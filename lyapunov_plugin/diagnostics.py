@@ -32,7 +32,7 @@ from ._validation import (
     parameter_device,
 )
 from .dispatch import as_lyapunov_model
-from .losses import monte_carlo_lyapunov_loss
+from .losses import monte_carlo_lyapunov_loss, tile_time_major
 from .model import LyapunovModel, integrate
 from .potentials import CrossEntropyPotential, Potential
 from .samplers import StateSampler, TimeSampler, UniformTimeSampler
@@ -93,11 +93,6 @@ def _is_class_labels(y: Tensor) -> bool:
     """Integer targets ``(B,)`` are class labels; error rates and "correct" only exist for them
     (a regression potential such as MSE takes float targets ``(B, k)``)."""
     return y.ndim == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
-
-
-def _tile(value: Tensor, times: int) -> Tensor:
-    """``(B, ...) -> (times * B, ...)``, time-major like a flattened ``(T, B, ...)`` trajectory."""
-    return value.repeat(times, *([1] * (value.ndim - 1)))
 
 
 def states_along(model: LyapunovModel, x: Tensor, ts: Tensor, *, solver: Optional[Solver] = None) -> Tensor:
@@ -206,7 +201,7 @@ def loss_error_curve(
             if not bool(keep.any()):
                 continue
             out, yk = out[:, keep], y[keep]
-            values = potential.value(out.reshape(-1, *out.shape[2:]), _tile(yk, steps)).reshape(steps, -1)
+            values = potential.value(out.reshape(-1, *out.shape[2:]), tile_time_major(yk, steps)).reshape(steps, -1)
             loss_sum += values.double().sum(1).cpu()
             if _is_class_labels(yk):
                 err_sum += (out.argmax(-1) != yk).double().sum(1).cpu()
@@ -353,11 +348,9 @@ def trajectory_violation_rate(
             steps, batch = states.shape[0], states.shape[1]
             eta = states.reshape(steps * batch, *states.shape[2:])
             t = grid.to(eta.dtype).repeat_interleave(batch)
-            flat_context = (
-                context.repeat(steps, *([1] * (context.ndim - 1))) if isinstance(context, Tensor) else context
-            )
+            flat_context = tile_time_major(context, steps) if isinstance(context, Tensor) else context
             v, v_dot = potential.evaluate(
-                eta, model.vector_field(eta, flat_context, t), _tile(y, steps), readout=model.readout
+                eta, model.vector_field(eta, flat_context, t), tile_time_major(y, steps), readout=model.readout
             )
             violated += float((v_dot + kappa * v > 0).sum())
             total += int(v.numel())
@@ -416,7 +409,8 @@ def decay_statistics(
             steps, batch = out.shape[0], out.shape[1]
             potential.validate(out[-1], y)
             y = as_labels(y)
-            v = potential.value(out.reshape(steps * batch, *out.shape[2:]), _tile(y, steps)).reshape(steps, batch)
+            flat = out.reshape(steps * batch, *out.shape[2:])
+            v = potential.value(flat, tile_time_major(y, steps)).reshape(steps, batch)
             if _is_class_labels(y) and only_correct:
                 keep = out[-1].argmax(-1) == y
             else:

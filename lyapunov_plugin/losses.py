@@ -242,8 +242,10 @@ class CounterexampleSearch:
         return refined
 
 
-def _tile(value: Tensor, times: int) -> Tensor:
-    """``(B, ...) -> (times * B, ...)``, time-major: row ``j * B + b`` is example ``b``."""
+def tile_time_major(value: Tensor, times: int) -> Tensor:
+    """``(B, ...) -> (times * B, ...)``, time-major: row ``j * B + b`` is example ``b`` (the
+    layout of a flattened ``(T, B, ...)`` trajectory; shared by the losses, diagnostics and the
+    opt-in objectives)."""
     return value.repeat(times, *([1] * (value.ndim - 1)))
 
 
@@ -503,7 +505,7 @@ def _discrete_path_lyapunov_loss_unchecked(
     steps, batch = trajectory.shape[0], trajectory.shape[1]
     flat = trajectory.reshape(steps * batch, *trajectory.shape[2:])
     out = readout(flat) if readout is not None else flat
-    flat_target = _tile(target, steps)
+    flat_target = tile_time_major(target, steps)
     if check_targets:
         potential.validate(out, flat_target)
     v = potential._value_unchecked(out, flat_target).reshape(steps, batch)
@@ -662,13 +664,20 @@ def _path(
     steps, batch = trajectory.shape[0], trajectory.shape[1]
     eta = trajectory.reshape(steps * batch, *trajectory.shape[2:])
     t = expand_to_batch(ts.to(eta.dtype).to(eta.device), steps, eta).repeat_interleave(batch)
-    flat_context = _tile(context, steps) if isinstance(context, Tensor) else context
+    flat_context = tile_time_major(context, steps) if isinstance(context, Tensor) else context
     if slopes is not None and slopes.shape[0] == steps - 1:
         last = model.vector_field(trajectory[-1], context, t[-batch:])
         velocity = torch.cat([slopes.reshape((steps - 1) * batch, *trajectory.shape[2:]), last])
     else:
         velocity = model.vector_field(eta, flat_context, t)
     pointwise, v, v_dot = _pointwise(
-        eta, velocity, _tile(target, steps), potential, model.readout, kappa, detach_v, check_targets=not checked
+        eta,
+        velocity,
+        tile_time_major(target, steps),
+        potential,
+        model.readout,
+        kappa,
+        detach_v,
+        check_targets=not checked,
     )
     return LyapunovLossOutput(pointwise.mean(), pointwise, v.detach(), v_dot.detach())

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._validation import check_non_negative, check_positive_int
 from .inference import EvalMode
-from .losses import LyapunovLossOutput
+from .losses import LyapunovLossOutput, tile_time_major
 from .model import LyapunovModel, horizon
 from .objectives import Objective
 from .potentials import CrossEntropyPotential, Potential
@@ -88,11 +88,11 @@ class SettlingPenalty(Objective):
             states = model.trajectory(x, ts)[1:]  # (T, B, *S), detached
             steps, batch = states.shape[0], states.shape[1]
             flat = states.reshape(steps * batch, *states.shape[2:])
-            labels = y.repeat(steps, *([1] * (y.ndim - 1)))
+            labels = tile_time_major(y, steps)
             settled = self.mask_potential().value(model.readout(flat), labels) < self.level
         context, _ = model.encode(x)  # with gradient: the field sees the input through it
         if isinstance(context, Tensor):
-            context = context.repeat(steps, *([1] * (context.ndim - 1)))
+            context = tile_time_major(context, steps)
         times = ts[1:].repeat_interleave(batch)
         velocity = model.vector_field(flat, context, times)
         kinetic = velocity.flatten(1).pow(2).mean(-1)
