@@ -41,6 +41,7 @@ from .model import integrate as integrate
 from .objectives import MonteCarloObjective as MonteCarloObjective
 from .objectives import Objective as Objective
 from .objectives import PathIntegralObjective as PathIntegralObjective
+from .objectives import PenalisedObjective as PenalisedObjective
 from .objectives import SupervisedObjective as SupervisedObjective
 from .objectives import default_objective as default_objective
 from .potentials import CrossEntropyPotential as CrossEntropyPotential
@@ -105,6 +106,7 @@ __all__ = [
     "ODEModel",
     "Objective",
     "PathIntegralObjective",
+    "PenalisedObjective",
     "Potential",
     "Recipe",
     "RolloutSampler",

@@ -42,9 +42,9 @@ from torch import Tensor
 from ._validation import check_non_negative, check_positive, check_positive_int, check_real
 from .certify import margin_lower_bounds
 from .inference import EvalMode
-from .losses import LyapunovLossOutput, tile_time_major
+from .losses import tile_time_major
 from .model import LyapunovModel, horizon, solve
-from .objectives import MonteCarloObjective, Objective
+from .objectives import MonteCarloObjective, Objective, PenalisedObjective
 from .solvers import FixedStepSolver
 
 __all__ = ["ContractionObjective", "CertifiedMarginObjective", "contraction_terms"]
@@ -103,7 +103,7 @@ def contraction_terms(
 
 
 @dataclass(frozen=True, kw_only=True)
-class ContractionObjective(Objective):
+class ContractionObjective(PenalisedObjective):
     """``base`` plus the contraction condition of the module docstring at sampled states:
     ``loss = base.loss + weight * mean relu(v^T J_eta f v / |v|^2 + rate)
     + input_weight * mean |J_x^T u|_1 / dim(eta)`` (Eq. 10 for the variational system with
@@ -136,12 +136,10 @@ class ContractionObjective(Objective):
     rollout_points: int = 5
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base, Objective):
-            raise TypeError(f"base must be a lyapunov_plugin Objective, got {type(self.base).__name__}")
+        super().__post_init__()
         if isinstance(self.base, ContractionObjective):
             raise ValueError("base must not itself be a ContractionObjective (set rate/weight on one instead)")
         object.__setattr__(self, "rate", check_non_negative("rate", self.rate))
-        object.__setattr__(self, "weight", check_non_negative("weight", self.weight))
         object.__setattr__(self, "input_weight", check_non_negative("input_weight", self.input_weight))
         if not callable(self.rollout_solver):
             raise TypeError(
@@ -149,8 +147,6 @@ class ContractionObjective(Objective):
             )
         if check_positive_int("rollout_points", self.rollout_points) < 2:
             raise ValueError(f"rollout_points must be >= 2, got {self.rollout_points}")
-        object.__setattr__(self, "uses_solver", self.base.uses_solver)
-        object.__setattr__(self, "uses_lyapunov_condition", self.base.uses_lyapunov_condition)
 
     def states(self, model: LyapunovModel, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(eta (T*B, *S), t (T*B,), x repeated (T*B, ...))``: the rollout states, detached."""
@@ -165,28 +161,23 @@ class ContractionObjective(Objective):
         xs = tile_time_major(x, points)
         return eta, t, xs
 
-    def compute(
-        self,
-        model: LyapunovModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        kappa: float,
-        generator: Optional[torch.Generator] = None,
-    ) -> LyapunovLossOutput:
-        out = self.base.compute(model, x, y, kappa=kappa, generator=generator)
-        if self.weight == 0.0 and self.input_weight == 0.0:
-            return out
+    @property
+    def active(self) -> bool:
+        return self.weight != 0.0 or self.input_weight != 0.0
+
+    def weighted_penalty(
+        self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """``weight * mean violation + input_weight * mean sensitivity`` at the rollout states."""
         eta, t, xs = self.states(model, x)
         violation, _, sensitivity = contraction_terms(
             model, xs, eta, t, rate=self.rate, with_input=self.input_weight > 0.0, generator=generator
         )
-        loss = out.loss + self.weight * violation.mean() + self.input_weight * sensitivity.mean()
-        return LyapunovLossOutput(loss, out.pointwise, out.v, out.v_dot)
+        return self.weight * violation.mean() + self.input_weight * sensitivity.mean()
 
 
 @dataclass(frozen=True, kw_only=True)
-class CertifiedMarginObjective(Objective):
+class CertifiedMarginObjective(PenalisedObjective):
     """``base`` plus certified training through the certificate's own bounds:
     ``loss = base.loss + weight * mean CE(-m)`` where ``m_j`` is the affine-arithmetic lower
     bound (:func:`~lyapunov_plugin.certify`'s, differentiated) of ``logit_y - logit_j`` over
@@ -218,10 +209,8 @@ class CertifiedMarginObjective(Objective):
     max_examples: int = 16
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base, Objective):
-            raise TypeError(f"base must be a lyapunov_plugin Objective, got {type(self.base).__name__}")
+        super().__post_init__()
         object.__setattr__(self, "eps", check_positive("eps", self.eps))
-        object.__setattr__(self, "weight", check_non_negative("weight", self.weight))
         if not isinstance(self.solver, FixedStepSolver):
             raise TypeError(
                 "solver must be a lyapunov_plugin.FixedStepSolver (the certified solver), "
@@ -236,8 +225,12 @@ class CertifiedMarginObjective(Objective):
                 raise ValueError(f"domain must have low < high, got {d!r}")
             object.__setattr__(self, "domain", (low, high))
         check_positive_int("max_examples", self.max_examples)
-        object.__setattr__(self, "uses_solver", True)
-        object.__setattr__(self, "uses_lyapunov_condition", self.base.uses_lyapunov_condition)
+        object.__setattr__(self, "uses_solver", True)  # the bounds run through the unrolled solver
+
+    def penalty(
+        self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        return self.certified_loss(model, x, y)
 
     def certified_loss(self, model: LyapunovModel, x: Tensor, y: Tensor) -> Tensor:
         """``mean log(1 + sum_{j != y} exp(-m_j))`` over the first ``max_examples`` rows."""
@@ -248,18 +241,3 @@ class CertifiedMarginObjective(Objective):
         # -lower at j != y, 0 at j = y (lower is +inf there): the worst-case logits shifted by logit_y.
         worst = torch.where(torch.isinf(lower), torch.zeros_like(lower), -lower)
         return torch.logsumexp(worst, dim=1).mean()
-
-    def compute(
-        self,
-        model: LyapunovModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        kappa: float,
-        generator: Optional[torch.Generator] = None,
-    ) -> LyapunovLossOutput:
-        out = self.base.compute(model, x, y, kappa=kappa, generator=generator)
-        if self.weight == 0.0:
-            return out
-        loss = out.loss + self.weight * self.certified_loss(model, x, y)
-        return LyapunovLossOutput(loss, out.pointwise, out.v, out.v_dot)

@@ -62,6 +62,7 @@ __all__ = [
     "MonteCarloObjective",
     "PathIntegralObjective",
     "SupervisedObjective",
+    "PenalisedObjective",
     "default_objective",
     "readout_is_trainable",
     "initial_state_is_trainable",
@@ -412,6 +413,71 @@ class SupervisedObjective(Objective):
         self.potential.validate(out, y)
         values = self.potential.value(out, y)
         return LyapunovLossOutput(values.mean(), values, values.detach(), torch.zeros_like(values.detach()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PenalisedObjective(Objective):
+    """``base`` plus a weighted extra term: ``loss = base.loss + weight * penalty(model, x, y)``,
+    where ``base`` evaluates the Lyapunov loss of Eq. (12)-(17).
+
+    The shared shape of the opt-in levers that add a term to a Lyapunov objective
+    (:class:`~lyapunov_plugin.SettlingPenalty`, :class:`~lyapunov_plugin.ContractionObjective`,
+    :class:`~lyapunov_plugin.CertifiedMarginObjective`): subclasses implement
+    :meth:`penalty`, or :meth:`weighted_penalty` and :attr:`active` when the term has several
+    weights. ``pointwise``, ``v`` and ``v_dot`` of the result are the base's, so the Lyapunov
+    diagnostics keep their meaning; with the penalty inactive (``weight = 0``) the result is
+    exactly ``base``'s. ``uses_solver`` and ``uses_lyapunov_condition`` are the base's
+    (a subclass whose term goes through a solver sets ``uses_solver`` after
+    ``super().__post_init__()``).
+
+    Arguments:
+        base: the wrapped objective.
+        weight: weight of the extra term, ``>= 0``.
+    """
+
+    name: ClassVar[str] = "penalised"
+
+    base: Objective
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Objective):
+            raise TypeError(f"base must be a lyapunov_plugin Objective, got {type(self.base).__name__}")
+        object.__setattr__(self, "weight", check_non_negative("weight", self.weight))
+        object.__setattr__(self, "uses_solver", self.base.uses_solver)
+        object.__setattr__(self, "uses_lyapunov_condition", self.base.uses_lyapunov_condition)
+
+    @property
+    def active(self) -> bool:
+        """Whether the extra term is computed at all (``False``: the base alone)."""
+        return self.weight != 0.0
+
+    def penalty(
+        self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """The unweighted extra term, a scalar that carries gradient."""
+        raise NotImplementedError(f"{type(self).__name__} must implement penalty() or weighted_penalty()")
+
+    def weighted_penalty(
+        self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """What is added to the base loss: ``weight * penalty(...)``."""
+        return self.weight * self.penalty(model, x, y, generator=generator)
+
+    def compute(
+        self,
+        model: LyapunovModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float,
+        generator: Optional[torch.Generator] = None,
+    ) -> LyapunovLossOutput:
+        out = self.base.compute(model, x, y, kappa=kappa, generator=generator)
+        if not self.active:
+            return out
+        loss = out.loss + self.weighted_penalty(model, x, y, generator=generator)
+        return LyapunovLossOutput(loss, out.pointwise, out.v, out.v_dot)
 
 
 def readout_is_trainable(model: Any, x: Optional[Tensor] = None) -> bool:

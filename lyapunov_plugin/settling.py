@@ -29,16 +29,16 @@ from torch import Tensor
 
 from ._validation import check_non_negative, check_positive_int
 from .inference import EvalMode
-from .losses import LyapunovLossOutput, tile_time_major
+from .losses import tile_time_major
 from .model import LyapunovModel, horizon
-from .objectives import Objective
+from .objectives import PenalisedObjective
 from .potentials import CrossEntropyPotential, Potential
 
 __all__ = ["SettlingPenalty"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SettlingPenalty(Objective):
+class SettlingPenalty(PenalisedObjective):
     """``base`` plus ``weight`` times the mean squared velocity of converged rollout states.
 
     The cross-entropy potential (Section 3.1) reaches 0 only at infinity, so a state that
@@ -54,23 +54,16 @@ class SettlingPenalty(Objective):
 
     name: ClassVar[str] = "settling"
 
-    base: Objective
-    weight: float = 1.0
     level: float = 0.1
     points: int = 8
     potential: Optional[Potential] = field(default=None)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base, Objective):
-            raise TypeError(f"base must be a lyapunov_plugin Objective, got {type(self.base).__name__}")
-        check_non_negative("weight", self.weight)
+        super().__post_init__()
         check_non_negative("level", self.level)
         check_positive_int("points", self.points)
         if self.potential is not None and not isinstance(self.potential, Potential):
             raise TypeError(f"potential must be a Potential or None, got {type(self.potential).__name__}")
-        # The base's nature (the trainer asks whether the loss evaluates Eq. 10 at all).
-        object.__setattr__(self, "uses_solver", self.base.uses_solver)
-        object.__setattr__(self, "uses_lyapunov_condition", self.base.uses_lyapunov_condition)
 
     def mask_potential(self) -> Potential:
         """The potential the convergence mask uses."""
@@ -79,7 +72,9 @@ class SettlingPenalty(Objective):
         held = getattr(self.base, "potential", None)
         return held if isinstance(held, Potential) else CrossEntropyPotential()
 
-    def penalty(self, model: LyapunovModel, x: Tensor, y: Tensor) -> Tensor:
+    def penalty(
+        self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
         """``mean_s 1[V_y(s) < level] |f(s)|^2`` over the rollout states (carries gradient)."""
         t_end = horizon(model)
         with torch.no_grad(), EvalMode(model):
@@ -97,18 +92,3 @@ class SettlingPenalty(Objective):
         velocity = model.vector_field(flat, context, times)
         kinetic = velocity.flatten(1).pow(2).mean(-1)
         return (kinetic * settled.to(kinetic.dtype)).mean()
-
-    def compute(
-        self,
-        model: LyapunovModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        kappa: float,
-        generator: Optional[torch.Generator] = None,
-    ) -> LyapunovLossOutput:
-        out = self.base.compute(model, x, y, kappa=kappa, generator=generator)
-        if self.weight == 0.0:
-            return out
-        loss = out.loss + self.weight * self.penalty(model, x, y)
-        return LyapunovLossOutput(loss=loss, pointwise=out.pointwise, v=out.v, v_dot=out.v_dot)

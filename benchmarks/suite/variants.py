@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -18,11 +18,11 @@ from torch import Tensor
 from lyapunov_plugin import (
     FixedStepSolver,
     HypercubeSampler,
-    LyapunovLossOutput,
     LyapunovModel,
     MonteCarloObjective,
     Objective,
     PathIntegralObjective,
+    PenalisedObjective,
     Recipe,
     RolloutSampler,
     SupervisedObjective,
@@ -58,27 +58,18 @@ def _previous_default(problem: Any, pattern: str) -> Recipe:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PathWithTerminalLoss(Objective):
+class PathWithTerminalLoss(PenalisedObjective):
     """Lever: the default path integral plus ``weight`` times the cross entropy at ``t_end``
     on the same RK4-4 grid (a standard-training term mixed in; costs a second rollout)."""
 
-    weight: float = 1.0
+    base: Objective = field(default_factory=PathIntegralObjective)
     name: ClassVar[str] = "path_integral"
 
-    def compute(
-        self,
-        model: LyapunovModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        kappa: float,
-        generator: Optional[torch.Generator] = None,
-    ) -> LyapunovLossOutput:
-        path = PathIntegralObjective().compute(model, x, y, kappa=kappa, generator=generator)
-        terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4)).compute(model, x, y, kappa=kappa)
-        return LyapunovLossOutput(
-            loss=path.loss + self.weight * terminal.loss, pointwise=path.pointwise, v=path.v, v_dot=path.v_dot
-        )
+    def penalty(
+        self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        terminal = SupervisedObjective(solver=FixedStepSolver(method="rk4", steps=4))
+        return terminal.compute(model, x, y, kappa=0.0).loss
 
 
 def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, str], Recipe]:
