@@ -14,7 +14,7 @@ shaped, and ``kappa V`` is a fixed per-state target for the decrease rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, cast
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor
@@ -366,9 +366,12 @@ def _monte_carlo_lyapunov_loss_unchecked(
     counterexamples: Optional[CounterexampleSearch] = None,
     velocity_penalty: float = 0.0,
     check_targets: bool = False,
+    encoded: Optional[tuple[Any, Tensor]] = None,
 ) -> LyapunovLossOutput:
     """:func:`monte_carlo_lyapunov_loss` (Algorithm 1 / Eq. 45) without input checks, for a
     caller that validated its arguments once (an objective called every training step).
+    ``encoded``: ``model.encode(x)`` computed by the caller this step (with gradient), used
+    instead of encoding ``x`` again.
 
     Assumes what the public function checks: ``model`` is a ``LyapunovModel`` (already
     through ``as_lyapunov_model``), ``kappa > 0``, ``num_samples >= 1``, the samplers are of
@@ -394,6 +397,7 @@ def _monte_carlo_lyapunov_loss_unchecked(
         counterexamples=counterexamples,
         velocity_penalty=velocity_penalty,
         checked=not check_targets,
+        encoded=encoded,
     )
 
 
@@ -414,10 +418,11 @@ def _monte_carlo(
     counterexamples: Optional[CounterexampleSearch] = None,
     velocity_penalty: float = 0.0,
     checked: bool,
+    encoded: Optional[tuple[Any, Tensor]] = None,
 ) -> LyapunovLossOutput:
     """Algorithm 1 on checked arguments. ``checked=False`` (the public path) validates what
     only exists after encoding: the sampling context and the targets against the potential."""
-    context, eta0 = model.encode(x)
+    context, eta0 = model.encode(x) if encoded is None else encoded
     batch = eta0.shape[0]
     make_context = SamplingContext._trusted if checked else SamplingContext
     sampling = make_context(eta0=eta0.detach(), target=target, trajectory=trajectory, trajectory_times=trajectory_times)

@@ -232,11 +232,17 @@ class MonteCarloObjective(Objective):
             )
         check_non_negative("velocity_penalty", self.velocity_penalty)
 
-    def rollout(self, model: LyapunovModel, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Gradient-free rollout of the current model in eval mode: ``(states (T, B, *S), ts (T,))``."""
+    def rollout(
+        self, model: LyapunovModel, x: Tensor, *, encoded: Optional[tuple[Any, Tensor]] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Gradient-free rollout of the current model in eval mode: ``(states (T, B, *S), ts (T,))``.
+
+        ``encoded``: the step's own ``model.encode(x)`` (as :meth:`compute` passes it), so the
+        input layer runs once per step; the solve does not record gradients either way. Without
+        it, ``x`` is encoded here, in eval mode."""
         t_end = horizon(model)
         with EvalMode(model), torch.no_grad():
-            context, eta0 = model.encode(x)
+            context, eta0 = model.encode(x) if encoded is None else encoded
             ts = torch.linspace(0.0, t_end, self.rollout_points, dtype=eta0.dtype, device=eta0.device)
             return solve(model, context, eta0, ts, solver=self.rollout_solver), ts
 
@@ -249,9 +255,15 @@ class MonteCarloObjective(Objective):
         kappa: float,
         generator: Optional[torch.Generator] = None,
     ) -> LyapunovLossOutput:
-        trajectory = ts = None
+        trajectory = ts = encoded = None
         if self.state_sampler.requires_trajectory:
-            trajectory, ts = self.rollout(model, x)
+            # One encoder pass per step, shared by the rollout and the loss: the input layer
+            # (a ResNet trunk in the image benchmarks) is the costly part of many models, and
+            # encoding twice made a Monte Carlo step dearer than backpropagating through
+            # RK4-10 there (docs/vision.md). The rollout then sees the context the loss sees
+            # (train-mode batch statistics where the encoder has batch norm).
+            encoded = model.encode(x)
+            trajectory, ts = self.rollout(model, x, encoded=encoded)
         time_sampler = self.time_sampler
         if time_sampler is None and not self.state_sampler.provides_times:
             time_sampler = UniformTimeSampler(t_end=horizon(model))
@@ -271,6 +283,7 @@ class MonteCarloObjective(Objective):
             counterexamples=self.counterexamples,
             velocity_penalty=self.velocity_penalty,
             check_targets=True,
+            encoded=encoded,
         )
 
 

@@ -255,17 +255,24 @@ class CrossEntropyPotential(Potential):
         self.validate(output, target)
         return self._value_unchecked(output, target)
 
+    # CE = logsumexp(z) - z_y and p = exp(z - logsumexp(z)), rather than F.cross_entropy /
+    # F.log_softmax: the same numbers (both are shift-stable), but on the CPU PyTorch's
+    # log_softmax kernel over a short class dimension costs several times a logsumexp, which
+    # made it the largest part of the Monte Carlo loss's overhead over the bare vector field
+    # (benchmarks.timing, part 2).
     def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
-        ce = F.cross_entropy(output, as_labels(target), reduction="none")
+        labels = as_labels(target)[:, None]
+        ce = output.logsumexp(-1) - output.gather(-1, labels)[:, 0]
         return torch.relu(ce - self.gamma)
 
     def value_and_derivative(
         self, output: Output, target: Tensor, output_velocity: Output
     ) -> tuple[PerSample, PerSample]:
-        log_p = F.log_softmax(output, dim=-1)
-        ce = -log_p.gather(-1, target[:, None])[:, 0]
-        p_dot_dz = (log_p.exp() * output_velocity).sum(-1)
-        dce = p_dot_dz - output_velocity.gather(-1, target[:, None])[:, 0]
+        labels = target[:, None]
+        log_z = output.logsumexp(-1)
+        ce = log_z - output.gather(-1, labels)[:, 0]
+        p_dot_dz = ((output - log_z[:, None]).exp() * output_velocity).sum(-1)
+        dce = p_dot_dz - output_velocity.gather(-1, labels)[:, 0]
         # relu and a multiplicative mask (not torch.where) so that NaN/Inf states give a
         # non-finite V and dV/dt, which training loops catch, instead of a silent 0.
         active = (ce > self.gamma).to(ce.dtype)
