@@ -15,7 +15,20 @@ from examples.common.vision_models import (
     narrow_resnet18,
     resnet18,
 )
-from examples.vision import LABELS, MNIST5K_KAPPA, MNIST5K_LR, _parse, main, merge_results, resolve_kappa
+from examples.vision import (
+    EQUAL_BATCH_ROW,
+    LABELS,
+    LYANET_OBJECTIVES,
+    MNIST5K_KAPPA,
+    MNIST5K_LR,
+    TABLE2_BATCH,
+    _parse,
+    build,
+    load_data,
+    main,
+    merge_results,
+    resolve_kappa,
+)
 
 # Tiny everything: the test checks that every row of Table 1 is trained, scored and
 # attacked end to end, not what the numbers are.
@@ -124,7 +137,9 @@ def _table_cells(markdown: str) -> dict[str, dict[str, str]]:
 
 def test_vision_mnist5k_table_has_the_five_rows(tmp_path, one_thread):
     # The command line's MNIST-5k settings: Nero lr and a LyaNet rate per model class.
-    payload = main(dataset="mnist5k", out_dir=tmp_path, lr=MNIST5K_LR, kappa=MNIST5K_KAPPA, **TINY_MNIST5K)
+    payload = main(
+        dataset="mnist5k", out_dir=tmp_path, lr=MNIST5K_LR, kappa=MNIST5K_KAPPA, table2_batch=8, **TINY_MNIST5K
+    )
     assert payload["setup"]["kappa"] == {"node": 1.0, "continuous": "LyapunovTrainer default"}
     assert payload["setup"]["architecture"]["readout_grid"] == CONTINUOUS_READOUT_GRID
     markdown = (tmp_path / "vision_mnist5k.md").read_text()
@@ -139,6 +154,14 @@ def test_vision_mnist5k_table_has_the_five_rows(tmp_path, one_thread):
             assert math.isfinite(mean) and 0.0 <= mean <= 100.0, (metric, label, cell)
     ratio = table["time per epoch / Neural ODE's (same seed, one process)"]
     assert float(ratio["Neural ODE"].split("±")[0]) == pytest.approx(1.0)
+    # Table 2's comparison at one batch size: only the LyaNet column has it.
+    equal = table[EQUAL_BATCH_ROW]
+    assert float(equal["LyaNet"].split("±")[0]) > 0 and equal["Neural ODE"] == "n/a"
+    (timing,) = [r["equal_batch_timing"] for r in payload["runs"] if (r["model"], r["method"]) == ("node", "lyanet")]
+    assert timing["batch_size"] == 8 and timing["ratio"] == pytest.approx(
+        timing["lyanet_seconds_per_epoch"] / timing["node_seconds_per_epoch"]
+    )
+    assert "equal-batch timing" in markdown and "robust recipe" in markdown
     assert "paper protocol: PGD-10 l_inf 8/255 normalised (%)" in table
     # The paper's published numbers are shown next to ours, labelled as the paper's.
     assert "**paper**" in markdown and "| Table 1, FashionMNIST clean error (%) | 8.17 |" in markdown
@@ -156,8 +179,23 @@ def test_vision_mnist5k_table_has_the_five_rows(tmp_path, one_thread):
         assert clean["mean"] == pytest.approx(cells["clean error, RK4 (%)"]["mean"]) and clean["std"] == 0.0
 
 
+def test_robust_row_wraps_the_lyanet_rows_objective():
+    """The robust row is LyaNet's Monte Carlo objective at inputs perturbed in the l_inf
+    ball (robust_objective), not a different recipe."""
+    from lyapunov_plugin import InputPerturbedObjective, robust_objective
+
+    data = load_data("mnist5k", root="data", download=False, fake=True, limit=8, test_limit=8)
+    from examples.vision import Architecture
+
+    net = build("node", data, "mnist5k", Architecture(4, 8, 8), adjoint=False)
+    objective = robust_objective(net)
+    assert isinstance(objective, InputPerturbedObjective)
+    assert type(objective.base) is type(LYANET_OBJECTIVES["node"]())
+
+
 def test_mnist5k_command_line_defaults_and_kappa_per_class():
     args = _parse(["--dataset", "mnist5k"])
+    assert args.table2_batch == TABLE2_BATCH == 64
     assert (args.lr, args.kappa, args.epochs, args.seeds) == (MNIST5K_LR, MNIST5K_KAPPA, 5, [0, 1, 2])
     assert _parse(["--dataset", "cifar10"]).lr is None  # the paper's Nero lr 0.01 (DEFAULT_LR)
     assert _parse(["--dataset", "mnist5k", "--optimizer", "adam"]).lr is None  # Adam's own default

@@ -134,7 +134,10 @@ def test_the_vision_example_trains_data_parallel(tmp_path):
     )
     result = json.loads((tmp_path / "vision_fashionmnist_fake.json").read_text())
     assert "x 2 ranks (DDP)" in result["setup"]["device"]
-    assert len(result["runs"]) == 2  # node/standard and node/lyanet
+    # node/standard, node/lyanet and node/robust; every rank also ran the equal-batch timing.
+    assert [r["method"] for r in result["runs"]] == ["standard", "lyanet", "robust"]
+    (lyanet,) = [r for r in result["runs"] if r["method"] == "lyanet"]
+    assert lyanet["equal_batch_timing"]["ratio"] > 0
 
 
 def test_lightning_ddp_keeps_the_ranks_in_step(tmp_path):
