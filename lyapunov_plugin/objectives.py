@@ -179,7 +179,9 @@ class MonteCarloObjective(Objective):
     No step backpropagates through a solver. With the default
     :class:`~lyapunov_plugin.RolloutSampler`, each batch first takes a cheap,
     gradient-free rollout of the current model (``rollout_solver`` on ``rollout_points``
-    times over ``[0, t_end]``, eval mode) and samples states along and around it.
+    times over ``[0, t_end]``, the dynamics in eval mode) and samples states along and
+    around it. The rollout starts from the step's own encoder pass, so the input layer runs
+    once per step.
 
     Arguments:
         potential: ``V_y`` (default cross entropy, Eq. 11).
