@@ -946,7 +946,7 @@ def target_lines(summary: dict[str, Any]) -> str:
         if lya in summary and std in summary:
             a, b = mean(lya, clean), mean(std, clean)
             over = a - b - CLEAN_ERROR_TARGET
-            verdict = "meets" if over <= 0 else f"misses by {over:.1f} points"
+            verdict = "meets" if over <= 0 else f"misses by {over:.2f} points"
             lines.append(
                 f"- {_label(lya)} clean error {a:.1f}% vs {_label(std)} {b:.1f}%: {a - b:+.1f} points "
                 f"({verdict} the target of at most {CLEAN_ERROR_TARGET:g} point worse)."
@@ -967,7 +967,7 @@ def target_lines(summary: dict[str, Any]) -> str:
         )
         a, b = mean("node/robust", clean), mean("node/standard", clean)
         over = a - b - CLEAN_ERROR_TARGET
-        verdict = "meets" if over <= 0 else f"misses by {over:.1f} points"
+        verdict = "meets" if over <= 0 else f"misses by {over:.2f} points"
         lines.append(
             f"- robust recipe clean error {a:.1f}% vs Neural ODE {b:.1f}%: {a - b:+.1f} points ({verdict} the "
             f"target of at most {CLEAN_ERROR_TARGET:g} point worse)."
