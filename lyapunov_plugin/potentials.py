@@ -255,23 +255,31 @@ class CrossEntropyPotential(Potential):
         self.validate(output, target)
         return self._value_unchecked(output, target)
 
-    # CE = logsumexp(z) - z_y and p = exp(z - logsumexp(z)), rather than F.cross_entropy /
-    # F.log_softmax: the same numbers (both are shift-stable), but on the CPU PyTorch's
-    # log_softmax kernel over a short class dimension costs several times a logsumexp, which
-    # made it the largest part of the Monte Carlo loss's overhead over the bare vector field
-    # (benchmarks.timing, part 2).
+    # CE and p = softmax(z) from the max-shifted logits s = z - max(z) (the shift detached:
+    # CE does not depend on it, so the gradient is exact): log Z = log sum exp(s),
+    # CE = log Z - s_y, p = exp(s - log Z). As accurate as F.log_softmax (every term is
+    # relative to the largest logit, so confident rows keep their small CE), but on the CPU
+    # PyTorch's log_softmax kernel over a short class dimension costs several times these
+    # elementwise ops, and it was the largest part of the Monte Carlo loss's overhead over
+    # the bare vector field (benchmarks.timing, part 2).
+    @staticmethod
+    def _shifted(output: Output) -> tuple[Tensor, Tensor]:
+        """``(s, log Z)``: the logits minus their (detached) row maximum and ``log sum exp(s)``."""
+        shifted = output - output.detach().amax(-1, keepdim=True)
+        return shifted, shifted.exp().sum(-1).log()
+
     def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
-        labels = as_labels(target)[:, None]
-        ce = output.logsumexp(-1) - output.gather(-1, labels)[:, 0]
+        shifted, log_z = self._shifted(output)
+        ce = log_z - shifted.gather(-1, as_labels(target)[:, None])[:, 0]
         return torch.relu(ce - self.gamma)
 
     def value_and_derivative(
         self, output: Output, target: Tensor, output_velocity: Output
     ) -> tuple[PerSample, PerSample]:
         labels = target[:, None]
-        log_z = output.logsumexp(-1)
-        ce = log_z - output.gather(-1, labels)[:, 0]
-        p_dot_dz = ((output - log_z[:, None]).exp() * output_velocity).sum(-1)
+        shifted, log_z = self._shifted(output)
+        ce = log_z - shifted.gather(-1, labels)[:, 0]
+        p_dot_dz = ((shifted - log_z[:, None]).exp() * output_velocity).sum(-1)
         dce = p_dot_dz - output_velocity.gather(-1, labels)[:, 0]
         # relu and a multiplicative mask (not torch.where) so that NaN/Inf states give a
         # non-finite V and dV/dt, which training loops catch, instead of a silent 0.

@@ -260,3 +260,24 @@ def test_non_finite_states_are_not_masked_by_the_cross_entropy_potential():
     assert torch.isfinite(v[0]) and torch.isfinite(v_dot[0])
     assert not torch.isfinite(v[1]) and not torch.isfinite(v_dot[1])
     assert not (torch.isfinite(v[2]) and torch.isfinite(v_dot[2]))
+
+
+@pytest.mark.parametrize("margin", [0.0, 12.0, 16.0])
+def test_cross_entropy_keeps_small_values_of_confident_rows(margin):
+    """The closed form works on max-shifted logits: for confident rows (small CE) float32
+    stays as accurate as torch's log_softmax against float64, and a tie at huge logits is
+    log 2, not 0 (logsumexp(z) - z_y would cancel both)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, 10, generator=g) * 3
+    y = torch.randint(0, 10, (2000,), generator=g)
+    z[torch.arange(2000), y] += margin
+    v = torch.randn(2000, 10, generator=g)
+    exact = F.cross_entropy(z.double(), y, reduction="none")
+    ours, v_dot = CrossEntropyPotential().value_and_derivative(z, y, v)
+    torch_f32 = F.cross_entropy(z, y, reduction="none")
+    rel = lambda a: float(((a.double() - exact).abs() / exact.clamp_min(1e-300)).median())  # noqa: E731
+    assert rel(ours) <= 1.2 * rel(torch_f32) + 1e-9
+    exact_dot = (F.softmax(z.double(), -1) * v.double()).sum(-1) - v.double().gather(-1, y[:, None])[:, 0]
+    assert float((v_dot.double() - exact_dot).abs().max()) < 1e-5
+    tie = torch.tensor([[1e30, 1e30, 0.0]])
+    assert float(CrossEntropyPotential().value(tie, torch.tensor([0]))) == pytest.approx(math.log(2.0))
