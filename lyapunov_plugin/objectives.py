@@ -114,7 +114,8 @@ class Objective(ABC):
 
     Implementations are frozen, keyword-only dataclasses that hold only the settings that
     apply to them and check them when built. Calls are pure: they neither store anything
-    nor change the model (rollouts run in eval mode and restore the mode).
+    nor change the model (rollouts run the dynamics in eval mode and restore the mode; the
+    Monte Carlo rollout starts from the step's own train-mode encoder pass).
     """
 
     #: Whether a step backpropagates through an ODE solve.
@@ -433,7 +434,7 @@ class SupervisedObjective(Objective):
 @dataclass(frozen=True, kw_only=True)
 class PenalisedObjective(Objective):
     """``base`` plus a weighted extra term: ``loss = base.loss + weight * penalty(model, x, y)``,
-    where ``base`` evaluates the Lyapunov loss of Eq. (12)-(17).
+    where ``base`` is usually a Lyapunov loss of Eq. (12)-(17) (any objective is accepted).
 
     The shared shape of the opt-in levers that add a term to a Lyapunov objective
     (:class:`~lyapunov_plugin.SettlingPenalty`, :class:`~lyapunov_plugin.ContractionObjective`,
@@ -456,6 +457,11 @@ class PenalisedObjective(Objective):
     weight: float = 1.0
 
     def __post_init__(self) -> None:
+        cls = type(self)
+        if cls.penalty is PenalisedObjective.penalty and cls.weighted_penalty is PenalisedObjective.weighted_penalty:
+            raise TypeError(
+                f"{cls.__name__} must implement penalty() or weighted_penalty() (PenalisedObjective is a base)"
+            )
         if not isinstance(self.base, Objective):
             raise TypeError(f"base must be a lyapunov_plugin Objective, got {type(self.base).__name__}")
         object.__setattr__(self, "weight", check_non_negative("weight", self.weight))

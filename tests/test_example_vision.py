@@ -135,7 +135,7 @@ def _table_cells(markdown: str) -> dict[str, dict[str, str]]:
     return table
 
 
-def test_vision_mnist5k_table_has_the_five_rows(tmp_path, one_thread):
+def test_vision_mnist5k_table_has_every_row(tmp_path, one_thread):
     # The command line's MNIST-5k settings: Nero lr and a LyaNet rate per model class.
     payload = main(
         dataset="mnist5k", out_dir=tmp_path, lr=MNIST5K_LR, kappa=MNIST5K_KAPPA, table2_batch=8, **TINY_MNIST5K

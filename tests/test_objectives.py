@@ -421,3 +421,34 @@ def test_every_epoch_prints_a_summary_line_with_fixed_reference_numbers(capsys):
     record = trainer.history[-1]
     assert 0.0 <= record["ref_error"] <= 1.0 and 0.0 <= record["ref_violation"] <= 1.0 and record["ref_v_end"] >= 0
     assert trainer.reference.x.shape[0] == 32  # the first batch, kept for every epoch
+
+
+def test_monte_carlo_step_encodes_once_and_rolls_out_from_that_pass():
+    """The rollout and the loss share one encoder pass per step (a ResNet trunk is the
+    costly part of image models): one call, batch-norm running statistics updated once,
+    the encoder still gets gradient, and the rollout starts at that pass's ``eta(0)``."""
+    from lyapunov_plugin.blocks import MLPDynamics
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    calls = []
+    encoder.register_forward_hook(lambda module, args, out: calls.append(out.detach().clone()))
+    model = ODEModel(MLPDynamics(3, 3, (8,)), state_shape=(3,), encoder=encoder, initial_state=lambda c: c)
+    model.train()
+    objective = MonteCarloObjective()
+    seen = []
+    original = objective.rollout
+
+    def spy(m, x, *, encoded=None):
+        trajectory, ts = original(m, x, encoded=encoded)
+        seen.append(trajectory[0].clone())
+        return trajectory, ts
+
+    object.__setattr__(objective, "rollout", spy)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    tracked = int(encoder[1].num_batches_tracked)
+    out = objective(model, x, y, kappa=1.0, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert len(calls) == 1 and int(encoder[1].num_batches_tracked) == tracked + 1
+    assert encoder[0].weight.grad is not None and float(encoder[0].weight.grad.abs().sum()) > 0
+    torch.testing.assert_close(seen[0], calls[0])

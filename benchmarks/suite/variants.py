@@ -65,6 +65,10 @@ class PathWithTerminalLoss(PenalisedObjective):
     base: Objective = field(default_factory=PathIntegralObjective)
     name: ClassVar[str] = "path_integral"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "uses_solver", True)  # the terminal term backpropagates through RK4-4
+
     def penalty(
         self, model: LyapunovModel, x: Tensor, y: Tensor, *, generator: Optional[torch.Generator] = None
     ) -> Tensor:
