@@ -422,21 +422,19 @@ def train_classifier(
     return history
 
 
-def train_flow(
+def flow_trainer(
     model: nn.Module,
     model_name: str,
     method: str,
-    loader: DataLoader,
     *,
-    epochs: int,
     make_optimizer: Callable[..., Any],
     lr: float,
     kappa: Optional[float],
     seed: int,
     device: torch.device,
     progress: bool,
-) -> list[dict[str, Any]]:
-    """A Neural ODE row with :class:`~lyapunov_plugin.LyapunovTrainer`:
+) -> LyapunovTrainer:
+    """The :class:`~lyapunov_plugin.LyapunovTrainer` of a Neural ODE row:
     ``objective=SupervisedObjective()`` (the supervised loss at ``t = 1`` through the solver),
     LyaNet with the objective of ``LYANET_OBJECTIVES`` at its defaults (Algorithm 1 or 2), or
     (``method="robust"``) :func:`~lyapunov_plugin.robust_objective`, at LyaNet's ``kappa``.
@@ -450,7 +448,7 @@ def train_flow(
     else:
         objective = LYANET_OBJECTIVES[model_name]()
     recipe = Recipe(objective=objective, optimizer=make_optimizer, lr=lr)
-    trainer = LyapunovTrainer(
+    return LyapunovTrainer(
         model,
         recipe,
         kappa=kappa if method != "standard" else None,
@@ -458,7 +456,6 @@ def train_flow(
         device=device,
         progress=progress,
     )
-    return trainer.fit(loader, epochs=epochs)
 
 
 def train_row(
@@ -488,12 +485,10 @@ def train_row(
             net, loader, epochs=epochs, make_optimizer=make_optimizer, device=device, progress=progress
         )
         return TrainedRow(model_name, method, StaticFlow(net), history)
-    history = train_flow(
+    trainer = flow_trainer(
         net,
         model_name,
         method,
-        loader,
-        epochs=epochs,
         make_optimizer=make_optimizer,
         lr=lr,
         kappa=(kappa or {}).get(model_name),
@@ -501,6 +496,7 @@ def train_row(
         device=device,
         progress=progress,
     )
+    history = trainer.fit(loader, epochs=epochs)
     return TrainedRow(model_name, method, net, history)
 
 
@@ -774,20 +770,18 @@ def equal_batch_timing(
     trainers = {}
     for method in ("standard", "lyanet"):
         torch.manual_seed(seed)
-        net = build("node", data, dataset, arch, adjoint=False)
-        make_optimizer = optimizer_factory(training["optimizer"], training["lr"])
-        objective = SupervisedObjective() if method == "standard" else LYANET_OBJECTIVES["node"]()
-        trainers[method] = (
-            LyapunovTrainer(
-                net,
-                Recipe(objective=objective, optimizer=make_optimizer, lr=training["lr"]),
-                kappa=(training["kappa"] or {}).get("node") if method == "lyanet" else None,
-                seed=seed,
-                device=device,
-                progress=False,
-            ),
-            train_loader(data, batch_size, seed),
+        trainer = flow_trainer(
+            build("node", data, dataset, arch, adjoint=False),
+            "node",
+            method,
+            make_optimizer=optimizer_factory(training["optimizer"], training["lr"]),
+            lr=training["lr"],
+            kappa=(training["kappa"] or {}).get("node"),
+            seed=seed,
+            device=device,
+            progress=False,
         )
+        trainers[method] = (trainer, train_loader(data, batch_size, seed))
     for epoch in range(1, epochs + 1):
         for trainer, loader in trainers.values():
             trainer.fit(loader, epochs=epoch)
