@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,29 +87,63 @@ class FixedStepSolver:
         if ts.numel() > 1 and not bool((ts[1:] > ts[:-1]).all()) and not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError(f"ts must be strictly monotonic, got {ts.tolist()}")
         ts = ts.to(dtype=y0.dtype, device=y0.device)
-        span = float(ts[-1] - ts[0]) if ts.numel() > 1 else 0.0
+        # The grid is a constant of the solve (as in Eq. 4): step sizes are Python floats, so
+        # each stage is one fused ``y + a * k`` and no 0-d tensor arithmetic runs per step (at
+        # the batch sizes of training rollouts that arithmetic cost more than the field), and
+        # the stage times are made in one call. A grid that requires grad keeps tensor
+        # arithmetic, so its gradient still flows.
+        values: list[float] = ts.detach().tolist()
+        grid: list[Any] = list(ts.unbind()) if ts.requires_grad else values
+        span = abs(values[-1] - values[0]) if len(values) > 1 else 0.0
+        intervals = []  # per output interval: its step size and substeps
+        for i in range(len(values) - 1):
+            substeps = _substeps(self.steps * abs(values[i + 1] - values[i]) / span)
+            intervals.append(((grid[i + 1] - grid[i]) / substeps, substeps))
+        offsets = _STAGE_OFFSETS[self.method]
+        starts = zip(grid[:-1], intervals, strict=True)
+        stage_times = [t0 + (k + c) * h for t0, (h, n) in starts for k in range(n) for c in offsets]
+        times = iter(self._stage_times(stage_times, ts))
         states, slopes = [y0], []
         y = y0
-        for i in range(ts.numel() - 1):
-            t0, t1 = ts[i], ts[i + 1]
-            share = abs(float(t1 - t0)) / abs(span)
-            substeps = _substeps(self.steps * share)
-            h = (t1 - t0) / substeps
+        for h, substeps in intervals:
             for k in range(substeps):
-                k1 = func(t0 + k * h, y)
+                stage = [next(times) for _ in offsets]
+                k1 = func(stage[0], y)
                 if k == 0:
                     slopes.append(k1)
-                y = self._step(func, t0 + k * h, y, h, k1)
+                y = self._step(func, stage, y, h, k1)
             states.append(y)
         empty = y0.new_empty((0, *y0.shape))
         return torch.stack(states), (torch.stack(slopes) if slopes else empty)
 
-    def _step(self, func: Callable[[Tensor, Tensor], Tensor], t: Tensor, y: Tensor, h: Tensor, k1: Tensor) -> Tensor:
+    @staticmethod
+    def _stage_times(values: list[Any], like: Tensor) -> list[Tensor]:
+        """The stage times as 0-d tensors of ``like``'s dtype and device (``func(t, y)`` takes a
+        tensor ``t``, as torchdiffeq's does): one tensor made from floats, or the tensor
+        expressions themselves when the grid requires grad."""
+        if not values:
+            return []
+        if isinstance(values[0], Tensor):
+            return [torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values]
+        return list(torch.tensor(values, dtype=like.dtype, device=like.device).unbind())
+
+    def _step(self, func: Callable[[Tensor, Tensor], Tensor], t: list[Tensor], y: Tensor, h: Any, k1: Tensor) -> Tensor:
+        """One step from ``y`` at stage times ``t`` (``_STAGE_OFFSETS`` of the method)."""
         if self.method == "euler":
-            return y + h * k1
+            return _axpy(y, h, k1)
         if self.method == "midpoint":
-            return y + h * func(t + h / 2, y + (h / 2) * k1)
-        k2 = func(t + h / 2, y + (h / 2) * k1)
-        k3 = func(t + h / 2, y + (h / 2) * k2)
-        k4 = func(t + h, y + h * k3)
-        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+            return _axpy(y, h, func(t[1], _axpy(y, h / 2, k1)))
+        k2 = func(t[1], _axpy(y, h / 2, k1))
+        k3 = func(t[1], _axpy(y, h / 2, k2))
+        k4 = func(t[2], _axpy(y, h, k3))
+        return _axpy(y, h / 6, _axpy(_axpy(_axpy(k1, 2.0, k2), 2.0, k3), 1.0, k4))
+
+
+# Stage times of one step from t, as fractions of the step: the tableau's c vector without
+# its repeats (RK4's two middle stages share t + h/2).
+_STAGE_OFFSETS = {"euler": (0.0,), "midpoint": (0.0, 0.5), "rk4": (0.0, 0.5, 1.0)}
+
+
+def _axpy(y: Tensor, a: Any, k: Tensor) -> Tensor:
+    """``y + a * k``: one fused op for a float ``a``, tensor arithmetic for a tensor one."""
+    return torch.add(y, k, alpha=a) if isinstance(a, float) else y + a * k
