@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from benchmarks.suite import __main__ as suite
-from benchmarks.suite.patterns import PATTERNS, applies, build
+from benchmarks.suite.patterns import IMAGE_PATTERNS, PATTERNS, applies, build
 from benchmarks.suite.problems import (
     BARE_EXTRA,
     DEVELOPMENT,
     HELD_OUT,
     HELD_OUT_BARE,
     HELD_OUT_REGRESSION,
+    IMAGE,
     PROBLEMS,
     REGRESSION,
     load_problem,
@@ -61,6 +62,35 @@ def test_the_bare_pattern_is_torchdyns_neural_ode_with_the_state_as_logits():
     for name in BARE_EXTRA + HELD_OUT_BARE:
         problem = load_problem(name)
         assert problem.num_features == problem.num_classes and not problem.is_regression
+
+
+def test_image_patterns_put_a_conv_encoder_before_the_flow_and_train_both_ways():
+    """On flattened (1, 8, 8) images every image pattern builds a model whose first layer is
+    a convolution, which both methods train a step of; the flat-only patterns are refused."""
+    from lyapunov_plugin import LyapunovTrainer
+
+    x, y = torch.rand(6, 64), torch.tensor([0, 1, 2, 0, 1, 2])
+    for pattern in IMAGE_PATTERNS:
+        assert applies(pattern, 64, 3, image=True)
+        model = build(pattern, 64, 3, seed=0, image_shape=(1, 8, 8))
+        assert any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        for mode in ("default", "standard"):
+            trainer = LyapunovTrainer(model, progress=False, **({} if mode == "default" else {"mode": "standard"}))
+            before = [p.detach().clone() for p in trainer.model.parameters()]
+            trainer.fit([(x, y)], epochs=1)
+            assert trainer.predict(x).shape == (6, 3)
+            assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    for pattern in set(PATTERNS) - set(IMAGE_PATTERNS):
+        assert not applies(pattern, 64, 3, image=True)
+        with pytest.raises(ValueError, match="image problem"):
+            build(pattern, 64, 3, seed=0, image_shape=(1, 8, 8))
+
+
+def test_the_image_problem_is_mnist5k_as_flat_pixels_in_the_unit_interval():
+    problem = load_problem(IMAGE[0])
+    assert problem.image_shape == (1, 28, 28) and problem.num_features == 784 and problem.num_classes == 10
+    assert len(problem.y_train) + len(problem.y_val) + len(problem.y_test) == 5000
+    assert 0.0 <= float(problem.x_train.min()) and float(problem.x_train.max()) <= 1.0
 
 
 def test_regression_problems_have_standardised_float_targets_and_a_fixed_split():
@@ -162,3 +192,9 @@ def test_quick_regression_and_bare_subsets_write_their_own_tables(tmp_path):
     bare = json.loads((tmp_path / "suite_bare_quick.json").read_text())
     assert [(c["problem"], c["pattern"]) for c in bare["cells"]] == [("circles", "bare")]  # iris: 4 features, 3 classes
     assert bare["kind"] == "bare" and 0.0 <= bare["cells"][0]["lyanet"]["acc"] <= 1.0
+
+    suite.main(["--image", "--quick", "--jobs", "1", "--patterns", "plain", "paper", "dc", "--out", str(tmp_path)])
+    image = json.loads((tmp_path / "suite_image_quick.json").read_text())
+    assert image["kind"] == "image"  # dc is not an image pattern: it is enc_dc on conv features
+    assert [(c["problem"], c["pattern"]) for c in image["cells"]] == [("mnist5k", "plain"), ("mnist5k", "paper")]
+    assert "image problem (convolutional encoder)" in (tmp_path / "suite_image_quick.md").read_text()

@@ -8,6 +8,7 @@ many small problems and every model pattern users have (docs/defaults.md).
     python -m benchmarks.suite --regression          # regression problems (MSEPotential), suite_regression.*
     python -m benchmarks.suite --patterns bare       # torchdyn's bare NeuralODE(f), state = logits, suite_bare.*
     python -m benchmarks.suite --regression --held-out   # (and --patterns bare --held-out): held-out problems
+    python -m benchmarks.suite --image               # MNIST-5k, models with a conv encoder, suite_image.*
 
 Writes ``suite.json`` (every run, every cell) and ``suite.md`` (the table the README embeds)
 to ``--out``; with ``--update-readme`` also replaces the README's table (the regression and
@@ -39,6 +40,7 @@ from .problems import (
     HELD_OUT,
     HELD_OUT_BARE,
     HELD_OUT_REGRESSION,
+    IMAGE,
     PROBLEMS,
     REGRESSION,
     Problem,
@@ -131,7 +133,7 @@ def _majority(problem: Problem) -> float:
 
 def _applies(problem: str, pattern: str) -> bool:
     p = _problem(problem)
-    return applies(pattern, p.num_features, p.num_classes)
+    return applies(pattern, p.num_features, p.num_classes, image=p.image_shape is not None)
 
 
 def _selection_key(run_: dict[str, Any]) -> tuple[float, ...]:
@@ -330,6 +332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument(
         "--regression", action="store_true", help="the regression problems (MSEPotential), every pattern that applies"
     )
+    parser.add_argument(
+        "--image", action="store_true", help="the image problem (MNIST-5k), every pattern with a conv encoder"
+    )
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
@@ -370,6 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     bare_only = list(args.patterns) == ["bare"]
     if args.problems:
         problems = list(args.problems)
+    elif args.image:
+        problems = list(IMAGE)
     elif args.regression:
         problems = list(HELD_OUT_REGRESSION if args.held_out else REGRESSION)
     elif bare_only:
@@ -379,10 +386,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         problems = list(HELD_OUT if args.held_out else DEVELOPMENT)
     patterns, seeds, epochs, lrs = list(args.patterns), list(args.seeds), args.epochs, BASELINE_LRS
     if args.quick:
-        problems = problems if (args.problems or args.regression or bare_only) else ["circles", "iris"]
+        problems = problems if (args.problems or args.regression or args.image or bare_only) else ["circles", "iris"]
         patterns = patterns if args.patterns != list(PATTERNS) else ["dc", "paper"]
         seeds, epochs, lrs = [0], 2, (1e-2,)
     stem = "suite_regression" if args.regression else ("suite_bare" if bare_only else "suite")
+    stem = "suite_image" if args.image else stem
     name = args.name or (stem + ("_held_out" if args.held_out else "") + ("_quick" if args.quick else ""))
     variants = [DEFAULT.name, *args.variants]
     started = time.perf_counter()
@@ -423,7 +431,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 }
             )
     payload = {
-        "kind": "regression" if args.regression else ("bare" if bare_only else "classification"),
+        "kind": "regression"
+        if args.regression
+        else ("bare" if bare_only else ("image" if args.image else "classification")),
         "problems": problems,
         "patterns": patterns,
         "seeds": seeds,
@@ -490,6 +500,8 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
     label = "held-out problems" if payload.get("held_out") else "development problems"
     if payload.get("kind") == "bare":
         label += ", bare pattern"
+    if payload.get("kind") == "image":
+        label = "image problem (convolutional encoder), " + label
     if payload.get("kind") == "regression":
         label = "regression, " + label
         problems = "; ".join(f"{p.name}: {p.description}" for p in (_problem(n) for n in payload["problems"]))

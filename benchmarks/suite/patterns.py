@@ -18,11 +18,18 @@ training methods start from the same weights.
 
 torchdyn and torchdiffeq models integrate with dopri5 (rtol = atol = 1e-3), the
 ``ODEModel`` with its default RK4 (20 steps).
+
+On an image problem (issue 13) the input layer is a small convolutional encoder
+(:func:`conv_encoder`, the shape of torchdiffeq's ``odenet_mnist`` downsampling, narrower)
+into ``LATENT`` features: it replaces the linear encoder of ``enc_dc``, ``torchdiffeq`` and
+``paper`` and is put in front of ``plain`` and ``augmented`` (``IMAGE_PATTERNS``; ``dc`` on
+conv features is ``enc_dc``, and ``bare`` has no input layer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn
@@ -61,11 +68,12 @@ def augmented(d: int, m: int) -> nn.Module:
     return nn.Sequential(Augmenter(1, AUGMENT), _node(_mlp(width, width)), nn.Linear(width, m))
 
 
-def encoder_data_control(d: int, m: int) -> nn.Module:
+def encoder_data_control(d: int, m: int, encoder: Optional[nn.Module] = None) -> nn.Module:
     from torchdyn.nn import DataControl
 
     field = nn.Sequential(DataControl(), _mlp(2 * LATENT, LATENT))
-    return nn.Sequential(nn.Linear(d, LATENT), _node(field), nn.Linear(LATENT, m))
+    encoder = nn.Linear(d, LATENT) if encoder is None else encoder
+    return nn.Sequential(encoder, _node(field), nn.Linear(LATENT, m))
 
 
 class _Func(nn.Module):
@@ -79,12 +87,12 @@ class _Func(nn.Module):
         return self.net(y)
 
 
-def torchdiffeq_func(d: int, m: int) -> nn.Module:
+def torchdiffeq_func(d: int, m: int, encoder: Optional[nn.Module] = None) -> nn.Module:
     from lyapunov_plugin.adapters.torchdiffeq import TorchdiffeqModel
 
     return TorchdiffeqModel(
         _Func(LATENT),
-        encoder=nn.Linear(d, LATENT),
+        encoder=nn.Linear(d, LATENT) if encoder is None else encoder,
         readout=nn.Linear(LATENT, m),
         method="dopri5",
         rtol=TOLERANCE,
@@ -92,11 +100,12 @@ def torchdiffeq_func(d: int, m: int) -> nn.Module:
     )
 
 
-def paper(d: int, m: int) -> nn.Module:
+def paper(d: int, m: int, encoder: Optional[nn.Module] = None) -> nn.Module:
     from lyapunov_plugin import ODEModel
     from lyapunov_plugin.blocks import MLPDynamics
 
-    encoder = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, LATENT))
+    if encoder is None:
+        encoder = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, LATENT))
     return ODEModel(MLPDynamics(m, LATENT, hidden=(HIDDEN,)), state_shape=(m,), encoder=encoder)
 
 
@@ -116,17 +125,53 @@ BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "bare": bare,
 }
 PATTERNS: tuple[str, ...] = tuple(BUILDERS)
+IMAGE_PATTERNS: tuple[str, ...] = ("enc_dc", "plain", "augmented", "torchdiffeq", "paper")
 
 
-def applies(pattern: str, d: int, m: int) -> bool:
+def conv_encoder(image_shape: tuple[int, int, int], width: int = LATENT) -> nn.Sequential:
+    """Flattened ``(C, H, W)`` images -> ``width`` features: two stride-2 3x3 convolutions
+    (16 and 32 channels, ReLU) and a linear layer."""
+    c, h, w = image_shape
+    return nn.Sequential(
+        nn.Unflatten(1, image_shape),
+        nn.Conv2d(c, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * -(-h // 4) * -(-w // 4), width),
+    )
+
+
+def _image_model(pattern: str, image_shape: tuple[int, int, int], m: int) -> nn.Module:
+    encoder = conv_encoder(image_shape)
+    if pattern in ("plain", "augmented"):
+        return nn.Sequential(encoder, *BUILDERS[pattern](LATENT, m))
+    encoded: dict[str, Callable[..., nn.Module]] = {
+        "enc_dc": encoder_data_control,
+        "torchdiffeq": torchdiffeq_func,
+        "paper": paper,
+    }
+    return encoded[pattern](LATENT, m, encoder)
+
+
+def applies(pattern: str, d: int, m: int, *, image: bool = False) -> bool:
     """Whether ``pattern`` can be built for ``d`` features and ``m`` outputs: every pattern
-    ends in a layer of width ``m`` except ``bare``, whose output is its ``d``-dimensional state."""
+    ends in a layer of width ``m`` except ``bare``, whose output is its ``d``-dimensional state;
+    an image problem takes the ``IMAGE_PATTERNS``."""
+    if image:
+        return pattern in IMAGE_PATTERNS
     return pattern != "bare" or d == m
 
 
-def build(pattern: str, d: int, m: int, *, seed: int) -> nn.Module:
-    """The user's model for ``pattern`` on ``d`` features and ``m`` classes, seeded."""
+def build(pattern: str, d: int, m: int, *, seed: int, image_shape: Optional[tuple[int, int, int]] = None) -> nn.Module:
+    """The user's model for ``pattern`` on ``d`` features and ``m`` classes, seeded; with
+    ``image_shape`` (the features are flattened images) the convolutional variant."""
     if pattern not in BUILDERS:
         raise ValueError(f"pattern must be one of {list(PATTERNS)}, got {pattern!r}")
+    if image_shape is not None and pattern not in IMAGE_PATTERNS:
+        raise ValueError(f"pattern must be one of {list(IMAGE_PATTERNS)} on an image problem, got {pattern!r}")
     torch.manual_seed(seed)
+    if image_shape is not None:
+        return _image_model(pattern, image_shape, m)
     return BUILDERS[pattern](d, m)

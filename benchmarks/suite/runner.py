@@ -124,7 +124,7 @@ def run(
     torch.manual_seed(seed)
     batch_size, default_epochs = budget(len(problem.y_train))
     epochs = default_epochs if epochs is None else epochs
-    user_model = build(pattern, problem.num_features, problem.num_classes, seed=seed)
+    user_model = build(pattern, problem.num_features, problem.num_classes, seed=seed, image_shape=problem.image_shape)
     recipe = method.recipe(problem, pattern)
     regression = problem.is_regression
     potential: Potential = MSEPotential() if regression else CrossEntropyPotential()
