@@ -126,3 +126,17 @@ def test_fixed_step_benchmark(tmp_path):
     assert list(rows) == list(METHODS)
     assert all(0.0 <= r["own_solver"][0] <= 100.0 for r in rows.values())
     assert (tmp_path / "fixed_step.md").read_text().startswith("| method | test error, the model's own solver")
+
+
+def test_solver_fidelity_benchmark(tmp_path):
+    """Smoke run: both methods trained on one suite cell, each scored with its own solver and an
+    accurate one, and on LyaNet's objective."""
+    from benchmarks.solver_fidelity import main
+
+    payload = main(["--cells", "circles/plain", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])
+    (row,) = payload["rows"]
+    for key in ("standard", "lyanet"):
+        scores = row[key]
+        assert 0.0 <= scores["acc_accurate"]["mean"] <= 1.0 and 0.0 <= scores["disagreement"]["mean"] <= 1.0
+        assert scores["lyanet_objective"]["mean"] >= 0.0
+    assert (tmp_path / "solver_fidelity.md").read_text().startswith("| cell | standard, own solver")
