@@ -76,6 +76,44 @@ class PathWithTerminalLoss(PenalisedObjective):
         return terminal.compute(model, x, y, kappa=0.0).loss
 
 
+@dataclass(frozen=True, kw_only=True)
+class SupervisedWarmStart(Objective):
+    """Lever (``benchmarks.solver_fidelity``): standard training (cross entropy at ``t_end``
+    through the model's own solver) for the first ``warm_steps`` training steps, then ``base``
+    (the default path integral). Where the standard model is the better point of LyaNet's own
+    objective, this starts the Lyapunov phase from a supervised fit. Unlike the library's
+    objectives it counts its calls (one per training step of ``LyapunovTrainer.fit``), so one
+    instance serves one run."""
+
+    warm_steps: int
+    base: Objective = field(default_factory=PathIntegralObjective)
+    calls: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+    name: ClassVar[str] = "path_integral"
+
+    def compute(
+        self,
+        model: LyapunovModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        kappa: float,
+        generator: Optional[torch.Generator] = None,
+    ) -> Any:
+        self.calls[0] += 1
+        if self.calls[0] <= self.warm_steps:
+            return SupervisedObjective().compute(model, x, y, kappa=kappa, generator=generator)
+        return self.base.compute(model, x, y, kappa=kappa, generator=generator)
+
+
+def _warm_start(fraction: float) -> Callable[[Any, str], Recipe]:
+    def recipe(problem: Any, pattern: str) -> Recipe:
+        batch, epochs = budget(len(problem.y_train))
+        steps = epochs * math.ceil(len(problem.y_train) / batch)
+        return Recipe(objective=SupervisedWarmStart(warm_steps=int(fraction * steps)))
+
+    return recipe
+
+
 def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, str], Recipe]:
     """Lever: a learning-rate schedule ``lr * factor(epoch, epochs)`` over the problem's budget."""
 
@@ -166,6 +204,7 @@ VARIANTS: dict[str, Method] = {
             patterns=PATH_PATTERNS,
         ),
         Method("cosine_to_0.2", _epoch_schedule(_cosine_to_floor), patterns=PATH_PATTERNS),
+        Method("warm_start_half", _warm_start(0.5), patterns=PATH_PATTERNS),
         Method("constant_then_cosine", _epoch_schedule(_constant_then_cosine), patterns=PATH_PATTERNS),
         # The bare flow's own defaults (kappa 3, Adam 3e-2; docs/defaults.md): the previous
         # setting and one change at a time around the chosen one.
