@@ -50,6 +50,7 @@ import torch
 
 from examples.common.report import mean_std, write_outputs
 from lyapunov_plugin import as_lyapunov_model, integrate
+from lyapunov_plugin.inference import EvalMode
 
 from .suite.problems import load_problem
 from .suite.report import machine
@@ -74,15 +75,18 @@ CELLS: tuple[str, ...] = (
 ACCURATE_TOLERANCE = 1e-7
 
 
+@functools.cache
+def _suite_cells() -> tuple[dict[str, Any], ...]:
+    """The cells of the suite's development and held-out runs (read once)."""
+    paths = [RESULTS / name for name in ("suite.json", "suite_held_out.json")]
+    return tuple(cell for path in paths if path.exists() for cell in json.loads(path.read_text())["cells"])
+
+
 def tuned_standard(problem: str, pattern: str) -> tuple[float, str]:
     """The lr and schedule the suite's tuning chose for standard training of the cell."""
-    for name in ("suite.json", "suite_held_out.json"):
-        path = RESULTS / name
-        if not path.exists():
-            continue
-        for cell in json.loads(path.read_text())["cells"]:
-            if cell["problem"] == problem and cell["pattern"] == pattern:
-                return float(cell["standard"]["lr"]), str(cell["standard"]["schedule"])
+    for cell in _suite_cells():
+        if cell["problem"] == problem and cell["pattern"] == pattern:
+            return float(cell["standard"]["lr"]), str(cell["standard"]["schedule"])
     raise ValueError(f"cell {problem}/{pattern} is in neither suite.json nor suite_held_out.json; run the suite first")
 
 
@@ -109,10 +113,10 @@ def lyanet_objective(lyanet: Any, trainer: Any, problem: Any) -> float:
     ``trainer`` trained, on the whole training set, in eval mode."""
     x, y = problem.x_train, problem.y_train
     objective = lyanet.resolve_objective(x)
-    trainer.model.eval()
-    out = objective.compute(
-        trainer.model, x, y, kappa=lyanet.kappa_schedule.final, generator=torch.Generator().manual_seed(0)
-    )
+    with EvalMode(trainer.model):
+        out = objective.compute(
+            trainer.model, x, y, kappa=lyanet.kappa_schedule.final, generator=torch.Generator().manual_seed(0)
+        )
     return float(out.loss.detach())
 
 

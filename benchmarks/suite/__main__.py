@@ -389,8 +389,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         problems = problems if (args.problems or args.regression or args.image or bare_only) else ["circles", "iris"]
         patterns = patterns if args.patterns != list(PATTERNS) else ["dc", "paper"]
         seeds, epochs, lrs = [0], 2, (1e-2,)
-    stem = "suite_regression" if args.regression else ("suite_bare" if bare_only else "suite")
-    stem = "suite_image" if args.image else stem
+    # Which subset this run is, in the order the problems were chosen above: it names the
+    # output files and the report's label.
+    kind = "image" if args.image else ("regression" if args.regression else ("bare" if bare_only else "classification"))
+    stem = "suite" if kind == "classification" else f"suite_{kind}"
     name = args.name or (stem + ("_held_out" if args.held_out else "") + ("_quick" if args.quick else ""))
     variants = [DEFAULT.name, *args.variants]
     started = time.perf_counter()
@@ -431,9 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 }
             )
     payload = {
-        "kind": "regression"
-        if args.regression
-        else ("bare" if bare_only else ("image" if args.image else "classification")),
+        "kind": kind,
         "problems": problems,
         "patterns": patterns,
         "seeds": seeds,

@@ -86,6 +86,7 @@ class SupervisedWarmStart(Objective):
     instance serves one run."""
 
     warm_steps: int
+    warm: Objective = field(default_factory=SupervisedObjective)
     base: Objective = field(default_factory=PathIntegralObjective)
     calls: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
     name: ClassVar[str] = "path_integral"
@@ -100,9 +101,8 @@ class SupervisedWarmStart(Objective):
         generator: Optional[torch.Generator] = None,
     ) -> Any:
         self.calls[0] += 1
-        if self.calls[0] <= self.warm_steps:
-            return SupervisedObjective().compute(model, x, y, kappa=kappa, generator=generator)
-        return self.base.compute(model, x, y, kappa=kappa, generator=generator)
+        phase = self.warm if self.calls[0] <= self.warm_steps else self.base
+        return phase.compute(model, x, y, kappa=kappa, generator=generator)
 
 
 def _warm_start(fraction: float) -> Callable[[Any, str], Recipe]:
