@@ -69,6 +69,22 @@ def _colours(num_classes: int) -> Any:
     return ListedColormap([_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(num_classes)])
 
 
+def _labels(y: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """``y`` as class labels ``(N,)`` for ``x`` (or ``None``): the pictures colour classes, so
+    regression targets are refused by name instead of failing inside matplotlib or torch."""
+    if y is None:
+        return None
+    check_tensor("y", y, min_ndim=1)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(
+            f"y must hold integer class labels (these pictures colour classes; a regression model "
+            f"has no decision boundary), got dtype {y.dtype}"
+        )
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},) (one label per input), got {tuple(y.shape)}")
+    return y
+
+
 def _padded_box(points: Tensor, pad: float) -> tuple[float, float, float, float]:
     low, high = points.min(0).values, points.max(0).values
     span = (high - low).clamp_min(1e-3)
@@ -111,6 +127,7 @@ def decision_boundary(
     check_tensor("x", x, min_ndim=2, floating=True)
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"x must be 2-D inputs of shape (N, 2) for a decision boundary, got {tuple(x.shape)}")
+    y = _labels(y, x)
     resolution = check_positive_int("resolution", resolution)
     t_end = check_positive("t_end", t_end) if t_end is not None else horizon(model)
     ax = _axes(ax)
@@ -196,6 +213,7 @@ def phase_portrait(
 
     model = as_lyapunov_model(model)
     check_tensor("x", x, min_ndim=1)
+    y = _labels(y, x)
     num_starts = check_positive_int("num_starts", num_starts)
     steps = check_positive_int("steps", steps)
     arrows = check_positive_int("arrows", arrows)
@@ -328,6 +346,8 @@ def compare(
 
     if not models:
         raise ValueError("models must map at least one name to a model, got none")
+    check_tensor("x", x, min_ndim=1)
+    _labels(y, x)  # class labels (compare needs them): refuse regression targets up front
     plt = _pyplot()
     wrapped = {name: as_lyapunov_model(m) for name, m in models.items()}
     panels = []

@@ -63,3 +63,15 @@ def test_pictures_refuse_what_they_cannot_draw():
         phase_portrait(model, x, y, example=99)
     with pytest.raises(ValueError, match="curves must hold at least one named InferenceCurve"):
         inference_curve({})
+    # Regression targets (the suite's 2-D `ripple` problem once reached phase_portrait with
+    # (N, 1) float targets and failed inside torch's expand): refused by name, up front.
+    targets = torch.randn(64, 1)
+    for draw in (
+        lambda: decision_boundary(model, x, targets),
+        lambda: phase_portrait(model, x, targets),
+        lambda: compare({"m": model}, x, targets),
+    ):
+        with pytest.raises(TypeError, match="y must hold integer class labels .* got dtype torch.float32"):
+            draw()
+    with pytest.raises(ValueError, match=r"y must have shape \(64,\) \(one label per input\), got \(64, 1\)"):
+        phase_portrait(model, x, y[:, None])
