@@ -42,7 +42,7 @@ import io
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,17 +90,24 @@ def tuned_standard(problem: str, pattern: str) -> tuple[float, str]:
     raise ValueError(f"cell {problem}/{pattern} is in neither suite.json nor suite_held_out.json; run the suite first")
 
 
-def accuracies(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Test accuracy with the model's own solver and with an accurate dopri5 solve, and the
-    share of points whose predicted class differs between them."""
+def accurate_prediction(trainer: Any, x: torch.Tensor) -> torch.Tensor:
+    """The trained model's readout at ``t_end`` for the same ODE solved accurately (torchdiffeq
+    dopri5 at rtol = atol = ``ACCURATE_TOLERANCE`` through ``lyapunov_plugin.integrate``)."""
     from torchdiffeq import odeint
 
     model = as_lyapunov_model(trainer.model)
     accurate = functools.partial(odeint, method="dopri5", rtol=ACCURATE_TOLERANCE, atol=ACCURATE_TOLERANCE)
+    ts = torch.tensor([0.0, float(trainer.t_end)])
+    with torch.no_grad():
+        return model.readout(integrate(model, x, ts, solver=accurate)[-1])
+
+
+def accuracies(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Test accuracy with the model's own solver and with an accurate dopri5 solve, and the
+    share of points whose predicted class differs between them."""
     with torch.no_grad():
         own = trainer.predict(x).argmax(-1)
-        ts = torch.tensor([0.0, float(trainer.t_end)])
-        fine = model.readout(integrate(model, x, ts, solver=accurate)[-1]).argmax(-1)
+    fine = accurate_prediction(trainer, x).argmax(-1)
     return {
         "acc_own_solver": float((own == y).float().mean()),
         "acc_accurate": float((fine == y).float().mean()),
@@ -188,12 +195,23 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", nargs="+", default=list(CELLS), help="problem/pattern cells of the suite")
+def cell_benchmark(
+    argv: Optional[Sequence[str]],
+    *,
+    description: str,
+    cells: Sequence[str],
+    name: str,
+    measure: Callable[[Sequence[str], Sequence[int], Optional[int]], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """The command line of a benchmark over suite cells (this one, ``benchmarks.regression_rollout``):
+    ``--cells``, ``--seeds``, ``--out``, ``--name``, ``--epochs``; ``measure(cells, seeds, epochs)``
+    then ``markdown(payload)``, written as ``<name>.{json,md}`` and printed."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", nargs="+", default=list(cells), help="problem/pattern cells of the suite")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="solver_fidelity")
+    parser.add_argument("--name", default=name)
     parser.add_argument("--epochs", type=int, help="override the suite's budget (smoke runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -205,6 +223,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     write_outputs(args.out, args.name, payload, text + "\n")
     print(text)
     return payload
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    return cell_benchmark(
+        argv, description=__doc__ or "", cells=CELLS, name="solver_fidelity", measure=measure, markdown=markdown
+    )
 
 
 if __name__ == "__main__":

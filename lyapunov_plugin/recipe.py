@@ -30,7 +30,15 @@ from torch import Tensor, nn
 
 from ._validation import check_choice, check_non_negative, check_positive
 from .dispatch import as_lyapunov_model
-from .objectives import BARE_FLOW_KAPPA, BARE_FLOW_LR, DEFAULT_KAPPA, Objective, default_choice, default_objective
+from .objectives import (
+    BARE_FLOW_KAPPA,
+    BARE_FLOW_LR,
+    DEFAULT_KAPPA,
+    Objective,
+    PathIntegralObjective,
+    default_choice,
+    default_objective,
+)
 from .potentials import Potential
 from .schedules import KappaSchedule, constant_kappa
 
@@ -69,7 +77,8 @@ class Recipe:
             :meth:`resolve` (from the model's structure, or from a first batch when the model
             cannot tell).
         potential: only with ``objective=None``: the potential ``V_y`` of the default
-            objective (e.g. :class:`~lyapunov_plugin.MSEPotential` for regression).
+            objective (e.g. :class:`~lyapunov_plugin.MSEPotential` for regression; its
+            ``path_steps`` sets the default path integral's rollout steps, 8 for MSE).
             An explicit objective holds its own potential.
         kappa: the rate of Eq. (10): a positive float or a
             :class:`~lyapunov_plugin.KappaSchedule` over epochs. ``None`` (default): 10, or,
@@ -178,6 +187,11 @@ class Recipe:
         chosen = default_objective(model, x)
         if self.potential is not None:
             chosen = dataclasses.replace(chosen, potential=self.potential)
+            # A potential that needs a finer rollout than the default path integral's (MSE:
+            # Potential.path_steps); a rollout along the model's own solver stays as it is.
+            steps = self.potential.path_steps
+            if isinstance(chosen, PathIntegralObjective) and chosen.solver is None and steps and chosen.steps < steps:
+                chosen = dataclasses.replace(chosen, steps=steps)
         # Unset kappa / lr: the defaults, or the bare flow's own rate and step size.
         bare = default_choice(model, x)[0] == "bare_flow"
         kappa = self.kappa if self.kappa is not None else (BARE_FLOW_KAPPA if bare else DEFAULT_KAPPA)

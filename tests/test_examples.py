@@ -140,3 +140,18 @@ def test_solver_fidelity_benchmark(tmp_path):
         assert 0.0 <= scores["acc_accurate"]["mean"] <= 1.0 and 0.0 <= scores["disagreement"]["mean"] <= 1.0
         assert scores["lyanet_objective"]["mean"] >= 0.0
     assert (tmp_path / "solver_fidelity.md").read_text().startswith("| cell | standard, own solver")
+
+
+def test_regression_rollout_benchmark(tmp_path):
+    """Smoke run: one regression cell trained with the path integral along 4 and 8 RK4 steps,
+    each model's training MSE measured along its rollout grid, its own solver and an accurate one."""
+    from benchmarks.regression_rollout import RECIPES, main
+
+    payload = main(["--cells", "friedman1/augmented", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])
+    (row,) = payload["rows"]
+    for label, _, _ in RECIPES:
+        assert set(row[label]) == {"train_rollout", "train_own", "train_accurate", "test_own"}
+        assert all(value["mean"] >= 0.0 for value in row[label].values())
+    assert (tmp_path / "regression_rollout.md").read_text().startswith("| cell | 4 steps: train MSE, rollout")
+    with pytest.raises(ValueError, match="cells must be regression cells of the suite, got 'circles/plain'"):
+        main(["--cells", "circles/plain", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])

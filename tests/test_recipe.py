@@ -138,3 +138,48 @@ def test_legacy_keywords_warn_and_name_the_replacement():
         warnings.simplefilter("error")
         LyapunovTrainer(model, progress=False)
         LyapunovTrainer(model, objective=SupervisedObjective(), kappa=2.0, progress=False)
+
+
+def test_a_potential_sets_the_default_path_integrals_rollout_steps_and_only_that():
+    """MSEPotential.path_steps = 8: the default path integral of a regression recipe rolls out
+    with eight RK4 steps (docs/defaults.md, "Regression"); cross entropy keeps four, and an
+    explicit objective, a model's own fixed steps and a coarser potential are left alone."""
+    from lyapunov_plugin import CrossEntropyPotential, Potential
+
+    x = torch.randn(4, 2)
+    adaptive = torchdyn_plain(solver="dopri5")  # the path-integral branch of default_objective
+    regression = Recipe(potential=MSEPotential()).resolve(adaptive, x).objective
+    assert isinstance(regression, PathIntegralObjective)
+    assert (
+        (regression.steps, regression.form, regression.solver)
+        == (MSEPotential.path_steps, "continuous", None)
+        == (
+            8,
+            "continuous",
+            None,
+        )
+    )
+    assert Recipe().resolve(adaptive, x).objective == PathIntegralObjective()
+    assert Recipe(potential=CrossEntropyPotential()).resolve(adaptive, x).objective.steps == 4
+    # The trainer's keyword form reaches the same recipe.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert LyapunovTrainer(adaptive, potential=MSEPotential(), progress=False).recipe.objective == regression
+    # An explicit objective is the user's: its steps stay.
+    explicit = PathIntegralObjective(potential=MSEPotential())
+    assert Recipe(objective=explicit).resolve(adaptive, x).objective.steps == 4
+    # A torchdyn rk4 model trains along its own steps (the discrete loss on the model's grid).
+    own_steps = Recipe(potential=MSEPotential()).resolve(torchdyn_plain(solver="rk4"), x).objective
+    assert (own_steps.solver, own_steps.form) == ("model", "discrete")
+
+    class Fine(Potential):
+        path_steps = 16
+
+        def value(self, output, target):
+            return (output - target).pow(2).sum(-1)
+
+    class Coarse(Fine):
+        path_steps = 2  # never fewer steps than the objective's own default
+
+    assert Recipe(potential=Fine()).resolve(adaptive, x).objective.steps == 16
+    assert Recipe(potential=Coarse()).resolve(adaptive, x).objective.steps == 4

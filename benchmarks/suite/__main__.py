@@ -154,10 +154,12 @@ def run_suite(
     lrs: Sequence[float] = BASELINE_LRS,
     schedules: Sequence[str] = BASELINE_SCHEDULES,
     baseline: Optional[dict[str, Any]] = None,
+    rerun_default: bool = False,
 ) -> dict[str, Any]:
     """Run standard training (lr and schedule tuned on seed ``seeds[0]``) and each variant
     on every cell; ``baseline`` (the ``runs`` of an earlier suite JSON) reuses its standard
-    runs instead of training them again."""
+    runs instead of training them again, and its default LyaNet runs unless
+    ``rerun_default`` (after a change of the default recipe)."""
     cells = [(p, q) for p in problems for q in patterns if _applies(p, q)]
     first, rest = seeds[0], list(seeds[1:])
     if baseline is not None:
@@ -175,7 +177,7 @@ def run_suite(
         tasks = [
             (p, q, name, s, {}, epochs)
             for name in variants
-            if name != DEFAULT.name
+            if rerun_default or name != DEFAULT.name
             for p, q in cells
             for s in seeds
             if VARIANTS[name].patterns is None or q in VARIANTS[name].patterns
@@ -188,7 +190,7 @@ def run_suite(
         return {
             "search": [r for r in baseline["search"] if (r["problem"], r["pattern"]) in keep],
             "standard": reused("standard"),
-            "lyanet": reused("lyanet", DEFAULT.name) + lyanet_runs,
+            "lyanet": ([] if rerun_default else reused("lyanet", DEFAULT.name)) + lyanet_runs,
         }
     search = [
         (p, q, STANDARD.name, first, {"lr": lr, "schedule": sched}, epochs)
@@ -255,7 +257,7 @@ PICTURE_PATTERN = "dc"
 
 
 def pictures(runs: dict[str, Any], problems: Sequence[str], out: Path, stem: str) -> list[Path]:
-    """Per 2-D problem: LyaNet beside standard training of the ``dc`` pattern (seed of the
+    """Per 2-D classification problem: LyaNet beside standard training of the ``dc`` pattern (seed of the
     first run), decision boundary, phase portrait and error against inference time."""
     import matplotlib
 
@@ -267,7 +269,7 @@ def pictures(runs: dict[str, Any], problems: Sequence[str], out: Path, stem: str
     written = []
     for name in problems:
         problem = _problem(name)
-        if not problem.is_2d:
+        if not problem.is_2d or problem.is_regression:  # decision-boundary pictures: classes only
             continue
         standard = next((r for r in runs["standard"] if (r["problem"], r["pattern"]) == (name, PICTURE_PATTERN)), None)
         if standard is None:
@@ -359,6 +361,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         type=Path,
         help="reuse the standard runs of an earlier suite JSON (same problems, patterns, seeds)",
     )
+    parser.add_argument(
+        "--rerun-default",
+        action="store_true",
+        help="with --baseline-from: train the default LyaNet runs again instead of reusing them",
+    )
     args = parser.parse_args(argv)
     if args.from_json is not None:
         payload = _loaded(json.loads(args.from_json.read_text()))
@@ -407,31 +414,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         lrs=lrs,
         schedules=("cosine",) if args.quick else BASELINE_SCHEDULES,
         baseline=baseline,
+        rerun_default=args.rerun_default,
     )
     wall = time.perf_counter() - started
 
     cells = cells_of(runs, DEFAULT.name, problems, patterns)
     lever_rows: list[dict[str, Any]] = []
-    if args.variants:
-        for variant in variants:
-            vcells = cells_of(runs, variant, problems, patterns)
-            lever_rows.append(
-                {
-                    "name": variant,
-                    "targets": report.targets(vcells),
-                    "deltas": [c["delta"] for c in vcells],
-                    "cells": [
-                        {
-                            "problem": c["problem"],
-                            "pattern": c["pattern"],
-                            "delta": c["delta"],
-                            "acc": c["lyanet"]["acc"],
-                            "time_ratio": c["time_ratio"],
-                        }
-                        for c in vcells
-                    ],
-                }
-            )
     payload = {
         "kind": kind,
         "problems": problems,
@@ -442,14 +430,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "jobs": args.jobs,
         "machine": report.machine(),
         "wall_seconds": wall,
+        # Which runs came from an earlier JSON (--baseline-from) instead of this run's clock.
+        "reused": (
+            None if args.baseline_from is None else {"from": args.baseline_from.name, "default": not args.rerun_default}
+        ),
         "cells": cells,
         "targets": _targets(cells),
         "levers": lever_rows,
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    # The runs are saved before anything else can fail (the pictures retrain two models).
+    # The runs are saved before anything else can fail (the lever rows, the pictures, which
+    # retrain two models); --from-json renders a saved run again.
     (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
+    if args.variants:
+        for variant in variants:
+            vcells = cells_of(runs, variant, problems, patterns)
+            lever_rows.append(_lever_row(variant, vcells, regression=kind == "regression"))
+        (args.out / f"{name}.json").write_text(json.dumps(_jsonable(payload), separators=(",", ":")))
     if not args.no_pictures and not args.quick:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -466,6 +464,33 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.update_readme:
         publish(payload, markdown, levers)
     return payload
+
+
+def _lever_row(variant: str, cells: list[dict[str, Any]], *, regression: bool) -> dict[str, Any]:
+    """One row of the lever study: the variant's targets over its cells, and per cell the
+    accuracy delta (classification) or the MSE ratio to standard training (regression)."""
+    if regression:
+        return {
+            "name": variant,
+            "targets": report.regression_targets(cells),
+            "ratios": [c["mse_ratio"] for c in cells],
+            "cells": [{"problem": c["problem"], "pattern": c["pattern"], "mse_ratio": c["mse_ratio"]} for c in cells],
+        }
+    return {
+        "name": variant,
+        "targets": report.targets(cells),
+        "deltas": [c["delta"] for c in cells],
+        "cells": [
+            {
+                "problem": c["problem"],
+                "pattern": c["pattern"],
+                "delta": c["delta"],
+                "acc": c["lyanet"]["acc"],
+                "time_ratio": c["time_ratio"],
+            }
+            for c in cells
+        ],
+    }
 
 
 def _targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -497,6 +522,14 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
     """The suite's markdown (cells, targets, setup) and the lever table, from its JSON."""
     runs = payload["runs"]
     count = len(runs["search"]) + len(runs["standard"]) - len(payload["cells"]) + len(runs["lyanet"])
+    reused = payload.get("reused")
+    runs_line = f"{count} training runs, {payload.get('jobs', 2)} in parallel, wall clock "
+    runs_line += f"{payload['wall_seconds']:.0f} s"
+    if reused:
+        runs_line += (
+            f" (the standard{' and default LyaNet' if reused['default'] else ''} runs reused from "
+            f"`{reused['from']}`; the clock counts the others)"
+        )
     label = "held-out problems" if payload.get("held_out") else "development problems"
     if payload.get("kind") == "bare":
         label += ", bare pattern"
@@ -509,8 +542,8 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
             f"{problems}. Seeds {payload['seeds']}; standard training (`SupervisedObjective(MSEPotential())`) at "
             "the best of lr 1e-3, 3e-3, 1e-2 and a cosine or constant schedule by validation MSE (seed "
             f"{payload['seeds'][0]}), Adam; LyaNet: `LyapunovTrainer(model, Recipe(potential=MSEPotential()))` "
-            f"(the default objective for the model, Adam, lr 1e-2, cosine schedule). {count} training runs, "
-            f"{payload.get('jobs', 2)} in parallel, wall clock {payload['wall_seconds']:.0f} s; MSE of "
+            "(the default objective for the model, its path integral along 8 RK4 steps, "
+            f"`MSEPotential.path_steps`; Adam, lr 1e-2, cosine schedule). {runs_line}; MSE of "
             "standardised targets at t = 1 with the model's own solver (1 = predicting the training mean); "
             "'L / S' = LyaNet / standard; time to target = median over seeds of the training CPU seconds until "
             "the test MSE first falls to 1.05x the baseline's mean final MSE; Eq. 10 and V monotone with "
@@ -523,12 +556,11 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
                 note,
             ]
         )
-        return markdown, ""
+        return markdown, report.regression_variant_table(payload["levers"]) if payload.get("levers") else ""
     note = report.note(
         [_problem(p) for p in payload["problems"]],
         payload["seeds"],
-        f"{count} training runs, {payload.get('jobs', 2)} in parallel, wall clock "
-        f"{payload['wall_seconds']:.0f} s; 'L / S' = LyaNet / standard; time to target = median over "
+        f"{runs_line}; 'L / S' = LyaNet / standard; time to target = median over "
         "seeds of the training seconds until test accuracy first reaches the baseline's mean final "
         "accuracy - 1 pt (training CPU seconds: runs share the machine, so the wall clock would depend on "
         "what ran beside them)",

@@ -202,6 +202,13 @@ def _load_regression(name: str) -> tuple[np.ndarray, np.ndarray, str]:
     elif name == "friedman2":  # held out
         x, y = datasets.make_friedman2(n_samples=800, noise=10.0, random_state=SPLIT_SEED + 3)
         description = "make_friedman2(800, 4 features, noise 10)"
+    elif name == "friedman3":  # held out (added with the regression recipe's rollout steps)
+        x, y = datasets.make_friedman3(n_samples=800, noise=0.1, random_state=SPLIT_SEED + 5)
+        description = "make_friedman3(800, 4 features, noise 0.1)"
+    elif name == "ripple":  # held out (added with the regression recipe's rollout steps)
+        x = rng.uniform(-2.0, 2.0, size=(700, 2))
+        y = np.sin(2.0 * x[:, 0]) * np.cos(1.5 * x[:, 1]) + 0.1 * rng.standard_normal(700)
+        description = "sin(2 x1) cos(1.5 x2) + N(0, 0.1^2), x ~ U(-2, 2)^2 (700, 2-D)"
     else:
         raise ValueError(f"problem must be one of {list(PROBLEMS)}, got {name!r}")
     return x, np.asarray(y, dtype=np.float64).reshape(-1, 1), description
@@ -263,7 +270,9 @@ DEVELOPMENT: tuple[str, ...] = ("circles", "blobs10", "iris", "wine", "breast_ca
 HELD_OUT: tuple[str, ...] = ("moons", "spiral3", "quantiles", "classif5")
 #: Regression problems (issue 13): targets of shape ``(N, 1)``, trained with ``MSEPotential``.
 REGRESSION: tuple[str, ...] = ("diabetes", "friedman1", "sine")
-HELD_OUT_REGRESSION: tuple[str, ...] = ("friedman2",)
+#: ``friedman3`` and ``ripple`` were added after ``friedman2`` had been looked at, as the held-out
+#: problems of the regression recipe's rollout steps (``MSEPotential.rollout_steps``).
+HELD_OUT_REGRESSION: tuple[str, ...] = ("friedman2", "friedman3", "ripple")
 #: Classification problems added for the bare pattern only (input dimension = classes).
 BARE_EXTRA: tuple[str, ...] = ("xor", "blobs3")
 HELD_OUT_BARE: tuple[str, ...] = ("classif4",)

@@ -318,6 +318,24 @@ def regression_targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def regression_variant_table(rows: list[dict[str, Any]]) -> str:
+    """Lever study on the regression cells: one row per variant, its MSE ratios to tuned
+    standard training (within the target, median, geometric mean, worst) and the other targets."""
+    lines = [
+        f"| variant | cells <= {MSE_RATIO:g}x | median ratio | geometric mean ratio | worst ratio "
+        "| early-termination met | speed met |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        t, ratios = row["targets"], row["ratios"]
+        geometric = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else math.nan
+        lines.append(
+            f"| {row['name']} | {t['mse_met']}/{t['cells']} | {t['median_mse_ratio']:.2f} | {geometric:.2f} "
+            f"| {t['worst_mse_ratio']:.2f} | {t['early_met']}/{t['cells']} | {t['speed_met']}/{t['cells']} |"
+        )
+    return "\n".join(lines)
+
+
 def regression_targets_markdown(t: dict[str, Any], *, label: str) -> str:
     missed = ", ".join(f"{k} ({v:.2f}x)" for k, v in t["mse_missed"].items()) or "none"
     return "\n".join(

@@ -114,6 +114,15 @@ def _warm_start(fraction: float) -> Callable[[Any, str], Recipe]:
     return recipe
 
 
+def _path_steps(steps: int) -> Method:
+    """Lever ``path_steps_<steps>``: the default path integral along ``steps`` RK4 steps."""
+    return Method(
+        f"path_steps_{steps}",
+        lambda problem, pattern: Recipe(objective=PathIntegralObjective(steps=steps)),
+        patterns=PATH_PATTERNS,
+    )
+
+
 def _epoch_schedule(factor: Callable[[int, int], float]) -> Callable[[Any, str], Recipe]:
     """Lever: a learning-rate schedule ``lr * factor(epoch, epochs)`` over the problem's budget."""
 
@@ -167,11 +176,9 @@ VARIANTS: dict[str, Method] = {
             lambda problem, pattern: Recipe(objective=PathIntegralObjective(detach_v=True)),
             patterns=PATH_PATTERNS,
         ),
-        Method(
-            "path_steps_8",
-            lambda problem, pattern: Recipe(objective=PathIntegralObjective(steps=8)),
-            patterns=PATH_PATTERNS,
-        ),
+        # The path integral along other RK4 grids: 8 steps (a classification lever); for
+        # regression (MSEPotential.path_steps = 8 in the default) the previous 4 and a finer 16.
+        *(_path_steps(steps) for steps in (8, 4, 16)),
         Method(
             "mc_no_noise",
             lambda problem, pattern: Recipe(
