@@ -155,3 +155,16 @@ def test_regression_rollout_benchmark(tmp_path):
     assert (tmp_path / "regression_rollout.md").read_text().startswith("| cell | 4 steps: train MSE, rollout")
     with pytest.raises(ValueError, match="cells must be regression cells of the suite, got 'circles/plain'"):
         main(["--cells", "circles/plain", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])
+
+
+def test_regression_example(tmp_path):
+    """Smoke run: the torchdyn regressor trained both ways for two epochs on make_friedman1."""
+    from examples.regression import RECIPES, main
+
+    payload = main(["--seeds", "0", "--epochs", "2", "--out-dir", str(tmp_path)])
+    assert set(payload["mean"]) == set(RECIPES)
+    for summary in payload["mean"].values():
+        assert 0.0 < summary["test_mse"] < 2.0 and summary["nfe"] > 0
+    assert (tmp_path / "regression.json").exists()
+    with pytest.raises(ValueError, match="--epochs must be a positive integer, got 0"):
+        main(["--epochs", "0", "--out-dir", str(tmp_path)])

@@ -3,6 +3,7 @@
 - scikit-learn digits: 1,797 8x8 images shipped with scikit-learn, pixels scaled to
   [0, 1] (divided by 16), one fixed seeded stratified train/test split.
 - concentric circles (paper Fig. 4), 2-D.
+- ``make_friedman1`` regression (10 features), standardised, for the regression example.
 - FashionMNIST, CIFAR-10, CIFAR-100 through ``torchvision.datasets`` with ``download`` as
   a flag; :func:`vision_dataset` also serves ``torchvision.datasets.FakeData`` of the
   same shapes, through the same code path, for machines without the data.
@@ -117,6 +118,37 @@ def circles(n: int = 512, *, noise: float = 0.05, factor: float = 0.5, seed: int
     y = torch.tensor(y, dtype=torch.long)
     description = f"sklearn make_circles(n_samples={2 * n}, noise={noise}, factor={factor}, random_state={seed})"
     return Split(x[:n], y[:n], x[n:], y[n:], description, 2, (2,))
+
+
+def friedman1(n: int = 1000, *, noise: float = 1.0, seed: int = 0, test_fraction: float = 0.25) -> Split:
+    """scikit-learn's ``make_friedman1`` regression problem (10 features, 5 of them used):
+    features and targets standardised with training statistics, targets of shape ``(N, 1)``,
+    one fixed seeded split. ``num_classes`` is the target width (1)."""
+    from sklearn.datasets import make_friedman1
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_friedman1(n_samples=n, n_features=10, noise=noise, random_state=seed)
+    x_train, x_test, y_train, y_test = train_test_split(x, y[:, None], test_size=test_fraction, random_state=seed)
+    mean, std = x_train.mean(0), x_train.std(0)
+    y_mean, y_std = y_train.mean(0), y_train.std(0)
+
+    def tensor(value):
+        return torch.tensor(value, dtype=torch.float32)
+
+    description = (
+        f"sklearn make_friedman1(n_samples={n}, n_features=10, noise={noise}, random_state={seed}), features and "
+        f"targets standardised with training statistics, split test_size={test_fraction}, random_state={seed}: "
+        f"{len(x_train)} train / {len(x_test)} test"
+    )
+    return Split(
+        tensor((x_train - mean) / std),
+        tensor((y_train - y_mean) / y_std),
+        tensor((x_test - mean) / std),
+        tensor((y_test - y_mean) / y_std),
+        description,
+        1,
+        (10,),
+    )
 
 
 VISION_SETS = {
