@@ -87,6 +87,11 @@ def _instance_factory(instance: Any, model: torch.nn.Module) -> Any:
 def _replacement(names: list[str]) -> str:
     what = [n for n in names if n not in _HOW]
     how = [f"{_HOW[n]}=..." for n in names if n in _HOW]
+    if what == ["potential"]:
+        # The potential alone adjusts the default objective: Recipe(potential=...) keeps what
+        # Recipe.resolve chooses for it (e.g. MSEPotential's 8-step path integral), an
+        # explicit objective would not (and default_recipe(model) already holds one).
+        return f"recipe=Recipe({', '.join(['potential=...', *how])})"
     parts = []
     if what:
         parts.append("objective=MonteCarloObjective(...) / PathIntegralObjective(...) / SupervisedObjective(...)")

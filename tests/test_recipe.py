@@ -132,6 +132,10 @@ def test_legacy_keywords_warn_and_name_the_replacement():
     with pytest.warns(FutureWarning, match=r"\['lr', 'scheduler'\] are deprecated.*Recipe\(lr=..., schedule=...\)"):
         t = LyapunovTrainer(model, lr=3e-3, scheduler="constant", progress=False)
     assert t.recipe.lr == 3e-3 and t.recipe.schedule == "constant" and t.objective == default_objective(model)
+    replacement = r"\['potential'\] are deprecated and will be removed; pass recipe=Recipe\(potential=...\) instead"
+    with pytest.warns(FutureWarning, match=replacement):
+        t = LyapunovTrainer(model, potential=MSEPotential(), progress=False)  # the default objective, new V
+    assert t.objective == dataclasses.replace(default_objective(model), potential=MSEPotential())
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['learning_rate'\]"):
         LyapunovTrainer(model, learning_rate=1e-3)
     with warnings.catch_warnings():
