@@ -70,7 +70,7 @@ from .budget import SolverError
 from .dispatch import as_lyapunov_model
 from .inference import EvalMode
 from .model import LyapunovModel, check_velocity, horizon
-from .potentials import CrossEntropyPotential, Potential, _readout_jvp, readout_of
+from .potentials import CrossEntropyPotential, MSEPotential, Potential, _readout_jvp, readout_of
 
 __all__ = [
     "AnytimePrediction",
@@ -238,6 +238,13 @@ def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
         potential = CrossEntropyPotential()
     if not isinstance(potential, Potential):
         raise TypeError(f"potential must be a lyapunov_plugin Potential, got {type(potential).__name__}")
+    if isinstance(potential, MSEPotential):
+        # The rule scores V at the predicted class (argmax of the readout); a regression loss
+        # would silently score the output against the class index instead.
+        raise ValueError(
+            "potential must score class logits against a class label (the stopping rule evaluates V at the "
+            "predicted class), got MSEPotential, a regression loss with no predicted class to stop on"
+        )
     return _Rule(
         level=check_non_negative("level", level),
         kappa=check_non_negative("kappa", kappa),
@@ -538,7 +545,8 @@ def anytime_predict(
         kappa: the rate of Eq. (10) in the rule, ``>= 0``.
         patience: consecutive accepted states the rule must hold on.
         potential: ``V`` of Eq. (11), evaluated with the predicted class as the target;
-            default :class:`~lyapunov_plugin.CrossEntropyPotential`.
+            default :class:`~lyapunov_plugin.CrossEntropyPotential`. A classification
+            potential: ``MSEPotential`` is refused (a regression output has no predicted class).
         solver: ``"dopri5"`` (per-example adaptive Dormand-Prince 5(4)), ``"rk4"``
             (``steps`` fixed steps of ``t_end / steps``) or ``"auto"``: RK4 with the model's
             own ``fixed_steps`` when it has them (or when ``steps`` is given), dopri5 otherwise.

@@ -19,7 +19,14 @@ import torch
 import torchdiffeq
 from torch import nn
 
-from lyapunov_plugin import AnytimePrediction, CrossEntropyPotential, FixedStepSolver, ODEModel, anytime_predict
+from lyapunov_plugin import (
+    AnytimePrediction,
+    CrossEntropyPotential,
+    FixedStepSolver,
+    MSEPotential,
+    ODEModel,
+    anytime_predict,
+)
 from lyapunov_plugin.anytime import anytime_trace, choose_level
 from lyapunov_plugin.model import integrate
 from tests import models
@@ -348,6 +355,7 @@ def test_cuda_matches_cpu() -> None:
         ({"rtol": 0.0}, ValueError, "rtol"),
         ({"t_end": -1.0}, ValueError, "t_end"),
         ({"potential": "ce"}, TypeError, "potential"),
+        ({"potential": MSEPotential()}, ValueError, "potential must score class logits .* got MSEPotential"),
         ({"max_steps": 0}, ValueError, "max_steps"),
     ],
 )
