@@ -146,7 +146,10 @@ def recipe_from_keywords(recipe: Recipe, keywords: dict[str, Any], model: torch.
                 raise ValueError(
                     "detach_v needs an explicit objective for this model, e.g. objective=...(detach_v=...)"
                 )
-            base = cast(Objective, recipe.resolve(model).objective)
+            # The default objective for the given potential (Recipe.resolve applies its
+            # path_steps), then detach_v on it.
+            with_potential = dataclasses.replace(recipe, potential=given.pop("potential", recipe.potential))
+            base = cast(Objective, with_potential.resolve(model).objective)
             changes["objective"] = dataclasses.replace(base, **given)
             changes["potential"] = None
         else:

@@ -347,7 +347,9 @@ def compare(
     if not models:
         raise ValueError("models must map at least one name to a model, got none")
     check_tensor("x", x, min_ndim=1)
-    _labels(y, x)  # class labels (compare needs them): refuse regression targets up front
+    if y is None:
+        raise TypeError("y must be the class labels of x (compare draws the inference curve's error), got None")
+    _labels(y, x)  # class labels: refuse regression targets up front
     plt = _pyplot()
     wrapped = {name: as_lyapunov_model(m) for name, m in models.items()}
     panels = []

@@ -337,7 +337,7 @@ class MSEPotential(Potential):
     0.43 for the same ODE solved accurately; ``python -m benchmarks.regression_rollout``), and
     the condition was met at states inference never visits. With eight steps the two agree
     (0.063 / 0.063), 16 steps give the same suite numbers, and the cells whose rollout had
-    left the flow went from 1.4-6.6x to 0.96-1.6x standard training's test MSE
+    left the flow went from 1.5-7.2x to 0.96-1.6x standard training's test MSE
     (docs/defaults.md, "Regression and the bare pattern in the suite").
     Cross entropy needs no such field (its gradient vanishes as the margin grows, so a
     bounded speed meets Eq. 10) and keeps four.

@@ -65,6 +65,26 @@ def cosine_factor(epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
 
 
+def _with_path_steps(chosen: Objective, potential: Potential, model: Any) -> Objective:
+    """The default objective with ``potential.path_steps`` rollout steps where the potential
+    asks for a finer rollout than the default path integral's (MSE: 8). A rollout along the
+    model's own solver stays as it is, and a model whose own fixed-step grid is coarser than
+    the finer rollout trains along that grid instead (the discrete loss, Eq. 16-17, as
+    :func:`~lyapunov_plugin.default_objective` does below four steps): a flow learned on the
+    finer grid is not the map such a model computes at inference."""
+    steps = potential.path_steps
+    if steps is None:
+        return chosen
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise TypeError(f"path_steps of {type(potential).__name__} must be None or a positive int, got {steps!r}")
+    if not isinstance(chosen, PathIntegralObjective) or chosen.solver is not None or chosen.steps >= steps:
+        return chosen
+    fixed = getattr(as_lyapunov_model(model), "fixed_steps", None)
+    if isinstance(fixed, int) and not isinstance(fixed, bool) and 1 <= fixed < steps:
+        return dataclasses.replace(chosen, form="discrete", solver="model", steps=fixed)
+    return dataclasses.replace(chosen, steps=steps)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     """What is minimised (a Lyapunov objective, Eq. 12-17 / Algorithms 1-2, with the rate
@@ -187,11 +207,7 @@ class Recipe:
         chosen = default_objective(model, x)
         if self.potential is not None:
             chosen = dataclasses.replace(chosen, potential=self.potential)
-            # A potential that needs a finer rollout than the default path integral's (MSE:
-            # Potential.path_steps); a rollout along the model's own solver stays as it is.
-            steps = self.potential.path_steps
-            if isinstance(chosen, PathIntegralObjective) and chosen.solver is None and steps and chosen.steps < steps:
-                chosen = dataclasses.replace(chosen, steps=steps)
+            chosen = _with_path_steps(chosen, self.potential, model)
         # Unset kappa / lr: the defaults, or the bare flow's own rate and step size.
         bare = default_choice(model, x)[0] == "bare_flow"
         kappa = self.kappa if self.kappa is not None else (BARE_FLOW_KAPPA if bare else DEFAULT_KAPPA)

@@ -73,5 +73,7 @@ def test_pictures_refuse_what_they_cannot_draw():
     ):
         with pytest.raises(TypeError, match="y must hold integer class labels .* got dtype torch.float32"):
             draw()
+    with pytest.raises(TypeError, match="y must be the class labels of x .* got None"):
+        compare({"m": model}, x, None)
     with pytest.raises(ValueError, match=r"y must have shape \(64,\) \(one label per input\), got \(64, 1\)"):
         phase_portrait(model, x, y[:, None])

@@ -187,3 +187,45 @@ def test_a_potential_sets_the_default_path_integrals_rollout_steps_and_only_that
 
     assert Recipe(potential=Fine()).resolve(adaptive, x).objective.steps == 16
     assert Recipe(potential=Coarse()).resolve(adaptive, x).objective.steps == 4
+
+
+@pytest.mark.parametrize("own_steps", [4, 6])
+def test_a_model_whose_own_grid_is_coarser_than_the_regression_rollout_trains_along_it(own_steps):
+    """MSEPotential asks for 8 rollout steps; a model that computes 4 or 6 fixed RK4 steps at
+    inference trains the map it computes (the discrete loss along its own steps), not a flow on
+    a finer grid. The keyword form with detach_v reaches the same choice."""
+    from lyapunov_plugin import FixedStepSolver, ODEModel
+    from lyapunov_plugin.blocks import MLPDynamics
+
+    model = ODEModel(
+        MLPDynamics(3, 4, (8,)),
+        state_shape=(3,),
+        encoder=nn.Linear(2, 4),
+        readout=nn.Linear(3, 1),
+        solver=FixedStepSolver(method="rk4", steps=own_steps),
+    )
+    chosen = Recipe(potential=MSEPotential()).resolve(model).objective
+    assert (chosen.form, chosen.solver, chosen.steps) == ("discrete", "model", own_steps)
+    assert isinstance(chosen.potential, MSEPotential)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        legacy = LyapunovTrainer(model, potential=MSEPotential(), detach_v=True, progress=False).objective
+    assert legacy == dataclasses.replace(chosen, detach_v=True)
+    adaptive = torchdyn_plain(solver="dopri5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        legacy = LyapunovTrainer(adaptive, potential=MSEPotential(), detach_v=True, progress=False).objective
+    assert (legacy.steps, legacy.detach_v, type(legacy.potential)) == (8, True, MSEPotential)
+
+
+def test_a_potentials_path_steps_are_validated_by_name():
+    from lyapunov_plugin import Potential
+
+    class Odd(Potential):
+        path_steps = "8"
+
+        def value(self, output, target):
+            return (output - target).pow(2).sum(-1)
+
+    with pytest.raises(TypeError, match=r"path_steps of Odd must be None or a positive int, got '8'"):
+        Recipe(potential=Odd()).resolve(torchdyn_plain(solver="dopri5"), torch.randn(4, 2))

@@ -209,11 +209,23 @@ def test_regression_levers_and_a_rerun_of_the_default_against_a_saved_baseline(t
     assert levers.startswith("| variant | cells <= 1.05x | median ratio | geometric mean ratio")
     assert [row["name"] for row in first["levers"]] == ["lyanet", "path_steps_4"]
     assert all(len(row["ratios"]) == 1 and row["ratios"][0] > 0 for row in first["levers"])
+    # A marked copy: a reused default run would carry the mark, a retrained one cannot.
+    saved = json.loads((tmp_path / "suite_regression_quick.json").read_text())
+    for r in saved["runs"]["lyanet"]:
+        r["test_mse"] = 123.0
+    (tmp_path / "marked.json").write_text(json.dumps(saved))
+    (tmp_path / "partial.json").write_text(json.dumps({**saved, "runs": {**saved["runs"], "standard": []}}))
+    with pytest.raises(ValueError, match="--baseline-from must hold the standard runs .* missing: sine/dc seed 0"):
+        suite.main([*common, "--baseline-from", str(tmp_path / "partial.json"), "--rerun-default"])
+    with pytest.raises(SystemExit):
+        suite.main([*common, "--rerun-default"])  # without --baseline-from: refused by the parser
+    reused_default = suite.main([*common, "--baseline-from", str(tmp_path / "marked.json"), "--name", "reuse"])
+    assert [r["test_mse"] for r in reused_default["runs"]["lyanet"]] == [123.0]
     again = suite.main(
         [
             *common,
             "--baseline-from",
-            str(tmp_path / "suite_regression_quick.json"),
+            str(tmp_path / "marked.json"),
             "--rerun-default",
             "--name",
             "again",
@@ -224,9 +236,9 @@ def test_regression_levers_and_a_rerun_of_the_default_against_a_saved_baseline(t
     reused = [(r["seed"], r["lr"], r["train_seconds"]) for r in again["runs"]["standard"]]
     saved = first["runs"]["standard"]
     assert reused == [(r["seed"], r["lr"], pytest.approx(r["train_seconds"], abs=1e-6)) for r in saved]
-    assert again["reused"] == {"from": "suite_regression_quick.json", "default": False}
+    assert again["reused"] == {"from": "marked.json", "default": False}
     (default,) = [r for r in again["runs"]["lyanet"] if r["method"] == "lyanet"]
     assert default["test_mse"] == pytest.approx(
         next(r for r in first["runs"]["lyanet"] if r["method"] == "lyanet")["test_mse"], rel=1e-6
     )  # trained again, seeded: the same model
-    assert "the standard runs reused from `suite_regression_quick.json`" in (tmp_path / "again.md").read_text()
+    assert "the standard runs reused from `marked.json`" in (tmp_path / "again.md").read_text()

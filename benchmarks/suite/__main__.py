@@ -164,6 +164,15 @@ def run_suite(
     first, rest = seeds[0], list(seeds[1:])
     if baseline is not None:
         keep = {(p, q) for p, q in cells}
+        held = {(r["problem"], r["pattern"], r["seed"]) for r in baseline["standard"]}
+        if not rerun_default:
+            held &= {(r["problem"], r["pattern"], r["seed"]) for r in baseline["lyanet"] if r["method"] == DEFAULT.name}
+        missing = sorted(f"{p}/{q} seed {s}" for p, q in cells for s in seeds if (p, q, s) not in held)
+        if missing:
+            raise ValueError(
+                f"--baseline-from must hold the standard{'' if rerun_default else ' and default LyaNet'} runs of "
+                f"every cell and seed of this run; missing: {', '.join(missing)}"
+            )
 
         def reused(kind: str, method: Optional[str] = None) -> list[dict[str, Any]]:
             return [
@@ -367,6 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         help="with --baseline-from: train the default LyaNet runs again instead of reusing them",
     )
     args = parser.parse_args(argv)
+    if args.rerun_default and args.baseline_from is None:
+        parser.error("--rerun-default needs --baseline-from (without it every run is trained anyway)")
     if args.from_json is not None:
         payload = _loaded(json.loads(args.from_json.read_text()))
         markdown, levers = render(payload)

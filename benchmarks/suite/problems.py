@@ -271,7 +271,7 @@ HELD_OUT: tuple[str, ...] = ("moons", "spiral3", "quantiles", "classif5")
 #: Regression problems (issue 13): targets of shape ``(N, 1)``, trained with ``MSEPotential``.
 REGRESSION: tuple[str, ...] = ("diabetes", "friedman1", "sine")
 #: ``friedman3`` and ``ripple`` were added after ``friedman2`` had been looked at, as the held-out
-#: problems of the regression recipe's rollout steps (``MSEPotential.rollout_steps``).
+#: problems of the regression recipe's rollout steps (``MSEPotential.path_steps``).
 HELD_OUT_REGRESSION: tuple[str, ...] = ("friedman2", "friedman3", "ripple")
 #: Classification problems added for the bare pattern only (input dimension = classes).
 BARE_EXTRA: tuple[str, ...] = ("xor", "blobs3")
