@@ -590,34 +590,52 @@ def default_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
         x: a few example inputs, needed only for a model without ``readout_module`` or
             ``initial_state_trainable`` (it is probed on them; nothing is trained).
     """
-    choice, steps = default_choice(model, x)
+    return default_branch(model, x)[1]
+
+
+def default_branch(
+    model: Any, x: Optional[Tensor] = None, *, rollout_steps: Optional[int] = None
+) -> tuple[str, Objective]:
+    """The branch of :func:`default_objective` that applies to ``model`` (see
+    :func:`default_choice`) and its objective. ``rollout_steps``: the RK4 steps of the path
+    integral (default the objective's own, 4; a potential's ``path_steps`` through
+    :meth:`~lyapunov_plugin.Recipe.resolve`): a model whose own fixed-step grid is coarser
+    trains along that grid, and a bare flow rolls out along at least ``BARE_FLOW_STEPS``."""
+    rollout = PathIntegralObjective().steps if rollout_steps is None else rollout_steps
+    choice, steps = default_choice(model, x, rollout_steps=rollout)
     if choice == "monte_carlo":
-        return MonteCarloObjective()
+        return choice, MonteCarloObjective()
     if choice == "model_steps":
         # Inference takes fewer fixed steps than the rollout would: the flow learned on the
         # finer grid is not what the model computes (a torchdyn rk4 model takes one step over
         # [0, t_end]). Train the map inference uses: the discrete path loss, Eq. (16)-(17),
         # along the model's own steps.
-        return PathIntegralObjective(form="discrete", solver="model", steps=steps)
+        return choice, PathIntegralObjective(form="discrete", solver="model", steps=steps)
     if choice == "bare_flow":
-        return PathIntegralObjective(form="discrete", steps=BARE_FLOW_STEPS)
-    return PathIntegralObjective()
+        return choice, PathIntegralObjective(form="discrete", steps=max(BARE_FLOW_STEPS, rollout))
+    return choice, PathIntegralObjective(steps=rollout)
 
 
-def default_choice(model: Any, x: Optional[Tensor] = None) -> tuple[str, int]:
+def default_choice(model: Any, x: Optional[Tensor] = None, *, rollout_steps: Optional[int] = None) -> tuple[str, int]:
     """Which branch of :func:`default_objective` applies to ``model`` (``"monte_carlo"``,
     ``"model_steps"``, ``"bare_flow"`` or ``"path_integral"``), and the model's fixed steps
     for ``"model_steps"`` (0 otherwise). :meth:`~lyapunov_plugin.Recipe.resolve` reads it
-    for the bare flow's own ``kappa`` and learning rate (``BARE_FLOW_KAPPA``, Section 3.2)."""
+    for the bare flow's own ``kappa`` and learning rate (``BARE_FLOW_KAPPA``, Section 3.2).
+    ``rollout_steps`` (default 4): a path-integral model whose own fixed-step grid is coarser
+    than that rollout trains along its own steps (a bare flow only below four steps, its own
+    rollout being the discrete loss's)."""
     protocol = as_lyapunov_model(model)
     conditioned = bool(getattr(protocol, "conditioned_on_input", True))
     if conditioned and not readout_is_trainable(protocol, x) and not initial_state_is_trainable(protocol, x):
         return "monte_carlo", 0
     steps = getattr(protocol, "fixed_steps", None)
-    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < PathIntegralObjective().steps:
-        return "model_steps", steps
+    fixed = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 else 0
+    if fixed and fixed < PathIntegralObjective().steps:
+        return "model_steps", fixed
     if not conditioned and _is_bare_flow(protocol, x):
         return "bare_flow", 0
+    if fixed and rollout_steps is not None and fixed < rollout_steps:
+        return "model_steps", fixed
     return "path_integral", 0
 
 

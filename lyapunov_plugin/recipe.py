@@ -36,8 +36,7 @@ from .objectives import (
     DEFAULT_KAPPA,
     Objective,
     PathIntegralObjective,
-    default_choice,
-    default_objective,
+    default_branch,
 )
 from .potentials import Potential
 from .schedules import KappaSchedule, constant_kappa
@@ -65,24 +64,15 @@ def cosine_factor(epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
 
 
-def _with_path_steps(chosen: Objective, potential: Potential, model: Any) -> Objective:
-    """The default objective with ``potential.path_steps`` rollout steps where the potential
-    asks for a finer rollout than the default path integral's (MSE: 8). A rollout along the
-    model's own solver stays as it is, and a model whose own fixed-step grid is coarser than
-    the finer rollout trains along that grid instead (the discrete loss, Eq. 16-17, as
-    :func:`~lyapunov_plugin.default_objective` does below four steps): a flow learned on the
-    finer grid is not the map such a model computes at inference."""
-    steps = potential.path_steps
+def _rollout_steps(potential: Optional[Potential]) -> Optional[int]:
+    """The path-integral rollout steps ``potential`` asks for (``Potential.path_steps``, MSE: 8),
+    validated; ``None`` for the objective's own (4)."""
+    steps = None if potential is None else potential.path_steps
     if steps is None:
-        return chosen
+        return None
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TypeError(f"path_steps of {type(potential).__name__} must be None or a positive int, got {steps!r}")
-    if not isinstance(chosen, PathIntegralObjective) or chosen.solver is not None or chosen.steps >= steps:
-        return chosen
-    fixed = getattr(as_lyapunov_model(model), "fixed_steps", None)
-    if isinstance(fixed, int) and not isinstance(fixed, bool) and 1 <= fixed < steps:
-        return dataclasses.replace(chosen, form="discrete", solver="model", steps=fixed)
-    return dataclasses.replace(chosen, steps=steps)
+    return max(steps, PathIntegralObjective().steps)  # never fewer steps than the objective's own
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,12 +194,13 @@ class Recipe:
         """
         if self.objective is not None:
             return self
-        chosen = default_objective(model, x)
+        # A potential may ask for a finer rollout than the default path integral's (MSE:
+        # Potential.path_steps); a model whose own fixed-step grid is coarser trains along it.
+        choice, chosen = default_branch(model, x, rollout_steps=_rollout_steps(self.potential))
         if self.potential is not None:
             chosen = dataclasses.replace(chosen, potential=self.potential)
-            chosen = _with_path_steps(chosen, self.potential, model)
         # Unset kappa / lr: the defaults, or the bare flow's own rate and step size.
-        bare = default_choice(model, x)[0] == "bare_flow"
+        bare = choice == "bare_flow"
         kappa = self.kappa if self.kappa is not None else (BARE_FLOW_KAPPA if bare else DEFAULT_KAPPA)
         lr = self.lr if self.lr is not None else (BARE_FLOW_LR if bare else DEFAULT_LR)
         return dataclasses.replace(self, objective=chosen, potential=None, kappa=kappa, lr=lr)
