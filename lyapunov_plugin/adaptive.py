@@ -11,7 +11,8 @@ Ordinary Differential Equations I*, Section II.4, the one torchdiffeq and torcho
 error ``h sum_i (b_i - b*_i) k_i``, scaled by ``atol + rtol max(|y0|, |y1|)``, RMS over the
 state, accept when the ratio is at most 1, next step ``h min(10, max(0.2, 0.9 ratio^(-1/5)))``
 (no shrinking after a step whose ratio is below 1); the first step from the two-evaluation estimate of
-the same book (II.4, "Starting step size").
+the same book (II.4, "Starting step size"), without its ``100 h0`` cap from a zero state unless
+asked for (:func:`initial_step`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ DOPRI5_A: tuple[tuple[float, ...], ...] = (
 #: Fifth-order weights (equal to the last row of ``A``: the last stage is FSAL).
 DOPRI5_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
 # The embedded fourth-order weights torchdiffeq's dopri5 uses (Shampine's variant; Hairer's
-# DOPRI5 uses 5179/57600, ...): with them an example alone takes torchdiffeq's steps exactly.
+# DOPRI5 uses 5179/57600, ...): with them (and torchdiffeq's first step) an example alone takes
+# torchdiffeq's steps exactly.
 _DOPRI5_B_STAR = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60)
 #: ``b - b*``: the embedded error estimate's weights.
 DOPRI5_ERROR = tuple(b - bs for b, bs in zip(DOPRI5_B, _DOPRI5_B_STAR, strict=True))
@@ -78,14 +80,35 @@ def rms_rows(value: Tensor) -> Tensor:
 
 
 def initial_step(
-    field: RowField, t0: Tensor, y0: Tensor, f0: Tensor, *, rtol: float, atol: float, order: int = 4
+    field: RowField,
+    t0: Tensor,
+    y0: Tensor,
+    f0: Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    order: int = 4,
+    cap_from_zero: bool = True,
 ) -> Tensor:
     """First step size per row (Hairer-Norsett-Wanner II.4); costs one evaluation per row.
+
+    The book's estimate: a trial step ``h0 = 0.01 |y0| / |f0|`` (in the tolerance's scale;
+    ``1e-6`` when ``|y0|`` or ``|f0|`` is below ``1e-5``), the step ``h1`` at which the local
+    error of order ``order + 1`` is about 1 % of the tolerance, from ``|f0|`` and the finite
+    difference of ``f`` over ``h0``, and the first step ``min(100 h0, h1)``.
 
     Arguments:
         field: the vector field on these rows.
         t0, y0, f0: ``(B,)`` times, ``(B, *S)`` states and ``f(y0, t0)``.
         order: the order of the error estimate (4 for dopri5).
+        cap_from_zero: keep the ``100 h0`` cap also where the state is zero (``|y0| < 1e-5``
+            in the tolerance's scale) and moving (``|f0| >= 1e-5``): torchdiffeq's and
+            torchode's behaviour. There ``h0`` is the arbitrary ``1e-6`` (the state has no
+            scale of its own to relate to ``|f0|``), so the cap makes the first step
+            ``1e-4`` whatever the dynamics; with the tenfold growth limit an example then
+            needs four steps (24 evaluations) to reach ``t = 0.1``. ``False`` takes ``h1``
+            there, the book's derivative-based estimate itself; the step stays error
+            controlled (a first step that is too large is rejected and shrunk).
 
     Returns:
         ``(B,)`` step sizes.
@@ -102,7 +125,10 @@ def initial_step(
         torch.clamp_min(h0 * 1e-3, 1e-6),
         (0.01 / largest.clamp_min(1e-300)) ** (1.0 / (order + 1)),
     )
-    return torch.minimum(100 * h0, h1)
+    step = torch.minimum(100 * h0, h1)
+    if cap_from_zero:
+        return step
+    return torch.where((d0 < 1e-5) & (d1 >= 1e-5), h1, step)
 
 
 def _combine(weights: tuple[float, ...], stages: list[Tensor]) -> Tensor:

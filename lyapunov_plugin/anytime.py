@@ -84,6 +84,7 @@ __all__ = [
     "DEFAULT_KAPPA",
     "DEFAULT_LEVELS",
     "SOLVERS",
+    "TORCHDIFFEQ_FIRST_STEP",
 ]
 
 #: Default ``level``: stop once the predicted class's cross entropy is below 0.1
@@ -96,6 +97,8 @@ DEFAULT_KAPPA = 1.0
 DEFAULT_LEVELS: tuple[float, ...] = tuple(1e-4 * (math.log(2.0) / 1e-4) ** (i / 40) for i in range(41))
 #: ``"auto"``: RK4 with the model's own ``fixed_steps`` when it has them, dopri5 otherwise.
 SOLVERS = ("auto", "dopri5", "rk4")
+#: ``first_step=TORCHDIFFEQ_FIRST_STEP``: torchdiffeq's first-step estimate, cap included.
+TORCHDIFFEQ_FIRST_STEP = "torchdiffeq"
 #: Accepted plus rejected steps one example may take before the solve is abandoned
 #: (diffrax's ``max_steps``).
 DEFAULT_MAX_STEPS = 4096
@@ -182,6 +185,8 @@ class _Settings:
     t_end: float
     max_steps: int
     first_step: Optional[float] = None
+    #: The first-step estimate keeps torchdiffeq's ``100 h0`` cap from a zero state.
+    cap_from_zero: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,10 +223,18 @@ def _check_settings(
         steps = check_positive_int("steps", steps)
     elif steps is not None:
         raise ValueError(f"steps applies to solver='rk4' only, got steps={steps!r} with solver={solver!r}")
+    cap_from_zero = False
     if first_step is not None:
         if solver != "dopri5":
             raise ValueError(f"first_step applies to solver='dopri5' only, got solver={solver!r}")
-        first_step = check_positive("first_step", first_step)
+        if isinstance(first_step, str):
+            if first_step != TORCHDIFFEQ_FIRST_STEP:
+                raise ValueError(
+                    f"first_step must be None, a positive float or {TORCHDIFFEQ_FIRST_STEP!r}, got {first_step!r}"
+                )
+            first_step, cap_from_zero = None, True
+        else:
+            first_step = check_positive("first_step", first_step)
     return _Settings(
         solver=solver,
         steps=0 if steps is None else steps,
@@ -230,6 +243,7 @@ def _check_settings(
         t_end=horizon(model) if t_end is None else check_positive("t_end", t_end),
         max_steps=check_positive_int("max_steps", max_steps),
         first_step=first_step,
+        cap_from_zero=cap_from_zero,
     )
 
 
@@ -438,7 +452,15 @@ class _Solve:
             if settings.first_step is not None:
                 self.h = torch.full_like(self.t, settings.first_step)
             else:
-                self.h = initial_step(self.field, self.t, self.eta, self.k1, rtol=settings.rtol, atol=settings.atol)
+                self.h = initial_step(
+                    self.field,
+                    self.t,
+                    self.eta,
+                    self.k1,
+                    rtol=settings.rtol,
+                    atol=settings.atol,
+                    cap_from_zero=settings.cap_from_zero,
+                )
         while self.rows.numel():
             if self.attempts >= settings.max_steps:
                 raise SolverError(
@@ -523,7 +545,7 @@ def anytime_predict(
     atol: float = 1e-3,
     t_end: Optional[float] = None,
     max_steps: int = DEFAULT_MAX_STEPS,
-    first_step: Optional[float] = None,
+    first_step: Union[float, str, None] = None,
 ) -> AnytimePrediction:
     """Predict with each example integrated only until the Lyapunov stopping rule fires.
 
@@ -554,9 +576,14 @@ def anytime_predict(
         rtol, atol: dopri5 tolerances (EVALUATION.md's NFE protocol uses 1e-3).
         t_end: the horizon (default the model's, 1 in the paper).
         max_steps: accepted plus rejected dopri5 steps allowed per example.
-        first_step: dopri5's first step size (``None``: the two-evaluation estimate, as
-            torchdiffeq's default; from ``eta(0) = 0`` that estimate starts at 1e-4 and the
-            step may grow only tenfold per step). Setting it saves that evaluation.
+        first_step: dopri5's first step size. ``None``: the two-evaluation estimate of
+            Hairer-Norsett-Wanner II.4 (:func:`lyapunov_plugin.adaptive.initial_step`), as
+            torchdiffeq's default, except from a zero state (the paper's ``eta(0) = 0``):
+            there torchdiffeq caps the first step at 1e-4 whatever the dynamics, and with
+            the tenfold growth limit an example needs 24 evaluations to reach ``t = 0.1``;
+            this solver takes the book's derivative-based estimate instead (still error
+            controlled). ``"torchdiffeq"``: the capped estimate, so that each example takes
+            exactly torchdiffeq's steps. A float: that step (saves the estimate's evaluation).
 
     Returns:
         An :class:`AnytimePrediction`.
@@ -653,7 +680,7 @@ def anytime_trace(
     atol: float = 1e-3,
     t_end: Optional[float] = None,
     max_steps: int = DEFAULT_MAX_STEPS,
-    first_step: Optional[float] = None,
+    first_step: Union[float, str, None] = None,
 ) -> AnytimeTrace:
     """Solve to ``t_end`` per example (same solver as :func:`anytime_predict`) and record
     ``V_c``, ``dV_c/deta . f``, the logits and the cumulative NFE at every accepted state.
@@ -804,6 +831,7 @@ def choose_level(
     atol: float = 1e-3,
     t_end: Optional[float] = None,
     trace: Optional[AnytimeTrace] = None,
+    first_step: Union[float, str, None] = None,
 ) -> LevelChoice:
     """Choose the stopping rule's ``level`` on a validation split (never the test split).
 
@@ -827,7 +855,7 @@ def choose_level(
         max_false_stop_rate: the target, in ``[0, 1)``.
         confidence: ``None`` (the point estimate) or the bound's confidence in ``(0, 1)``.
         levels: candidates (default :data:`DEFAULT_LEVELS`, 1e-4 to ``log 2``).
-        kappa, patience, potential, solver, steps, rtol, atol, t_end: as in
+        kappa, patience, potential, solver, steps, rtol, atol, t_end, first_step: as in
             :func:`anytime_predict` (use the same values there).
         trace: a precomputed :func:`anytime_trace` of ``x_val`` (then ``x_val`` is not
             integrated again).
@@ -847,7 +875,15 @@ def choose_level(
         if x_val is None:
             raise ValueError("choose_level needs x_val (validation inputs) or a precomputed trace, got neither")
         trace = anytime_trace(
-            model, x_val, potential=potential, solver=solver, steps=steps, rtol=rtol, atol=atol, t_end=t_end
+            model,
+            x_val,
+            potential=potential,
+            solver=solver,
+            steps=steps,
+            rtol=rtol,
+            atol=atol,
+            t_end=t_end,
+            first_step=first_step,
         )
     n = int(trace.final.logits.shape[0])
     curve, bounds = [], []

@@ -130,7 +130,7 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, Callable[[A
             "atol": _positive,
             "t_end": lambda v: v is None or _positive(v),
             "max_steps": _positive_int,
-            "first_step": lambda v: v is None or _positive(v),
+            "first_step": lambda v: v is None or v == "torchdiffeq" or _positive(v),
         },
     ),
     "certify": (
