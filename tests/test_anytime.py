@@ -400,8 +400,8 @@ def _book_first_step(field, y0: torch.Tensor, f0: torch.Tensor, tol: float) -> t
 def test_from_a_zero_state_the_first_step_is_the_books_estimate_without_the_cap(seed: int) -> None:
     """From ``eta(0) = 0`` the default first step is the book's ``h1`` (torchdiffeq's cap
     ``100 h0`` with ``h0 = 1e-6`` would make it 1e-4), the solve stays within tolerance of an
-    accurate reference, and it costs fewer evaluations than torchdiffeq's; a nonzero state
-    keeps the capped estimate (the previous test)."""
+    accurate reference, and it costs fewer evaluations than torchdiffeq's; from a nonzero
+    state the default is torchdiffeq's estimate, so the steps are torchdiffeq's."""
     torch.manual_seed(seed)
     model = ODEModel(Tanh(), state_shape=(3,), encoder=nn.Linear(4, 3)).double()
     x = torch.randn(6, 4, dtype=torch.float64)
@@ -438,6 +438,12 @@ def test_from_a_zero_state_the_first_step_is_the_books_estimate_without_the_cap(
     with torch.no_grad():
         reference = integrate(model, x, torch.tensor([0.0, 1.0], dtype=torch.float64), solver=tight)[-1]
     torch.testing.assert_close(result.logits, reference, rtol=0, atol=2e-3)
+    # Nonzero initial states (the relaxation starts at u s e_c, u > 0): the cap stays.
+    relax, inputs = relax_model(), relax_inputs(RATES, CLASSES)
+    default = anytime_predict(relax, inputs, level=0.0, solver="dopri5")
+    torchdiffeq_start = anytime_predict(relax, inputs, level=0.0, solver="dopri5", first_step="torchdiffeq")
+    assert torch.equal(default.nfe, torchdiffeq_start.nfe)
+    torch.testing.assert_close(default.logits, torchdiffeq_start.logits, rtol=0, atol=0)
 
 
 def test_first_step_skips_the_estimate() -> None:
