@@ -219,7 +219,9 @@ def test_regression_levers_and_a_rerun_of_the_default_against_a_saved_baseline(t
         suite.main([*common, "--baseline-from", str(tmp_path / "partial.json"), "--rerun-default"])
     with pytest.raises(SystemExit):
         suite.main([*common, "--rerun-default"])  # without --baseline-from: refused by the parser
-    reused_default = suite.main([*common, "--baseline-from", str(tmp_path / "marked.json"), "--name", "reuse"])
+    reused_default = suite.main(
+        [*common, "--baseline-from", str(tmp_path / "marked.json"), "--name", "reuse", "--out", str(tmp_path)]
+    )
     assert [r["test_mse"] for r in reused_default["runs"]["lyanet"]] == [123.0]
     again = suite.main(
         [
