@@ -36,6 +36,21 @@ stops pays for it (one evaluation).
 - The stopped prediction is that of the per-example dopri5 (or RK4) state at ``t``, with the
   solver's local error control (``rtol``, ``atol``), not of the exact flow.
 
+**Regression** (``potential=MSEPotential()``). A regression output has no predicted class,
+and ``V = mean (psi - y)^2`` needs the unknown target. But Eq. (10) at a state,
+``(2/m) r . u <= -(kappa/m) |r|^2`` for the residual ``r = psi - y`` and the output velocity
+``u = dpsi/dt``, gives by Cauchy-Schwarz ``RMS(r) <= 2 RMS(u) / kappa``: a bound on the
+distance to the target that needs no label. The rule stops an example at an accepted state
+where ``2 RMS(u) / kappa < level`` (``level`` in output units; ``potential`` in the result holds
+``RMS(u)``). Guaranteed: nothing by itself. *If* Eq. (10) holds at the stopping state for the
+true target at rate ``kappa``, the stopped output is within ``level`` (RMS) of that target;
+if it holds on the rest of the path as well, the residual keeps shrinking and the output at
+``t_end`` is within ``2 level`` of the stopped one. A field slower than Eq. (10) asks
+(or a ``kappa`` above the one the model meets) stops early and further away, so ``level`` is
+chosen on validation data like the classification level (:func:`choose_level` with
+``tolerance``: a stop is false when the stopped output differs from the one at ``t_end`` by
+more than ``tolerance``).
+
 **Cost.** Each example has its own time, step size and error control
 (:mod:`lyapunov_plugin.adaptive`), so its path does not depend on the other rows, and
 examples that stop leave the batch: only the rows still integrating are passed to
@@ -48,6 +63,7 @@ as the others, so NFE and rejected steps come from two counters when a row leave
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -62,6 +78,7 @@ from ._validation import (
     check_positive,
     check_positive_int,
     check_real,
+    check_shape,
     check_tensor,
     parameter_device,
 )
@@ -115,11 +132,16 @@ class AnytimePrediction:
         converged: whether the stopping rule fired before ``t_end``, ``(B,)`` bool.
         steps: accepted solver steps per example, ``(B,)`` int64.
         rejected_steps: rejected dopri5 steps per example (0 for RK4), ``(B,)`` int64.
-        potential: ``V_c`` at the stopping state for the predicted class ``c``, ``(B,)``.
+        potential: ``V_c`` at the stopping state for the predicted class ``c``, ``(B,)``;
+            for regression the RMS speed of the output, ``RMS(dpsi/dt)`` (the rule's bound
+            on the distance to the target is ``2 potential / kappa``; 0 at ``t_end`` with RK4,
+            where the field is not evaluated).
         t_end: the horizon integrated towards.
         solver: ``"dopri5"`` or ``"rk4"``.
         field_calls: batched calls of ``model.vector_field`` (``None`` when the result was
             replayed from an :class:`AnytimeTrace`, which has no batch of its own).
+        regression: the result of the regression rule (``potential=MSEPotential()``):
+            ``logits`` are the predicted values.
     """
 
     logits: Tensor
@@ -132,11 +154,12 @@ class AnytimePrediction:
     t_end: float
     solver: str
     field_calls: Optional[int] = None
+    regression: bool = False
 
     @property
     def prediction(self) -> Tensor:
-        """Predicted classes ``argmax psi(eta)``, ``(B,)``."""
-        return self.logits.argmax(-1)
+        """Predicted classes ``argmax psi(eta)``, ``(B,)`` (for regression: the outputs)."""
+        return self.logits if self.regression else self.logits.argmax(-1)
 
     @property
     def total_nfe(self) -> int:
@@ -163,10 +186,25 @@ class AnytimePrediction:
         """Mean stopping time."""
         return float(self.stop_time.double().mean())
 
-    def false_stops(self, reference: Tensor) -> Tensor:
+    def false_stops(self, reference: Tensor, tolerance: Optional[float] = None) -> Tensor:
         """``(B,)`` bool: examples whose stopped prediction differs from ``reference``
-        (predicted classes ``(B,)`` or logits ``(B, m)`` at ``t_end``, e.g. of a full solve)."""
+        (predicted classes ``(B,)`` or logits ``(B, m)`` at ``t_end``, e.g. of a full solve).
+
+        For regression, ``reference`` holds the outputs at ``t_end`` and a stop is false when
+        the RMS difference of the outputs exceeds ``tolerance`` (required there, and only
+        there)."""
         check_tensor("reference", reference, min_ndim=1)
+        if self.regression:
+            if tolerance is None:
+                raise ValueError("tolerance is required for a regression prediction (the RMS deviation allowed)")
+            tolerance = check_non_negative("tolerance", tolerance)
+            check_shape("reference", reference, self.logits.shape, "the shape of the stopped outputs")
+            deviation = (self.logits - reference.to(self.logits)).flatten(1).pow(2).mean(-1).sqrt()
+            return deviation > tolerance
+        if tolerance is not None:
+            raise ValueError(
+                f"tolerance applies to regression predictions (potential=MSEPotential()) only, got {tolerance!r}"
+            )
         labels = reference.argmax(-1) if reference.ndim == 2 else reference
         if labels.shape != self.prediction.shape:
             raise ValueError(
@@ -195,6 +233,14 @@ class _Rule:
     kappa: float
     patience: int
     potential: Potential
+    #: The regression rule (``MSEPotential``): stop when ``2 RMS(dpsi/dt) / kappa < level``.
+    regression: bool = False
+
+    def fires(self, value: Tensor, derivative: Tensor) -> Tensor:
+        """Where the rule holds at checked states (``value``/``derivative`` as :class:`_Checks`)."""
+        if self.regression:
+            return 2.0 * value < self.level * self.kappa
+        return (value < self.level) & (derivative + self.kappa * value <= 0)
 
 
 def _check_settings(
@@ -252,18 +298,22 @@ def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
         potential = CrossEntropyPotential()
     if not isinstance(potential, Potential):
         raise TypeError(f"potential must be a lyapunov_plugin Potential, got {type(potential).__name__}")
-    if isinstance(potential, MSEPotential):
-        # The rule scores V at the predicted class (argmax of the readout); a regression loss
-        # would silently score the output against the class index instead.
-        raise ValueError(
-            "potential must score class logits against a class label (the stopping rule evaluates V at the "
-            "predicted class), got MSEPotential, a regression loss with no predicted class to stop on"
-        )
+    # A regression output has no predicted class to score V at: MSEPotential gets the
+    # label-free regression rule instead (module docstring).
+    regression = isinstance(potential, MSEPotential)
+    if level is None:
+        if regression:
+            raise ValueError(
+                "level is required with potential=MSEPotential(): the RMS distance to the target, in output "
+                "units, below which an example may stop (choose it with choose_level(..., tolerance=...))"
+            )
+        level = DEFAULT_LEVEL
     return _Rule(
         level=check_non_negative("level", level),
         kappa=check_non_negative("kappa", kappa),
         patience=check_positive_int("patience", patience),
         potential=potential,
+        regression=regression,
     )
 
 
@@ -343,8 +393,12 @@ class _Solve:
         return check_velocity(velocity, eta)
 
     def checks(self, eta: Tensor, velocity: Tensor) -> _Checks:
-        """Eq. (10)'s two terms for the predicted class at states ``eta`` with ``f = velocity``."""
+        """Eq. (10)'s two terms for the predicted class at states ``eta`` with ``f = velocity``
+        (regression: the RMS speed of the output, and zeros)."""
         output, output_velocity = _readout_jvp(self.readout, eta, velocity)
+        if self.rule.regression:
+            speed = output_velocity.flatten(1).pow(2).mean(-1).sqrt()
+            return _Checks(output, speed, torch.zeros_like(speed))
         value, derivative = self.rule.potential.value_and_derivative(output, output.argmax(-1), output_velocity)
         return _Checks(output, value, derivative)
 
@@ -363,7 +417,7 @@ class _Solve:
                 self.recorder.add(self.rows[accepted], self.t[accepted], self.field_calls, _subset(checks, accepted))
         if self.rule.level <= 0:
             return None, checks
-        fired = (checks.value < self.rule.level) & (checks.derivative + self.rule.kappa * checks.value <= 0)
+        fired = self.rule.fires(checks.value, checks.derivative)
         if accepted is not None:
             fired &= accepted
         if self.streak is not None:
@@ -444,6 +498,7 @@ class _Solve:
             t_end=self.settings.t_end,
             solver=self.settings.solver,
             field_calls=self.field_calls,
+            regression=self.rule.regression,
         )
 
     def _dopri5(self) -> None:
@@ -535,7 +590,7 @@ def anytime_predict(
     model: Any,
     x: Tensor,
     *,
-    level: float = DEFAULT_LEVEL,
+    level: Optional[float] = None,
     kappa: float = DEFAULT_KAPPA,
     patience: int = 1,
     potential: Optional[Potential] = None,
@@ -564,11 +619,15 @@ def anytime_predict(
             and restored afterwards; no gradients are recorded.
         x: inputs ``(B, ...)``; moved to the model's parameter device.
         level: stop only below this potential; ``0`` disables the rule (a full solve).
+            ``None``: :data:`DEFAULT_LEVEL` (classification); required for regression.
         kappa: the rate of Eq. (10) in the rule, ``>= 0``.
         patience: consecutive accepted states the rule must hold on.
         potential: ``V`` of Eq. (11), evaluated with the predicted class as the target;
-            default :class:`~lyapunov_plugin.CrossEntropyPotential`. A classification
-            potential: ``MSEPotential`` is refused (a regression output has no predicted class).
+            default :class:`~lyapunov_plugin.CrossEntropyPotential`. With
+            :class:`~lyapunov_plugin.MSEPotential` (regression: no predicted class to score)
+            the rule is the label-free bound of the module docstring instead: stop when
+            ``2 RMS(dpsi/dt) / kappa < level``, ``level`` in output units (pass the ``kappa``
+            the model was trained with for the tightest bound that Eq. 10 justifies).
         solver: ``"dopri5"`` (per-example adaptive Dormand-Prince 5(4)), ``"rk4"``
             (``steps`` fixed steps of ``t_end / steps``) or ``"auto"``: RK4 with the model's
             own ``fixed_steps`` when it has them (or when ``steps`` is given), dopri5 otherwise.
@@ -624,6 +683,7 @@ class AnytimeTrace:
         valid: ``(B, K)`` which entries exist.
         last: ``(B,)`` index of each example's final state (at ``t_end``).
         final: the full solve, an :class:`AnytimePrediction` with the rule off.
+        regression: recorded with ``MSEPotential`` (``value`` is the output's RMS speed).
     """
 
     logits: Tensor
@@ -634,13 +694,14 @@ class AnytimeTrace:
     valid: Tensor
     last: Tensor
     final: AnytimePrediction
+    regression: bool = False
 
     def apply(self, *, level: float, kappa: float = DEFAULT_KAPPA, patience: int = 1) -> AnytimePrediction:
         """The anytime prediction for these rule settings (no integration)."""
-        rule = _check_rule(level, kappa, patience, None)
+        rule = _check_rule(level, kappa, patience, MSEPotential() if self.regression else None)
         batch, width = self.valid.shape
         interior = self.valid & (torch.arange(width, device=self.valid.device)[None, :] < self.last[:, None])
-        fired = interior & (self.value < rule.level) & (self.derivative + rule.kappa * self.value <= 0)
+        fired = interior & rule.fires(self.value, self.derivative)
         streak = torch.zeros(batch, dtype=torch.long, device=fired.device)
         stop_at = self.last.clone()
         stopped = torch.zeros(batch, dtype=torch.bool, device=fired.device)
@@ -662,11 +723,13 @@ class AnytimeTrace:
             potential=self.value.gather(1, index)[:, 0],
             t_end=self.final.t_end,
             solver=self.final.solver,
+            regression=self.regression,
         )
 
-    def false_stop_rate(self, prediction: AnytimePrediction) -> float:
-        """Fraction of examples whose stopped prediction differs from the full solve's."""
-        return float(prediction.false_stops(self.final.logits).double().mean())
+    def false_stop_rate(self, prediction: AnytimePrediction, tolerance: Optional[float] = None) -> float:
+        """Fraction of examples whose stopped prediction differs from the full solve's
+        (regression: by more than ``tolerance``, RMS over the outputs)."""
+        return float(prediction.false_stops(self.final.logits, tolerance).double().mean())
 
 
 def anytime_trace(
@@ -736,6 +799,7 @@ def anytime_trace(
         valid=valid,
         last=counts - 1,
         final=final,
+        regression=rule.regression,
     )
 
 
@@ -796,9 +860,9 @@ class LevelChoice:
     of the Eq. (10) stopping rule of :func:`anytime_predict`).
 
     Attributes:
-        level: the largest candidate whose validation false-stop rate (or, with
-            ``confidence``, its upper confidence bound) is at most the target (``0.0``, the
-            rule off, if none is).
+        level: the largest candidate such that it and every smaller candidate have a
+            validation false-stop rate (or, with ``confidence``, an upper confidence bound)
+            at most the target (``0.0``, the rule off, if the smallest does not).
         false_stop_rate, mean_nfe, converged_fraction: the validation numbers at ``level``.
         upper_bound: the Clopper-Pearson bound on the false-stop rate at ``level`` (``None``
             without ``confidence``, or when the rule is off).
@@ -832,33 +896,42 @@ def choose_level(
     t_end: Optional[float] = None,
     trace: Optional[AnytimeTrace] = None,
     first_step: Union[float, str, None] = None,
+    tolerance: Optional[float] = None,
 ) -> LevelChoice:
     """Choose the stopping rule's ``level`` on a validation split (never the test split).
 
     The rule is :func:`anytime_predict`'s: ``V_c < level`` and Eq. (10) at the current state.
 
     A false stop is an example whose stopped prediction differs from its prediction at
-    ``t_end`` (no labels needed). Returns the largest candidate level whose false-stop rate
-    on ``x_val`` is at most ``max_false_stop_rate``; with ``confidence``, the largest whose
-    one-sided Clopper-Pearson upper bound (:func:`binomial_upper_bound`) is: then, for
-    that level (and treating the test examples as draws from the validation distribution),
-    the true false-stop rate exceeds the target with probability at most
-    ``1 - confidence`` (ignoring the selection over levels). A validation split of ``n``
+    ``t_end`` (no labels needed). The candidates are tested in increasing order (fixed-sequence
+    testing, as in Learn-then-Test, Angelopoulos et al. 2021): a candidate passes when its
+    false-stop rate on ``x_val`` is at most ``max_false_stop_rate`` (with ``confidence``:
+    when its one-sided Clopper-Pearson upper bound, :func:`binomial_upper_bound`, is), the
+    walk stops at the first that fails, and the last pass is returned. With ``confidence``,
+    and treating the test examples as draws from the validation distribution, the chosen
+    level's true false-stop rate exceeds the target with probability at most
+    ``1 - confidence``, the choice among the candidates included (each candidate is tested
+    only if every smaller one passed, so no correction for their number is needed).
+    A validation split of ``n``
     examples can certify the target only if ``1 - (1 - confidence)^(1/n)`` is below it
     (zero false stops): with ``confidence = 0.8`` and the 0.5% target that needs
-    ``n >= 322``; smaller splits get the rule off (``level = 0``), which is the price of
-    the guarantee.
+    ``n >= 322``; smaller splits get the rule off (``level = 0``) and a ``UserWarning``
+    that names the size needed, which is the price of the guarantee.
 
     Arguments:
         model, x_val: the trained model and validation inputs (both unused, and may be
             ``None``, when ``trace`` is given).
         max_false_stop_rate: the target, in ``[0, 1)``.
         confidence: ``None`` (the point estimate) or the bound's confidence in ``(0, 1)``.
-        levels: candidates (default :data:`DEFAULT_LEVELS`, 1e-4 to ``log 2``).
+        levels: candidates (default :data:`DEFAULT_LEVELS`, 1e-4 to ``log 2``; for
+            regression 41 geometric levels from ``tolerance / 100`` to ``10 tolerance``).
         kappa, patience, potential, solver, steps, rtol, atol, t_end, first_step: as in
             :func:`anytime_predict` (use the same values there).
         trace: a precomputed :func:`anytime_trace` of ``x_val`` (then ``x_val`` is not
             integrated again).
+        tolerance: regression only (``potential=MSEPotential()``, required there): a stop is
+            false when the stopped outputs differ from those at ``t_end`` by more than this
+            (RMS over the outputs).
     """
     rate_target = check_real("max_false_stop_rate", max_false_stop_rate)
     if not 0.0 <= rate_target < 1.0:
@@ -867,7 +940,22 @@ def choose_level(
         confidence = check_real("confidence", confidence)
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be None or lie in (0, 1), got {confidence}")
-    candidates = DEFAULT_LEVELS if levels is None else tuple(levels)
+    regression = trace.regression if trace is not None else isinstance(potential, MSEPotential)
+    if regression:
+        if tolerance is None:
+            raise ValueError(
+                "tolerance is required for regression (potential=MSEPotential()): the RMS deviation from the "
+                "output at t_end that counts as a false stop"
+            )
+        tolerance = check_positive("tolerance", tolerance)
+    elif tolerance is not None:
+        raise ValueError(f"tolerance applies to regression (potential=MSEPotential()) only, got {tolerance!r}")
+    if levels is None:
+        candidates = (
+            tuple(tolerance * 1e-2 * 1e3 ** (i / 40) for i in range(41)) if tolerance is not None else DEFAULT_LEVELS
+        )
+    else:
+        candidates = tuple(levels)
     if not candidates:
         raise ValueError("levels must hold at least one candidate level")
     candidates = tuple(sorted(check_non_negative("levels[i]", v) for v in candidates))
@@ -886,21 +974,32 @@ def choose_level(
             first_step=first_step,
         )
     n = int(trace.final.logits.shape[0])
+    if confidence is not None and binomial_upper_bound(0, n, confidence) > rate_target:
+        needed = math.ceil(math.log1p(-confidence) / math.log1p(-rate_target)) if rate_target > 0 else None
+        warnings.warn(
+            f"choose_level: {n} validation examples cannot certify max_false_stop_rate={rate_target:g} at "
+            f"confidence={confidence:g} even with no false stop"
+            + ("" if needed is None else f" (that needs at least {needed})")
+            + "; the stopping rule is off (level 0). Use a larger validation split, a larger target or a "
+            "lower confidence.",
+            UserWarning,
+            stacklevel=2,
+        )
     curve, bounds = [], []
     for level in candidates:
         result = trace.apply(level=level, kappa=kappa, patience=patience)
-        false = int(result.false_stops(trace.final.logits).sum())
+        false = int(result.false_stops(trace.final.logits, tolerance).sum())
         curve.append((level, false / n, result.mean_nfe, result.converged_fraction))
         bounds.append(None if confidence is None else binomial_upper_bound(false, n, confidence))
-    admissible = [
-        (row, bound)
-        for row, bound in zip(curve, bounds, strict=True)
-        if (row[1] if bound is None else bound) <= rate_target
-    ]
-    if admissible:
-        best, best_bound = admissible[-1]
-    else:
-        best, best_bound = (0.0, 0.0, trace.final.mean_nfe, 0.0), None
+    # Fixed-sequence testing: walk up from the most conservative level and stop at the first
+    # one that fails, so the chosen level is the last of an unbroken run of passes (with a
+    # bound, this controls the chance of choosing a level over the target, with no
+    # correction for the number of candidates).
+    best, best_bound = (0.0, 0.0, trace.final.mean_nfe, 0.0), None
+    for row, bound in zip(curve, bounds, strict=True):
+        if (row[1] if bound is None else bound) > rate_target:
+            break
+        best, best_bound = row, bound
     return LevelChoice(
         level=best[0],
         false_stop_rate=best[1],

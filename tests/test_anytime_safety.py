@@ -4,6 +4,8 @@ the settling penalty, each against an independent float64 computation."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 import torch
@@ -161,19 +163,58 @@ def test_choose_level_with_confidence_uses_the_bound() -> None:
     choice = choose_level(None, None, max_false_stop_rate=target, confidence=0.8, levels=levels, kappa=0.0, trace=trace)
     point = choose_level(None, None, max_false_stop_rate=target, levels=levels, kappa=0.0, trace=trace)
     bounds = {row[0]: binomial_upper_bound(round(row[1] * 200), 200, 0.8) for row in choice.curve}
-    admissible = [lv for lv in levels if bounds[lv] <= target]
-    assert choice.level == (max(admissible) if admissible else 0.0)
+    chosen = 0.0
+    for level in levels:  # fixed-sequence testing: the last pass before the first failure
+        if bounds[level] > target:
+            break
+        chosen = level
+    assert choice.level == chosen
     assert choice.level <= point.level  # the bound is the more conservative choice
     assert choice.confidence == 0.8 and point.confidence is None and point.upper_bound is None
     if choice.level > 0:
         assert choice.upper_bound == pytest.approx(bounds[choice.level])
     # 200 examples cannot certify 0.5% at 80% confidence (that needs >= 322 with no false stop).
-    off = choose_level(None, None, max_false_stop_rate=0.005, confidence=0.8, levels=levels, kappa=0.0, trace=trace)
+    with pytest.warns(UserWarning, match=r"200 validation examples cannot certify .* at least 322"):
+        off = choose_level(None, None, max_false_stop_rate=0.005, confidence=0.8, levels=levels, kappa=0.0, trace=trace)
     assert off.level == 0.0 and off.mean_nfe == pytest.approx(trace.final.mean_nfe)
     with pytest.raises(ValueError, match="confidence"):
         choose_level(None, None, confidence=1.5, trace=trace)
     with pytest.raises(ValueError, match="x_val"):
         choose_level(model, None)
+
+
+class _ScriptedTrace:
+    """A stand-in for :class:`AnytimeTrace` whose replay at each level stops a scripted
+    number of examples falsely (``choose_level`` reads only ``final`` and ``apply``)."""
+
+    def __init__(self, n: int, false_stops: dict[float, int]) -> None:
+        self.n, self.false_by_level, self.regression = n, false_stops, False
+        self.final = SimpleNamespace(logits=torch.zeros(n, 2), mean_nfe=20.0)
+
+    def apply(self, *, level: float, kappa: float, patience: int) -> SimpleNamespace:
+        wrong = torch.arange(self.n) < self.false_by_level[level]
+        return SimpleNamespace(
+            false_stops=lambda reference, tolerance=None: wrong, mean_nfe=20.0 - 10.0 * level, converged_fraction=level
+        )
+
+
+@pytest.mark.parametrize("confidence", [None, 0.8])
+def test_choose_level_stops_at_the_first_failing_level(confidence: Optional[float]) -> None:
+    # The false-stop count is not monotone in the level: 0.4 passes again after 0.2 failed.
+    # Fixed-sequence testing keeps 0.1; taking the largest pass (0.4) would be a choice among
+    # several tests that the bound's confidence does not cover.
+    scripted = {0.05: 0, 0.1: 0, 0.2: 30, 0.4: 0, 0.6: 40}
+    trace = _ScriptedTrace(1000, scripted)
+    choice = choose_level(
+        None, None, max_false_stop_rate=0.005, confidence=confidence, levels=list(scripted), trace=trace
+    )
+    assert choice.level == 0.1
+    assert choice.false_stop_rate == 0.0 and choice.mean_nfe == pytest.approx(19.0)
+    if confidence is not None:
+        assert choice.upper_bound == pytest.approx(binomial_upper_bound(0, 1000, confidence))
+    # A failing first level switches the rule off whatever follows.
+    off = choose_level(None, None, levels=[0.1, 0.2], trace=_ScriptedTrace(1000, {0.1: 50, 0.2: 0}))
+    assert off.level == 0.0 and off.mean_nfe == 20.0 and off.upper_bound is None
 
 
 class Decay(nn.Module):

@@ -120,7 +120,8 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, Callable[[A
         anytime_predict,
         {"model": _model(), "x": X, "solver": "dopri5"},
         {
-            "level": _non_negative,  # 0: never stop early
+            # 0: never stop early; None: DEFAULT_LEVEL (classification; required for regression)
+            "level": lambda v: v is None or _non_negative(v),
             "kappa": _non_negative,
             "patience": _positive_int,
             "potential": lambda v: v is None or isinstance(v, Potential),
