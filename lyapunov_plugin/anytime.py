@@ -126,7 +126,8 @@ class AnytimePrediction:
     """Result of :func:`anytime_predict` (the Eq. 10 stopping rule): one entry per example, in the input's order.
 
     Attributes:
-        logits: ``psi(eta)`` at the stopping state, ``(B, m)``.
+        logits: ``psi(eta)`` at the stopping state, ``(B, m)`` (regression: the readout's
+            output shape, ``(B, k, ...)``).
         stop_time: the time each example stopped at, ``(B,)`` (``t_end`` if it never did).
         nfe: vector-field evaluations of that example (row evaluations), ``(B,)`` int64.
         converged: whether the stopping rule fired before ``t_end``, ``(B,)`` bool.
@@ -308,9 +309,15 @@ def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
                 "units, below which an example may stop (choose it with choose_level(..., tolerance=...))"
             )
         level = DEFAULT_LEVEL
+    kappa, level = check_non_negative("kappa", kappa), check_non_negative("level", level)
+    if regression and kappa == 0.0 and level > 0.0:  # level 0: the rule is off, kappa unused
+        raise ValueError(
+            "kappa must be > 0 with potential=MSEPotential(): the regression rule's bound 2 RMS(dpsi/dt) / kappa "
+            "is infinite at kappa = 0, so no example could stop (use the kappa the model was trained with)"
+        )
     return _Rule(
-        level=check_non_negative("level", level),
-        kappa=check_non_negative("kappa", kappa),
+        level=level,
+        kappa=kappa,
         patience=check_positive_int("patience", patience),
         potential=potential,
         regression=regression,
@@ -397,6 +404,11 @@ class _Solve:
         (regression: the RMS speed of the output, and zeros)."""
         output, output_velocity = _readout_jvp(self.readout, eta, velocity)
         if self.rule.regression:
+            if output.ndim < 2:
+                raise ValueError(
+                    "potential=MSEPotential() needs readout outputs of shape (B, k) (one row per example), got "
+                    f"shape {tuple(output.shape)}; give a 1-output regressor a (B, 1) readout"
+                )
             speed = output_velocity.flatten(1).pow(2).mean(-1).sqrt()
             return _Checks(output, speed, torch.zeros_like(speed))
         value, derivative = self.rule.potential.value_and_derivative(output, output.argmax(-1), output_velocity)
@@ -711,7 +723,9 @@ class AnytimeTrace:
             stop_at = torch.where(now, torch.full_like(stop_at, k), stop_at)
             stopped |= now
         index = stop_at[:, None]
-        logits = self.logits.gather(1, index[:, :, None].expand(-1, 1, self.logits.shape[-1]))[:, 0]
+        flat = self.logits.flatten(2)  # regression outputs may have several non-batch dimensions
+        logits = flat.gather(1, index[:, :, None].expand(-1, 1, flat.shape[-1]))[:, 0]
+        logits = logits.reshape(batch, *self.logits.shape[2:])
         steps = torch.where(stopped, stop_at, self.final.steps)
         return AnytimePrediction(
             logits=logits,
@@ -879,6 +893,21 @@ class LevelChoice:
     confidence: Optional[float] = None
 
 
+def _smallest_certifying_split(confidence: float, rate_target: float) -> Optional[int]:
+    """The smallest ``n`` whose zero-false-stop bound :func:`binomial_upper_bound` ``(0, n)``
+    is at most ``rate_target`` (``None`` for a zero target, which no ``n`` certifies)."""
+    if rate_target <= 0:
+        return None
+    # The closed form 1 - (1 - confidence)^(1/n) <= target, then the bound function's own
+    # rounding: step up until it agrees (at most a few steps).
+    n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-rate_target)))
+    while n > 1 and binomial_upper_bound(0, n - 1, confidence) <= rate_target:
+        n -= 1
+    while binomial_upper_bound(0, n, confidence) > rate_target:
+        n += 1
+    return n
+
+
 def choose_level(
     model: Any,
     x_val: Optional[Tensor],
@@ -900,7 +929,8 @@ def choose_level(
 ) -> LevelChoice:
     """Choose the stopping rule's ``level`` on a validation split (never the test split).
 
-    The rule is :func:`anytime_predict`'s: ``V_c < level`` and Eq. (10) at the current state.
+    The rule is :func:`anytime_predict`'s: ``V_c < level`` and Eq. (10) at the current state
+    (regression, ``potential=MSEPotential()``: ``2 RMS(dpsi/dt) / kappa < level``).
 
     A false stop is an example whose stopped prediction differs from its prediction at
     ``t_end`` (no labels needed). The candidates are tested in increasing order (fixed-sequence
@@ -941,6 +971,12 @@ def choose_level(
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be None or lie in (0, 1), got {confidence}")
     regression = trace.regression if trace is not None else isinstance(potential, MSEPotential)
+    if trace is not None and potential is not None and isinstance(potential, MSEPotential) != trace.regression:
+        raise ValueError(
+            f"potential={type(potential).__name__}() does not match the trace, which was recorded "
+            f"{'with' if trace.regression else 'without'} potential=MSEPotential() (pass the trace's potential, "
+            "or none)"
+        )
     if regression:
         if tolerance is None:
             raise ValueError(
@@ -975,7 +1011,7 @@ def choose_level(
         )
     n = int(trace.final.logits.shape[0])
     if confidence is not None and binomial_upper_bound(0, n, confidence) > rate_target:
-        needed = math.ceil(math.log1p(-confidence) / math.log1p(-rate_target)) if rate_target > 0 else None
+        needed = _smallest_certifying_split(confidence, rate_target)
         warnings.warn(
             f"choose_level: {n} validation examples cannot certify max_false_stop_rate={rate_target:g} at "
             f"confidence={confidence:g} even with no false stop"

@@ -68,7 +68,7 @@ from .distributed import (
 from .losses import LyapunovLossOutput
 from .model import check_model, horizon
 from .objectives import DEFAULT_KAPPA, Objective
-from .potentials import CrossEntropyPotential, Potential
+from .potentials import CrossEntropyPotential, MSEPotential, Potential
 from .recipe import DEFAULT_LR, Recipe, structure_is_known
 from .reporting import REFERENCE_SIZE, ReferenceSet, progress, summary_line, write_metrics
 from .samplers import RolloutSampler, StateSampler
@@ -582,9 +582,13 @@ class LyapunovTrainer:
         """:func:`~lyapunov_plugin.anytime_predict` on the trained model: each example is
         integrated only until the Lyapunov stopping rule (Eq. 10) fires; ``settings`` are that
         function's (``level``, ``kappa``, ``patience``, ``solver``, tolerances, ...). The
-        potential defaults to the trainer's."""
+        potential defaults to the trainer's; with ``MSEPotential`` (the regression rule, whose
+        bound needs the rate the model was trained for) ``kappa`` defaults to the trainer's
+        final training rate."""
         check_tensor("x", x, min_ndim=1)
         settings.setdefault("potential", self.potential)
+        if isinstance(settings["potential"], MSEPotential):
+            settings.setdefault("kappa", self.kappa_schedule.final)
         return anytime_predict(self.model, inference.model_input(self.model, x, self.device), **settings)
 
     def evaluate(

@@ -184,3 +184,58 @@ def test_benchmark_quick_mode(tmp_path) -> None:
         assert 0.0 <= result["false_stop_rate"] <= 1.0 and 0.0 <= result["converged_fraction"] <= 1.0
         assert result["mse_full"] >= 0.0 and result["mse_anytime"] >= 0.0
         assert result["nfe_batched_dopri5"] >= 8
+
+
+class ContractGrid(nn.Module):
+    """``f(eta, x) = -a (eta - y)`` on a ``(2, 3)`` state, ``x = [a, y.flatten()]``."""
+
+    def forward(self, eta: torch.Tensor, context: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -context[:, :1, None] * (eta - context[:, 1:].reshape(-1, 2, 3))
+
+
+def test_outputs_with_several_dimensions_replay_as_they_solve() -> None:
+    """A ``(B, 2, 3)`` regression output: the trace's replay equals the direct solve."""
+    model = ODEModel(ContractGrid(), state_shape=(2, 3), readout=None)
+    torch.manual_seed(0)
+    x = torch.cat([torch.tensor([[1.0], [2.0], [4.0], [8.0]]), torch.randn(4, 6)], dim=1).double()
+    settings = dict(potential=MSEPotential(), solver="rk4", steps=STEPS)
+    direct = anytime_predict(model, x, level=0.05, kappa=KAPPA, **settings)
+    replayed = anytime_trace(model, x, **settings).apply(level=0.05, kappa=KAPPA)
+    assert direct.logits.shape == replayed.logits.shape == (4, 2, 3)
+    assert torch.equal(direct.logits, replayed.logits) and torch.equal(direct.nfe, replayed.nfe)
+    assert 0 < int(direct.converged.sum()) < 4  # the fast rates stop, the slowest does not
+
+
+class First(nn.Module):
+    def forward(self, eta: torch.Tensor) -> torch.Tensor:
+        return eta[:, 0]
+
+
+def test_regression_inputs_that_cannot_work_are_refused_by_name() -> None:
+    model = contraction_model()
+    x = inputs([KAPPA, KAPPA], [[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="kappa must be > 0 with potential=MSEPotential"):
+        anytime_predict(model, x, potential=MSEPotential(), level=0.1, kappa=0.0)
+    classification = anytime_trace(model, x, solver="rk4", steps=STEPS)
+    with pytest.raises(ValueError, match="does not match the trace"):
+        choose_level(None, None, trace=classification, potential=MSEPotential(), tolerance=0.1)
+    flat = ODEModel(Contract(), state_shape=(2,), readout=First())
+    with pytest.raises(ValueError, match=r"outputs of shape \(B, k\).*got shape \(2,\)"):
+        anytime_predict(flat, x, potential=MSEPotential(), level=0.1, kappa=KAPPA, solver="rk4", steps=STEPS)
+
+
+def test_the_trainer_defaults_the_regression_kappa_to_its_training_rate() -> None:
+    readout = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        readout.weight.copy_(torch.eye(2))
+        readout.bias.zero_()
+    model = ODEModel(Contract(), state_shape=(2,), readout=readout).double()
+    trainer = LyapunovTrainer(model, Recipe(potential=MSEPotential()), kappa=KAPPA, progress=False)
+    x = inputs([KAPPA / 2, KAPPA / 4], [[1.0, 0.0], [0.0, 1.0]])
+    implicit = trainer.anytime_predict(x, level=0.3, solver="rk4", steps=STEPS)
+    explicit = anytime_predict(
+        trainer.model, x, potential=MSEPotential(), level=0.3, kappa=KAPPA, solver="rk4", steps=STEPS
+    )
+    assert torch.equal(implicit.nfe, explicit.nfe) and torch.equal(implicit.logits, explicit.logits)
+    slow = anytime_predict(trainer.model, x, potential=MSEPotential(), level=0.3, kappa=1.0, solver="rk4", steps=STEPS)
+    assert int(slow.nfe.sum()) > int(implicit.nfe.sum())  # the anytime default rate (1) would stop later
