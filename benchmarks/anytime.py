@@ -26,6 +26,9 @@ stopping an example only truncates its own path, so no level needs another solve
     python -m benchmarks.anytime --update-docs  # also embed the table in docs/anytime.md
     python -m benchmarks.anytime --truncation   # truncated cross entropy: full-solve NFE, |f| at t_end
     python -m benchmarks.anytime --settling --seeds 0  # velocity penalty beyond convergence, kappa
+    python -m benchmarks.anytime --kappa               # training kappa 3 and 5, every seed
+    python -m benchmarks.anytime --smoothing           # the label-smoothed potential, every seed
+    python -m benchmarks.anytime --jacobian --problems digits  # why a settled state can cost more steps
     python -m benchmarks.anytime --profile      # CPU time of a test batch: vector field vs solver
     python -m benchmarks.anytime --problems mnist5k --stem anytime_mnist5k  # the MNIST-5k cell
 
@@ -136,13 +139,25 @@ def _problem(name: str) -> Problem:
     )
 
 
+def _setting(method: str, key: str) -> Optional[float]:
+    """The value of ``key`` in a method name of ``+``-joined ``key=value`` parts
+    (``"smooth=0.05+kappa=3"``), ``None`` when absent."""
+    for part in method.split("+"):
+        name, _, value = part.partition("=")
+        if name == key and value:
+            return float(value)
+    return None
+
+
 def _objective(method: str, pattern: str) -> Optional[Objective]:
     """``None`` (the default recipe), standard training, or the default recipe's objective
-    with the truncated cross entropy ``max(0, CE - gamma)`` (method ``"gamma=<g>"``)."""
+    with the truncated cross entropy ``max(0, CE - gamma)`` (method ``"gamma=<g>"``) or the
+    label-smoothed one, ``KL(q || softmax)`` (method ``"smooth=<s>"``)."""
     if method == "standard":
         return SupervisedObjective()
-    if method.startswith("gamma="):
-        potential = CrossEntropyPotential(gamma=float(method.split("=", 1)[1]))
+    gamma, smoothing = _setting(method, "gamma"), _setting(method, "smooth")
+    if gamma is not None or smoothing is not None:
+        potential = CrossEntropyPotential(gamma=gamma or 0.0, smoothing=smoothing or 0.0)
         # The default recipe's objective for these patterns (docs/defaults.md): Monte Carlo for
         # the paper's model, the path integral for models with a trainable readout.
         if pattern == "paper":
@@ -151,17 +166,24 @@ def _objective(method: str, pattern: str) -> Optional[Objective]:
     return None
 
 
+def _smoothed_potential(method: str) -> Optional[CrossEntropyPotential]:
+    """The potential of a ``"smooth=<s>"`` method, ``None`` (plain cross entropy) otherwise."""
+    smoothing = _setting(method, "smooth")
+    return None if smoothing is None else CrossEntropyPotential(smoothing=smoothing)
+
+
 def _train(problem: Problem, pattern: str, method: str, seed: int, epochs: Optional[int]) -> Any:
     torch.manual_seed(seed)
     batch_size, default_epochs = budget(len(problem.y_train))
     model = build(pattern, problem.num_features, problem.num_classes, seed=seed)
     objective = _objective(method, pattern)
-    if method.startswith("settle="):
+    weight = _setting(method, "settle")
+    if weight is not None:
         # The default recipe's objective plus the velocity penalty beyond convergence.
         base = default_recipe(model, problem.x_train[:2]).objective
         assert isinstance(base, Objective)  # resolved: the example inputs were given
-        objective = SettlingPenalty(base=base, weight=float(method.split("=", 1)[1]), level=SETTLE_LEVEL)
-    kappa = float(method.split("=", 1)[1]) if method.startswith("kappa=") else None
+        objective = SettlingPenalty(base=base, weight=weight, level=SETTLE_LEVEL)
+    kappa = _setting(method, "kappa")
     trainer = LyapunovTrainer(model, objective, kappa=kappa, seed=seed, progress=False)
     trainer.fit(Batches(problem.x_train, problem.y_train, batch_size, seed), epochs=epochs or default_epochs)
     return as_lyapunov_model(trainer.model)
@@ -225,10 +247,13 @@ def _replay(
     }
 
 
-def _evaluate(model: Any, problem: Problem, device: torch.device) -> dict[str, Any]:
-    """Level on validation, everything else on test, for one trained model."""
+def _evaluate(
+    model: Any, problem: Problem, device: torch.device, potential: Optional[CrossEntropyPotential] = None
+) -> dict[str, Any]:
+    """Level on validation, everything else on test, for one trained model (the rule scored
+    with ``potential``, plain cross entropy by default)."""
     x_val, x_test, y_test = problem.x_val.to(device), problem.x_test.to(device), problem.y_test
-    val_trace = anytime_trace(model, x_val, solver="dopri5")
+    val_trace = anytime_trace(model, x_val, solver="dopri5", potential=potential)
     choice = choose_level(
         model,
         x_val,
@@ -238,9 +263,11 @@ def _evaluate(model: Any, problem: Problem, device: torch.device) -> dict[str, A
         solver="dopri5",
         trace=val_trace,
     )
-    trace = anytime_trace(model, x_test, solver="dopri5")
+    trace = anytime_trace(model, x_test, solver="dopri5", potential=potential)
     full = trace.final
-    anytime = anytime_predict(model, x_test, level=choice.level, kappa=DEFAULT_KAPPA, solver="dopri5")
+    anytime = anytime_predict(
+        model, x_test, level=choice.level, kappa=DEFAULT_KAPPA, solver="dopri5", potential=potential
+    )
     capped_start = anytime_predict(model, x_test, level=0.0, solver="dopri5", first_step=TORCHDIFFEQ_FIRST_STEP)
     batched_logits, batched_nfe = _batched_dopri5(model, x_test)
     early_logits, _ = _batched_dopri5(model, x_test, EARLY_TIME_FRACTION * horizon(model))
@@ -565,6 +592,20 @@ def main(
     return {"rows": rows, "summary": summary, "markdown": table}
 
 
+def _write_study(out_dir: Path, stem: str, rows: Any, table: str, update_docs: bool) -> str:
+    """``<stem>.json`` (the rows) and ``<stem>.md`` (the table) in ``out_dir``; with
+    ``update_docs`` the table goes into docs/anytime.md at the marker ``stem`` with '-' for '_'."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    (out_dir / f"{stem}.md").write_text(table + "\n")
+    if update_docs:
+        from examples.common.report import embed_markdown
+
+        embed_markdown(DOCS, stem.replace("_", "-"), table)
+    print(table)
+    return table
+
+
 def truncation_study(
     *,
     problems: Sequence[str] = ("digits",),
@@ -626,6 +667,120 @@ def settling_study(
     )
 
 
+#: Issue 14 item 3, numbers only, over every seed: name -> (methods, note). ``kappa``: the
+#: settling study's two smaller training rates (3 and 5 instead of the default 10), does the
+#: cheaper full solve hold and at what accuracy; ``smoothing``: the label-smoothed potential
+#: ``KL(q || softmax(z))`` (``CrossEntropyPotential(smoothing=s)``, 0 at finite logits, so Eq. 10
+#: asks for convergence to a fixed point instead of a margin that grows for ever).
+STUDIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "kappa": (
+        ("lyanet", "kappa=3", "kappa=5", "standard"),
+        "'kappa=k' = the default recipe with training kappa k (the anytime rule keeps kappa 1)",
+    ),
+    "smoothing": (
+        ("lyanet", "smooth=0.05", "smooth=0.2", "smooth=0.05+kappa=3", "standard"),
+        "'smooth=s' = the same objective (MonteCarloObjective for paper, PathIntegralObjective for enc_dc) with "
+        "`CrossEntropyPotential(smoothing=s)`, and the anytime rule scored with that potential (the others: "
+        "plain cross entropy); '+kappa=3': trained with kappa 3",
+    ),
+}
+
+
+def named_study(
+    name: str,
+    *,
+    problems: Sequence[str] = PROBLEMS,
+    patterns: Sequence[str] = PATTERNS,
+    seeds: Sequence[int] = SEEDS,
+    out_dir: Path = RESULTS,
+    threads: int = 1,
+    update_docs: bool = False,
+) -> str:
+    """One of :data:`STUDIES` (``python -m benchmarks.anytime --kappa`` / ``--smoothing``),
+    written to ``anytime_<name>.{json,md}``."""
+    methods, note = STUDIES[name]
+    return recipe_study(
+        methods=methods,
+        problems=problems,
+        patterns=patterns,
+        seeds=seeds,
+        stem=f"anytime_{name}",
+        note=note,
+        out_dir=out_dir,
+        threads=threads,
+        update_docs=update_docs,
+    )
+
+
+def jacobian_study(
+    *,
+    problems: Sequence[str] = ("digits",),
+    patterns: Sequence[str] = PATTERNS,
+    methods: Sequence[str] = ("lyanet", "smooth=0.05", "kappa=3", "smooth=0.05+kappa=3", "standard"),
+    seed: int = 0,
+    examples: int = 16,
+    times: Sequence[float] = (0.0, 0.1, 0.5, 1.0),
+    out_dir: Path = RESULTS,
+    threads: int = 1,
+    update_docs: bool = False,
+) -> str:
+    """Why a settled state can cost dopri5 *more* steps: the spectral radius of the field's
+    Jacobian ``df/deta`` along the batched dopri5 trajectory (median over ``examples`` test
+    points), beside that model's full-solve NFE. A trajectory that moves at constant velocity
+    (the cross entropy's ever-growing margin) is integrated exactly by any Runge-Kutta step;
+    one that converges like ``exp(-lambda t)`` has to have its transient resolved."""
+    import torchdiffeq
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    solver = partial(torchdiffeq.odeint, method="dopri5", rtol=TOLERANCE, atol=TOLERANCE)
+    rows = []
+    for name in problems:
+        problem = _problem(name)
+        x = problem.x_test[:examples]
+        for pattern in patterns:
+            for method in methods:
+                model = _train(problem, pattern, method, seed, None)
+                with torch.no_grad():
+                    context, eta0 = model.encode(x)
+                    grid = torch.tensor([0.0, *[t for t in times if t > 0]], dtype=eta0.dtype)
+                    states = integrate(model, x, grid, solver=solver)
+                radii = []
+                for t, state in zip(times, states if times[0] == 0 else states[1:], strict=True):
+                    per_example = []
+                    for i in range(examples):
+                        ctx = None if context is None else context[i : i + 1]
+                        at = torch.full((1,), float(t), dtype=eta0.dtype)
+
+                        def field(s: Tensor, model: Any = model, ctx: Any = ctx, at: Tensor = at) -> Tensor:
+                            return model.vector_field(s, ctx, at)
+
+                        jac = torch.autograd.functional.jacobian(field, state[i : i + 1])
+                        size = state[i : i + 1].numel()
+                        per_example.append(float(torch.linalg.eigvals(jac.reshape(size, size)).abs().max()))
+                    radii.append(statistics.median(per_example))
+                _, nfe = _batched_dopri5(model, problem.x_test)
+                rows.append({"problem": name, "pattern": pattern, "method": method, "radius": radii, "nfe": nfe})
+                print(f"{name}/{pattern}/{method}: {radii} ({nfe} NFE)", flush=True)
+    lines = [
+        "| problem | pattern | method | "
+        + " | ".join(f"spectral radius of df/deta at t = {t:g}" for t in times)
+        + " | NFE batched dopri5 |",
+        "|---|---|---|" + "---:|" * (len(times) + 1),
+    ]
+    for row in rows:
+        radii = " | ".join(f"{r:.1f}" for r in row["radius"])
+        lines.append(f"| {row['problem']} | {row['pattern']} | {row['method']} | {radii} | {row['nfe']} |")
+    lines += [
+        "",
+        f"Seed {seed}; median over the first {examples} test examples of max |eigenvalue| of the field's Jacobian "
+        "at the batched dopri5 state (rtol = atol = "
+        f"{TOLERANCE:g}); methods as in the tables above. Wall clock {time.perf_counter() - started:.0f} s, "
+        f"{threads} thread(s).",
+    ]
+    return _write_study(out_dir, "anytime_jacobian", rows, "\n".join(lines), update_docs)
+
+
 def recipe_study(
     *,
     methods: Sequence[str],
@@ -649,7 +804,10 @@ def recipe_study(
             for seed in seeds:
                 for method in methods:
                     model = _train(problem, pattern, method, seed, None)
-                    result = _evaluate(model, problem, torch.device("cpu"))
+                    # A label-smoothed model is scored with its own potential (as its trainer's
+                    # anytime_predict does): plain CE stays above 0 at the smoothed fixed point.
+                    own = _smoothed_potential(method)
+                    result = _evaluate(model, problem, torch.device("cpu"), potential=own)
                     result.pop("curve")
                     rows.append({"problem": name, "pattern": pattern, "seed": seed, "method": method, **result})
                     print(f"{name}/{pattern}/{seed}/{method}: {result['nfe_batched_dopri5']} NFE", flush=True)
@@ -659,11 +817,15 @@ def recipe_study(
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     cheaper = dict.fromkeys(methods, 0)
+    at_parity = dict.fromkeys(methods, 0)
+    anytime_ratios: dict[str, list[float]] = {method: [] for method in methods}
     cells = 0
     for name in problems:
         for pattern in patterns:
             cells += 1
             nfe: dict[str, float] = {}
+            acc: dict[str, float] = {}
+            anytime: dict[str, float] = {}
             for method in methods:
                 runs = [r for r in rows if (r["problem"], r["pattern"], r["method"]) == (name, pattern, method)]
 
@@ -671,6 +833,8 @@ def recipe_study(
                     return [float(r[key]) for r in runs]
 
                 nfe[method] = _mean(col("nfe_batched_dopri5"))
+                acc[method] = _mean(col("acc_batched_dopri5"))
+                anytime[method] = _mean(col("mean_nfe_anytime"))
                 lines.append(
                     f"| {name} | {pattern} | {method} | {_pm(col('acc_batched_dopri5'), 100)} | "
                     f"{_pm(col('nfe_batched_dopri5'))} | {_pm(col('speed_at_end'), 1, 2)} | "
@@ -678,29 +842,28 @@ def recipe_study(
                 )
             for method in methods:
                 cheaper[method] += nfe[method] <= nfe.get("standard", math.inf)
+                if "standard" in methods:
+                    at_parity[method] += acc[method] >= acc["standard"] - 0.01
+                    anytime_ratios[method].append(anytime[method] / nfe["standard"])
     lines += [""]
     if "standard" in methods:
-        lines.append(
-            "Full-solve NFE <= standard's: "
-            + ", ".join(f"{method} {cheaper[method]}/{cells}" for method in methods if method != "standard")
-            + "."
-        )
+        others = [method for method in methods if method != "standard"]
+        lines += [
+            "Full-solve NFE <= standard's: " + ", ".join(f"{m} {cheaper[m]}/{cells}" for m in others) + ".",
+            "Accuracy within 1 point of standard's (or above): "
+            + ", ".join(f"{m} {at_parity[m]}/{cells}" for m in others)
+            + ".",
+            "NFE anytime / standard's full batched dopri5, median over cells: "
+            + ", ".join(f"{m} {statistics.median(anytime_ratios[m]):.2f}" for m in methods)
+            + ".",
+        ]
     lines += [
         "",
         f"Mean ± std over seeds {list(seeds)}; 'lyanet' = `LyapunovTrainer(model)`; {note}; anytime rule and level "
-        "choice as in the main table (the rule's potential is the plain cross entropy for every model). Wall clock "
+        "choice as in the main table (the rule's potential is the plain cross entropy unless stated). Wall clock "
         f"{time.perf_counter() - started:.0f} s, {threads} thread(s).",
     ]
-    table = "\n".join(lines)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(rows, indent=1))
-    (out_dir / f"{stem}.md").write_text(table + "\n")
-    if update_docs:
-        from examples.common.report import embed_markdown
-
-        embed_markdown(DOCS, stem.replace("_", "-"), table)
-    print(table)
-    return table
+    return _write_study(out_dir, stem, rows, "\n".join(lines), update_docs)
 
 
 class _TimedField:
@@ -817,16 +980,7 @@ def profile_study(
         "after one warm-up; 'in vector_field': the share of that time spent inside `model.vector_field` "
         "(the network and its adapter; the rest is the solver and the stopping rule).",
     ]
-    table = "\n".join(lines)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "anytime_profile.json").write_text(json.dumps(rows, indent=1))
-    (out_dir / "anytime_profile.md").write_text(table + "\n")
-    if update_docs:
-        from examples.common.report import embed_markdown
-
-        embed_markdown(DOCS, "anytime-profile", table)
-    print(table)
-    return table
+    return _write_study(out_dir, "anytime_profile", rows, "\n".join(lines), update_docs)
 
 
 def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -844,6 +998,11 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="where the CPU time of a test batch goes")
     parser.add_argument(
         "--settling", action="store_true", help="velocity penalty beyond convergence and kappa (issue 14 item 3)"
+    )
+    parser.add_argument("--kappa", action="store_true", help="training kappa 3 and 5 over all seeds (issue 14 item 3)")
+    parser.add_argument("--smoothing", action="store_true", help="the label-smoothed potential (issue 14 item 3)")
+    parser.add_argument(
+        "--jacobian", action="store_true", help="the field's Jacobian along the trajectory (issue 14 item 3)"
     )
     parser.add_argument("--update-docs", action="store_true", help="embed the table in docs/anytime.md")
     return parser.parse_args(argv)
@@ -863,6 +1022,13 @@ if __name__ == "__main__":
             threads=args.threads,
             update_docs=args.update_docs,
         )
+    elif args.kappa or args.smoothing or args.jacobian:
+        common = dict(out_dir=args.out_dir, threads=args.threads, update_docs=args.update_docs)
+        cells = dict(problems=args.problems, patterns=args.patterns)
+        if args.jacobian:
+            jacobian_study(**cells, **common)
+        else:
+            named_study("kappa" if args.kappa else "smoothing", **cells, seeds=args.seeds, **common)
     elif args.quick:
         main(problems=("iris",), patterns=("paper",), seeds=(0,), epochs=2, out_dir=args.out_dir, stem="anytime_quick")
     else:

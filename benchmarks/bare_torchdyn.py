@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lyapunov_plugin import (
+    CrossEntropyPotential,
     LyapunovLossOutput,
     LyapunovModel,
     LyapunovTrainer,
@@ -88,6 +89,18 @@ METHODS: dict[str, tuple[str, Callable[[], Optional[Recipe]]]] = {
     "discrete_model": (
         "discrete Eq. 16-17, 4 intervals of the model's dopri5",
         lambda: Recipe(objective=PathIntegralObjective(form="discrete", solver="model")),
+    ),
+    "smooth_0.05": (
+        "discrete Eq. 16-17, RK4-8 rollout, label-smoothed potential s = 0.05",
+        lambda: Recipe(
+            objective=PathIntegralObjective(form="discrete", steps=8, potential=CrossEntropyPotential(smoothing=0.05))
+        ),
+    ),
+    "smooth_0.2": (
+        "discrete Eq. 16-17, RK4-8 rollout, label-smoothed potential s = 0.2",
+        lambda: Recipe(
+            objective=PathIntegralObjective(form="discrete", steps=8, potential=CrossEntropyPotential(smoothing=0.2))
+        ),
     ),
     "standard_1e-2": ("standard, lr 1e-2", lambda: Recipe(objective=SupervisedObjective(), lr=1e-2)),
     "standard_3e-3": ("standard, lr 3e-3", lambda: Recipe(objective=SupervisedObjective(), lr=3e-3)),

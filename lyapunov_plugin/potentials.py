@@ -14,6 +14,7 @@ pushed through ``psi`` by a Jacobian-vector product (exact and free for an ident
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,17 +245,42 @@ class CrossEntropyPotential(Potential):
     needs; the paper sets ``gamma`` to machine precision and ignores it in practice, so
     the default ``gamma=0`` is plain cross entropy.
 
+    With ``smoothing = s > 0`` the cross entropy is taken against the label-smoothed target
+    ``q = (1 - s) e_y + s / K`` and shifted by its entropy, ``V = KL(q || softmax(z))``: still
+    ``>= 0`` and 0 exactly where ``softmax(z) = q``, i.e. at *finite* logits. Plain cross
+    entropy is 0 only at infinite margin, so Eq. (10) at rate ``kappa`` asks the margin to
+    grow by about ``kappa`` per unit time forever (the state never settles); with smoothing
+    the condition asks for convergence to a fixed point, near which ``V`` is quadratic. ``s``
+    must lie in ``[0, 1)``; ``s = 0`` is the plain cross entropy.
+
     The derivative is in closed form: with ``p = softmax(z)``,
-    ``dCE/dz . dz = (p - e_y) . dz`` where ``CE > gamma``, and 0 where truncated.
+    ``dV/dz . dz = (p - q) . dz`` where ``V > gamma``, and 0 where truncated.
 
     Arguments:
         gamma: truncation level, ``>= 0``.
+        smoothing: label smoothing ``s`` of the target, ``0 <= s < 1``.
     """
 
     gamma: float = 0.0
+    smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         check_non_negative("gamma", self.gamma)
+        smoothing = check_non_negative("smoothing", self.smoothing)
+        if smoothing >= 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing!r}")
+
+    def _smoothed(self, shifted: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """``(sum_j q_j s_j, sum_j q_j log q_j)`` for the smoothed target ``q`` of ``target``."""
+        labels = as_labels(target)[:, None]
+        true = shifted.gather(-1, labels)[:, 0]
+        if self.smoothing == 0.0:
+            return true, torch.zeros_like(true)
+        s, k = self.smoothing, shifted.shape[-1]
+        off, on = s / k, 1.0 - s + s / k
+        neg_entropy = _x_log_x(on) + (k - 1) * _x_log_x(off)
+        weighted = (1.0 - s) * true + off * shifted.sum(-1)
+        return weighted, torch.full_like(true, neg_entropy)
 
     def validate(self, output: Output, target: Tensor) -> None:
         _check_logits(output)
@@ -279,7 +305,8 @@ class CrossEntropyPotential(Potential):
 
     def _value_unchecked(self, output: Output, target: Tensor) -> PerSample:
         shifted, log_z = self._shifted(output)
-        ce = log_z - shifted.gather(-1, as_labels(target)[:, None])[:, 0]
+        weighted, neg_entropy = self._smoothed(shifted, target)
+        ce = log_z - weighted + neg_entropy
         return torch.relu(ce - self.gamma)
 
     def value_and_derivative(
@@ -287,13 +314,22 @@ class CrossEntropyPotential(Potential):
     ) -> tuple[PerSample, PerSample]:
         labels = target[:, None]
         shifted, log_z = self._shifted(output)
-        ce = log_z - shifted.gather(-1, labels)[:, 0]
+        weighted, neg_entropy = self._smoothed(shifted, target)
+        ce = log_z - weighted + neg_entropy
         p_dot_dz = ((shifted - log_z[:, None]).exp() * output_velocity).sum(-1)
-        dce = p_dot_dz - output_velocity.gather(-1, labels)[:, 0]
+        q_dot_dz = output_velocity.gather(-1, labels)[:, 0]
+        if self.smoothing:
+            q_dot_dz = (1.0 - self.smoothing) * q_dot_dz + self.smoothing / output.shape[-1] * output_velocity.sum(-1)
+        dce = p_dot_dz - q_dot_dz
         # relu and a multiplicative mask (not torch.where) so that NaN/Inf states give a
         # non-finite V and dV/dt, which training loops catch, instead of a silent 0.
         active = (ce > self.gamma).to(ce.dtype)
         return torch.relu(ce - self.gamma), dce * active
+
+
+def _x_log_x(value: float) -> float:
+    """``value log value`` with its limit 0 at 0 (a tiny smoothing can underflow to 0)."""
+    return value * math.log(value) if value > 0.0 else 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -301,3 +301,39 @@ def test_benchmark_profile_and_settling_modes(tmp_path) -> None:
     assert [r["method"] for r in rows] == ["lyanet", "settle=1", "standard"]
     assert all(r["nfe_batched_dopri5"] >= 2 for r in rows)
     assert "Full-solve NFE <= standard's: lyanet" in table
+    assert "Accuracy within 1 point of standard's (or above): lyanet" in table
+    ratio = rows[0]["mean_nfe_anytime"] / rows[2]["nfe_batched_dopri5"]  # one seed: the median is the ratio
+    assert f"median over cells: lyanet {ratio:.2f}, settle=1" in table
+
+
+@pytest.mark.parametrize(("confidence", "target"), [(0.8, 0.005), (0.875, 0.5), (0.95, 0.05), (0.5, 0.3)])
+def test_the_split_size_the_warning_names_is_the_smallest_that_certifies(confidence: float, target: float) -> None:
+    from lyapunov_plugin.anytime import _smallest_certifying_split, binomial_upper_bound
+
+    needed = _smallest_certifying_split(confidence, target)
+    assert needed is not None and binomial_upper_bound(0, needed, confidence) <= target
+    assert needed == 1 or binomial_upper_bound(0, needed - 1, confidence) > target
+
+
+def test_benchmark_jacobian_mode_and_combined_method_names(tmp_path) -> None:
+    """``--jacobian`` end to end on iris, and the ``+``-joined method names of the studies."""
+    import json
+
+    from benchmarks import anytime as bench
+
+    assert bench._setting("smooth=0.05+kappa=3", "kappa") == 3.0
+    assert bench._setting("smooth=0.05+kappa=3", "smooth") == 0.05
+    assert bench._setting("lyanet", "kappa") is None and bench._smoothed_potential("kappa=3") is None
+    assert bench._smoothed_potential("smooth=0.2+kappa=3") == CrossEntropyPotential(smoothing=0.2)
+    table = bench.jacobian_study(
+        problems=("iris",),
+        patterns=("enc_dc",),
+        methods=("lyanet", "smooth=0.05+kappa=3"),
+        examples=2,
+        times=(0.0, 1.0),
+        out_dir=tmp_path,
+    )
+    rows = json.loads((tmp_path / "anytime_jacobian.json").read_text())
+    assert [r["method"] for r in rows] == ["lyanet", "smooth=0.05+kappa=3"]
+    assert all(len(r["radius"]) == 2 and all(v >= 0 for v in r["radius"]) and r["nfe"] >= 2 for r in rows)
+    assert "| iris | enc_dc | smooth=0.05+kappa=3 |" in table

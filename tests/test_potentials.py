@@ -284,3 +284,52 @@ def test_cross_entropy_keeps_small_values_of_confident_rows(margin):
     assert float((v_dot.double() - exact_dot).abs().max()) < 1e-5
     tie = torch.tensor([[1e30, 1e30, 0.0]])
     assert float(CrossEntropyPotential().value(tie, torch.tensor([0]))) == pytest.approx(math.log(2.0))
+
+
+def _smoothed_kl_reference(eta: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """``KL(q || softmax(eta))`` for ``q = (1 - s) e_y + s / K``, written from the definition."""
+    classes = eta.shape[-1]
+    q = torch.full_like(eta, smoothing / classes)
+    q[torch.arange(len(target)), target] += 1.0 - smoothing
+    q_log_q = torch.where(q > 0, q * q.log(), torch.zeros_like(q))
+    return (q_log_q - q * eta.log_softmax(-1)).sum(-1)
+
+
+@given(classification_batch(dtype=torch.float64), st.floats(0.0, 0.99), st.floats(0.0, 1.0))
+def test_label_smoothed_potential_is_the_kl_to_the_smoothed_target(batch, smoothing, gamma):
+    """Value against the definition, closed-form derivative against reverse mode, in float64;
+    ``V >= 0`` everywhere (a Lyapunov candidate), and the truncation applies on top."""
+    eta, velocity, target = batch
+    pot = CrossEntropyPotential(smoothing=smoothing, gamma=gamma)
+    v, v_dot = pot.evaluate(eta, velocity, target)
+    kl = _smoothed_kl_reference(eta, target, smoothing)
+    torch.testing.assert_close(v, torch.clamp(kl - gamma, min=0.0), rtol=1e-12, atol=1e-12)
+    assert bool((v >= 0).all())
+    _, ref_dot = reference_v_and_vdot(lambda e: _smoothed_kl_reference(e, target, smoothing), eta, velocity)
+    off_kink = (kl - gamma).abs() > 1e-9
+    active = kl > gamma
+    torch.testing.assert_close(v_dot[off_kink & active], ref_dot[off_kink & active], rtol=1e-10, atol=1e-12)
+    assert bool((v_dot[~active] == 0).all())
+
+
+def test_label_smoothed_potential_vanishes_at_finite_logits_and_reduces_to_ce_at_zero():
+    smoothing, classes = 0.1, 5
+    target = torch.tensor([2, 0])
+    q = torch.full((2, classes), smoothing / classes, dtype=torch.float64)
+    q[torch.arange(2), target] += 1.0 - smoothing
+    minimum = CrossEntropyPotential(smoothing=smoothing).value(q.log() + 3.0, target)  # shift-invariant
+    torch.testing.assert_close(minimum, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-14)
+    eta = torch.randn(2, classes, dtype=torch.float64) * 4
+    assert torch.equal(
+        CrossEntropyPotential(smoothing=0.0).value(eta, target), CrossEntropyPotential().value(eta, target)
+    )
+    # Plain CE only approaches 0 as the margin grows without bound; the smoothed one rises again.
+    far = torch.zeros(1, classes, dtype=torch.float64)
+    far[0, 2] = 50.0
+    assert float(CrossEntropyPotential(smoothing=smoothing).value(far, target[:1])) > 1.0
+
+
+@pytest.mark.parametrize("smoothing", [1.0, -0.1, float("nan"), "0.1"])
+def test_label_smoothing_outside_the_unit_interval_is_refused_by_name(smoothing):
+    with pytest.raises((ValueError, TypeError), match="smoothing"):
+        CrossEntropyPotential(smoothing=smoothing)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lyapunov_plugin import (
+    CrossEntropyPotential,
     FixedStepSolver,
     HypercubeSampler,
     LyapunovModel,
@@ -220,6 +221,14 @@ VARIANTS: dict[str, Method] = {
         Method("bare_kappa_5", lambda problem, pattern: Recipe(kappa=5.0), patterns=("bare",)),
         Method("bare_lr_1e-2", lambda problem, pattern: Recipe(lr=1e-2), patterns=("bare",)),
         Method("bare_lr_5e-2", lambda problem, pattern: Recipe(lr=5e-2), patterns=("bare",)),
+        # The label-smoothed potential KL(q || softmax), 0 at finite logits (docs/anytime.md).
+        *(
+            Method(
+                f"ce_smoothing_{s:g}",
+                lambda problem, pattern, s=s: Recipe(potential=CrossEntropyPotential(smoothing=s)),
+            )
+            for s in (0.05, 0.1)
+        ),
         Method(
             "mc_32_samples",
             lambda problem, pattern: Recipe(objective=MonteCarloObjective(num_samples=32)),
