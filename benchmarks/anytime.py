@@ -695,16 +695,17 @@ def named_study(
     out_dir: Path = RESULTS,
     threads: int = 1,
     update_docs: bool = False,
+    stem: Optional[str] = None,
 ) -> str:
     """One of :data:`STUDIES` (``python -m benchmarks.anytime --kappa`` / ``--smoothing``),
-    written to ``anytime_<name>.{json,md}``."""
+    written to ``<stem>.{json,md}`` (default ``anytime_<name>``)."""
     methods, note = STUDIES[name]
     return recipe_study(
         methods=methods,
         problems=problems,
         patterns=patterns,
         seeds=seeds,
-        stem=f"anytime_{name}",
+        stem=stem or f"anytime_{name}",
         note=note,
         out_dir=out_dir,
         threads=threads,
@@ -1028,7 +1029,8 @@ if __name__ == "__main__":
         if args.jacobian:
             jacobian_study(**cells, **common)
         else:
-            named_study("kappa" if args.kappa else "smoothing", **cells, seeds=args.seeds, **common)
+            stem = None if args.stem == "anytime" else args.stem  # --stem names the output when given
+            named_study("kappa" if args.kappa else "smoothing", **cells, seeds=args.seeds, stem=stem, **common)
     elif args.quick:
         main(problems=("iris",), patterns=("paper",), seeds=(0,), epochs=2, out_dir=args.out_dir, stem="anytime_quick")
     else:
