@@ -342,3 +342,16 @@ def test_benchmark_targets_and_merge_of_per_seed_files(tmp_path):
     reading = bench.reading_markdown({"digits": merged})
     assert "failed: more_steps_never_help" in reading
     assert "training CPU time 2.0x standard's" in reading and "missed" in reading
+
+
+def test_the_smoothing_candidate_is_the_default_objective_with_only_the_potential_changed():
+    import dataclasses
+
+    from benchmarks import robust as bench
+    from examples.common.models import digits_node
+    from lyapunov_plugin import CrossEntropyPotential, default_objective
+
+    model = digits_node(torch.rand(8, 64))
+    candidate = bench._candidates(model)["default_smoothing"]()
+    expected = dataclasses.replace(default_objective(model), potential=CrossEntropyPotential(smoothing=bench.SMOOTHING))
+    assert candidate == expected
