@@ -674,7 +674,7 @@ def settling_study(
 #: asks for convergence to a fixed point instead of a margin that grows for ever).
 STUDIES: dict[str, tuple[tuple[str, ...], str]] = {
     "kappa": (
-        ("lyanet", "kappa=3", "kappa=5", "standard"),
+        ("lyanet", "kappa=3", "kappa=5", "kappa=30", "standard"),
         "'kappa=k' = the default recipe with training kappa k (the anytime rule keeps kappa 1)",
     ),
     "smoothing": (

@@ -18,7 +18,9 @@ Lyapunov condition adds); ``robust_kappa3x`` (``robust_objective`` at three time
 rate ``kappa`` of Eq. 10, a lever adversarial training of the standard objective does not
 have: Theorem 3's disturbance bound shrinks as the exponential rate grows); the older
 candidates ``perturbed_random``, ``perturbed_1step``, ``wide_noise_gamma``; and
-``default_smoothing`` (the default objective with ``CrossEntropyPotential(smoothing=0.05)``).
+``default_smoothing`` (the default objective with ``CrossEntropyPotential(smoothing=0.05)``),
+``default_kappa3`` / ``default_kappa30`` / ``default_kappa100`` (the default recipe trained at
+``kappa`` 3 / 30 / 100).
 
 Every model is attacked with ``examples.common.robustness.evaluate_robustness`` through
 RK4-10 at pixel-space l_inf 0.1: PGD-10, PGD-20 x 2 restarts, APGD-CE, APGD-DLR (100 steps),
@@ -143,6 +145,8 @@ PROBLEMS: dict[str, dict[str, Any]] = {
     "digits_lipschitz": {"data": "digits", "encoder": "lipschitz", "epochs": 60, "methods": ("standard", "default")},
 }
 ENCODERS = {"plain": None, "lipschitz": ENCODER_LIPSCHITZ}
+#: The default recipe at other training rates: method name -> kappa (the default is 10).
+DEFAULT_KAPPAS = {"default_kappa3": 3.0, "default_kappa30": 30.0, "default_kappa100": 100.0}
 #: Label smoothing of the ``default_smoothing`` candidate.
 SMOOTHING = 0.05
 #: The Theorem-3 lever: robust_objective at this multiple of the default kappa.
@@ -183,6 +187,10 @@ def train_candidate(
         trainer, _ = train("standard", seed, epochs=epochs, split=split, encoder=encoder, lr=STANDARD_LR)
     elif name == "default":
         trainer, _ = train("lyanet", seed, epochs=epochs, split=split, encoder=encoder)
+    elif name in DEFAULT_KAPPAS:
+        # The default recipe at another training rate (Theorem 3: a larger kappa, a smaller
+        # disturbance bound; a smaller one, a cheaper full solve, docs/anytime.md).
+        trainer, _ = train("lyanet", seed, epochs=epochs, split=split, encoder=encoder, kappa=DEFAULT_KAPPAS[name])
     else:
         torch.manual_seed(seed)
         model = digits_node(split.x_train, lipschitz=ENCODERS[encoder], solver=TRAIN_SOLVER)
