@@ -9,7 +9,10 @@ one copy per method: ``standard`` (``SupervisedObjective``: cross entropy at ``t
 noise), ``robust`` (``robust_objective(model)``) and the opt-in levers of
 :mod:`lyapunov_plugin.contraction` (``input_lipschitz``, ``contraction``: the
 incremental-stability condition; ``certified``: certified training through the
-certificate's own bounds). :func:`lyapunov_plugin.certify` then certifies the test set at
+certificate's own bounds), and two variants of the default recipe: ``lyanet_smoothing``
+(``CrossEntropyPotential(smoothing=0.05)``, a potential that is 0 at finite logits, so the
+flow settles on a fixed point) and ``lyanet_kappa30`` (three times the default rate).
+:func:`lyapunov_plugin.certify` then certifies the test set at
 each l_inf eps, within the pixel box [0, 1] (the attacks' threat model) and, at the
 headline eps, for the whole ball too. Soundness: every certified point is attacked
 (margin-loss PGD through the same solver with restarts, plus random corners and uniform
@@ -39,10 +42,12 @@ from examples.common.data import digits, mnist5k
 from examples.common.report import embed_markdown, mean_std, write_outputs
 from lyapunov_plugin import (
     Classifier,
+    CrossEntropyPotential,
     FixedStepSolver,
     LyapunovTrainer,
     MonteCarloObjective,
     ODEModel,
+    Recipe,
     RolloutSampler,
     SupervisedObjective,
     certify,
@@ -59,7 +64,17 @@ HEADLINE_EPS = 0.02
 DOMAIN = (0.0, 1.0)
 WIDE_NOISE = (0.0, 0.1, 0.3, 1.0, 3.0)
 DATASETS = ("digits", "mnist5k")
-METHODS = ("standard", "lyanet", "lyanet_wide_noise", "robust", "input_lipschitz", "contraction", "certified")
+METHODS = (
+    "standard",
+    "lyanet",
+    "lyanet_wide_noise",
+    "robust",
+    "input_lipschitz",
+    "contraction",
+    "certified",
+    "lyanet_smoothing",
+    "lyanet_kappa30",
+)
 #: The opt-in levers of lyapunov_plugin.contraction, as measured (docs/certify.md).
 LEVERS = {
     "input_lipschitz": "ContractionObjective(rate=0, weight=0, input_weight=0.1): Monte Carlo loss "
@@ -69,6 +84,8 @@ LEVERS = {
     "certified worst-case logits (affine bounds through RK4-10, l_inf 0.03 in [0, 1]) on 8 examples per batch",
 }
 CERTIFIED_TRAINING = {"eps": 0.03, "weight": 0.5, "max_examples": 8}
+#: Label smoothing of ``lyanet_smoothing`` (``CrossEntropyPotential(smoothing=...)``).
+SMOOTHING = 0.05
 
 
 def probe_model(x_train: torch.Tensor, *, seed: int) -> ODEModel:
@@ -89,6 +106,11 @@ def train(method: str, split: Any, *, seed: int, epochs: int) -> tuple[ODEModel,
         trainer = LyapunovTrainer(model, objective=objective, seed=seed, progress=False)
     elif method == "robust":
         trainer = LyapunovTrainer(model, objective=robust_objective(model), seed=seed, progress=False)
+    elif method == "lyanet_smoothing":  # the default recipe with the label-smoothed potential
+        recipe = Recipe(potential=CrossEntropyPotential(smoothing=SMOOTHING))
+        trainer = LyapunovTrainer(model, recipe, seed=seed, progress=False)
+    elif method == "lyanet_kappa30":  # the default recipe at three times its rate
+        trainer = LyapunovTrainer(model, kappa=30.0, seed=seed, progress=False)
     elif method == "input_lipschitz":
         lipschitz = ContractionObjective(rate=0.0, weight=0.0, input_weight=0.1)
         trainer = LyapunovTrainer(model, objective=lipschitz, seed=seed, progress=False)

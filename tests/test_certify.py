@@ -418,3 +418,13 @@ def test_benchmark_merge_reproduces_the_summary(tmp_path):
     merged = main(quick=True, methods=["standard"], out_dir=tmp_path, name="merged", merge=[tmp_path / "one.json"])
     assert merged["summary"] == first["summary"]
     assert merged["setting"]["seeds"] == [0]
+
+
+def test_benchmark_recipe_variants_run_and_stay_sound(tmp_path):
+    """The two default-recipe variants of ``benchmarks.certify`` (label-smoothed potential,
+    three times the rate) train and certify at the quick budget, with nothing broken."""
+    from benchmarks.certify import main
+
+    payload = main(quick=True, seeds=[0], methods=["lyanet_smoothing", "lyanet_kappa30"], out_dir=tmp_path, name="v")
+    for method in ("lyanet_smoothing", "lyanet_kappa30"):
+        assert payload["summary"][method]["certified_broken"] == 0
