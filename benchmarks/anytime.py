@@ -44,6 +44,7 @@ import math
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -94,6 +95,9 @@ SELECTORS: tuple[tuple[str, Optional[float], int], ...] = (
     (f"bound {CONFIDENCE:g}", CONFIDENCE, 1),
     (f"bound {CONFIDENCE:g}, patience 2", CONFIDENCE, 2),
 )
+#: Other stopping rules replayed on the same traces (`anytime_predict(..., rule=...)`): the
+#: certified rule on the per-example dopri5 trace and on the model's own RK4, and "either".
+RULE_KEYS = ("certified", "either", "certified_rk4")
 #: Early termination (issue 14): test accuracy at t_end / 4 within this many points of t_end.
 EARLY_TIME_FRACTION, EARLY_TOLERANCE = 0.25, 0.01
 TOLERANCE = 1e-3
@@ -247,6 +251,54 @@ def _replay(
     }
 
 
+def _rule_numbers(result: Any, trace: AnytimeTrace, y_test: Tensor) -> dict[str, float]:
+    return {
+        "acc": _accuracy(result.logits, y_test),
+        "false_stop_rate": trace.false_stop_rate(result),
+        "mean_nfe": result.mean_nfe,
+        "mean_nfe_full": trace.final.mean_nfe,
+        "mean_stop_time": result.mean_stop_time,
+        "converged_fraction": result.converged_fraction,
+    }
+
+
+def _certified(trace: AnytimeTrace, y_test: Tensor) -> Optional[dict[str, float]]:
+    """The certified rule replayed on a test trace (``None`` if the model has no logit-rate bound)."""
+    if trace.bound is None:
+        return None
+    return _rule_numbers(trace.apply(rule="certified"), trace, y_test)
+
+
+def _either(val: AnytimeTrace, test: AnytimeTrace, y_test: Tensor) -> Optional[dict[str, float]]:
+    """``rule="either"``: the Lyapunov level chosen on validation for the combined rule
+    (same target and bound as the main rule), replayed on the test trace."""
+    if test.bound is None:
+        return None
+    with warnings.catch_warnings():  # the small-split warning was already given for the main rule
+        warnings.simplefilter("ignore", UserWarning)
+        choice = choose_level(
+            None,
+            None,
+            max_false_stop_rate=MAX_FALSE_STOP_RATE,
+            confidence=CONFIDENCE,
+            kappa=DEFAULT_KAPPA,
+            trace=val,
+            rule="either",
+        )
+    out = _rule_numbers(test.apply(level=choice.level, kappa=DEFAULT_KAPPA, rule="either"), test, y_test)
+    out["level"] = choice.level
+    return out
+
+
+def _certified_rk4(model: Any, x_test: Tensor, y_test: Tensor) -> Optional[dict[str, float]]:
+    """The certified rule with the model's own RK4 (models with ``fixed_steps`` only: RK4's
+    gain is 1 against dopri5's 1.645, and every step is checked)."""
+    if not isinstance(getattr(model, "fixed_steps", None), int):
+        return None
+    trace = anytime_trace(model, x_test, solver="rk4")
+    return _certified(trace, y_test)
+
+
 def _evaluate(
     model: Any, problem: Problem, device: torch.device, potential: Optional[CrossEntropyPotential] = None
 ) -> dict[str, Any]:
@@ -296,6 +348,9 @@ def _evaluate(
             name: _replay(val_trace, trace, y_test, confidence, patience) for name, confidence, patience in SELECTORS
         },
         "curve": curve,
+        "certified": _certified(trace, y_test),
+        "either": _either(val_trace, trace, y_test),
+        "certified_rk4": _certified_rk4(model, x_test, y_test),
     }
 
 
@@ -377,7 +432,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
             for name, *_ in SELECTORS
         }
-        scalar = ("curve", "selectors")
+        scalar = ("curve", "selectors", *RULE_KEYS)
         out.append(
             {
                 "problem": problem,
@@ -389,6 +444,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "wall_ratio": ratio_wall,
                 "wall_ratio_min": ratio_wall_min,
                 "selectors": selectors,
+                # The certified and the combined rule (replayed): one dict per run, None where
+                # the model has no logit-rate bound.
+                "rules": {
+                    key: {"lyanet": [a[key] for a in lya], "standard": [b[key] for b in std]} for key in RULE_KEYS
+                },
             }
         )
     return out
@@ -490,8 +550,62 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{sum(m > 0.5 for m in means)}/{n} | {max(max(v['false_stop_rate']) for v in per_cell) * 100:.2f} | "
             f"{max(_mean(v['acc_gap']) for v in per_cell) * 100:.1f} |"
         )
-    lines += ["", meta["description"]]
+    lines += ["", *_rules_markdown(summary), "", meta["description"]]
     return "\n".join(lines)
+
+
+def _rules_markdown(summary: list[dict[str, Any]]) -> list[str]:
+    """The certified rule (never a false stop) and ``rule="either"``, replayed on the same traces."""
+    cells = [c for c in summary if all(r is not None for r in c["rules"]["certified"]["lyanet"])]
+    if not cells:
+        return []
+
+    def m(items: list[dict[str, float]], key: str, scale: float = 1.0) -> float:
+        return _mean([item[key] for item in items]) * scale
+
+    lines = [
+        'The certified rule (`rule="certified"`: stop once no logit gap can close before t_end, from the field\'s '
+        'bound; never a false stop) and the combined rule (`rule="either"`, its Lyapunov level chosen on '
+        "validation like the main rule's), replayed on the same traces:",
+        "",
+        "| problem | pattern | certified NFE / full, L (per-example dopri5) | same, S | certified stop t L / S | "
+        "false stops certified L / S (%) | either: level L | either NFE L / full S (batched) | "
+        "either false stops L (%) | either acc L (%) | own RK4: certified NFE / full, L / S |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    either_ratios, main_ratios, certified_false, either_false = [], [], [], []
+    for cell in cells:
+        rules = cell["rules"]
+        cl, cs = rules["certified"]["lyanet"], rules["certified"]["standard"]
+        el = rules["either"]["lyanet"]
+        std_batched = cell["standard"]["nfe_batched_dopri5"]
+        ratio = [e["mean_nfe"] / s for e, s in zip(el, std_batched, strict=True)]
+        either_ratios.append(_mean(ratio))
+        main_ratios.append(_mean(cell["nfe_ratio"]))
+        certified_false.append(max(max(v["false_stop_rate"] for v in cl), max(v["false_stop_rate"] for v in cs)))
+        either_false.append(m(el, "false_stop_rate", 100))
+        rk4l, rk4s = rules["certified_rk4"]["lyanet"], rules["certified_rk4"]["standard"]
+        rk4 = "-"
+        if all(v is not None for v in rk4l + rk4s):
+            rk4 = f"{m(rk4l, 'mean_nfe') / m(rk4l, 'mean_nfe_full'):.2f} / "
+            rk4 += f"{m(rk4s, 'mean_nfe') / m(rk4s, 'mean_nfe_full'):.2f}"
+        lines.append(
+            f"| {cell['problem']} | {cell['pattern']} | {m(cl, 'mean_nfe') / m(cl, 'mean_nfe_full'):.2f} | "
+            f"{m(cs, 'mean_nfe') / m(cs, 'mean_nfe_full'):.2f} | "
+            f"{m(cl, 'mean_stop_time'):.2f} / {m(cs, 'mean_stop_time'):.2f} | "
+            f"{m(cl, 'false_stop_rate', 100):.2f} / {m(cs, 'false_stop_rate', 100):.2f} | "
+            f"{m(el, 'level'):.3g} | {_mean(ratio):.2f} | {m(el, 'false_stop_rate', 100):.2f} | "
+            f"{m(el, 'acc', 100):.1f} | {rk4} |"
+        )
+    lines += [
+        "",
+        f"- certified rule: worst single run false stops {max(certified_false) * 100:.2f}% (0 by construction)",
+        f"- either rule: median over cells of LyaNet NFE / standard full batched dopri5 "
+        f"{statistics.median(either_ratios):.2f} (the Lyapunov rule alone: {statistics.median(main_ratios):.2f}; "
+        f"target <= 0.5: {'met' if statistics.median(either_ratios) <= 0.5 else 'missed'}); worst cell false stops "
+        f"{max(either_false):.2f}%",
+    ]
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

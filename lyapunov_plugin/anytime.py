@@ -51,6 +51,14 @@ chosen on validation data like the classification level (:func:`choose_level` wi
 ``tolerance``: a stop is false when the stopped output differs from the one at ``t_end`` by
 more than ``tolerance``).
 
+**Certified stops** (``rule="certified"``, :mod:`lyapunov_plugin.speed`). For a field that
+ends in a linear layer after a bounded activation and a linear or identity readout, every
+logit gap moves at a bounded rate ``r_cj`` at every state, so the solver can move it by at
+most ``(t_end - t) G r_cj`` over the rest of the solve (``G``: the solver's sum of
+``|b_i|``). Stopping where every gap of the predicted class exceeds that is never a false
+stop (up to rounding), with no level and no validation split; it fires late.
+``rule="either"`` stops at the first of the two rules.
+
 **Cost.** Each example has its own time, step size and error control
 (:mod:`lyapunov_plugin.adaptive`), so its path does not depend on the other rows, and
 examples that stop leave the batch: only the rows still integrating are passed to
@@ -65,7 +73,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 import torch
@@ -88,6 +96,7 @@ from .dispatch import as_lyapunov_model
 from .inference import EvalMode
 from .model import LyapunovModel, check_velocity, horizon
 from .potentials import CrossEntropyPotential, MSEPotential, Potential, _readout_jvp, readout_of
+from .speed import LogitRateBound, certified_stops, logit_rate_bound, solver_gain, verified_field_output
 
 __all__ = [
     "AnytimePrediction",
@@ -101,6 +110,7 @@ __all__ = [
     "DEFAULT_KAPPA",
     "DEFAULT_LEVELS",
     "SOLVERS",
+    "RULES",
     "TORCHDIFFEQ_FIRST_STEP",
 ]
 
@@ -114,6 +124,10 @@ DEFAULT_KAPPA = 1.0
 DEFAULT_LEVELS: tuple[float, ...] = tuple(1e-4 * (math.log(2.0) / 1e-4) ** (i / 40) for i in range(41))
 #: ``"auto"``: RK4 with the model's own ``fixed_steps`` when it has them, dopri5 otherwise.
 SOLVERS = ("auto", "dopri5", "rk4")
+#: Stopping rules: ``"lyapunov"`` (Eq. 10 with a level chosen on validation data),
+#: ``"certified"`` (the logit gaps cannot close before ``t_end``: never a false stop) and
+#: ``"either"`` (stop when one of them fires).
+RULES = ("lyapunov", "certified", "either")
 #: ``first_step=TORCHDIFFEQ_FIRST_STEP``: torchdiffeq's first-step estimate, cap included.
 TORCHDIFFEQ_FIRST_STEP = "torchdiffeq"
 #: Accepted plus rejected steps one example may take before the solve is abandoned
@@ -236,12 +250,34 @@ class _Rule:
     potential: Potential
     #: The regression rule (``MSEPotential``): stop when ``2 RMS(dpsi/dt) / kappa < level``.
     regression: bool = False
+    #: One of :data:`RULES`.
+    kind: str = "lyapunov"
+    #: The model's logit-rate bound (:mod:`lyapunov_plugin.speed`) and the solver's gain,
+    #: for the certified rule (and, in a trace, to replay it).
+    bound: Optional[LogitRateBound] = None
+    gain: float = 1.0
+    #: The most steps the solver may still take (rk4: ``steps``; dopri5: ``max_steps``), for
+    #: the certified rule's rounding slack.
+    step_cap: int = 0
+
+    @property
+    def certifies(self) -> bool:
+        return self.kind != "lyapunov"
 
     def fires(self, value: Tensor, derivative: Tensor) -> Tensor:
-        """Where the rule holds at checked states (``value``/``derivative`` as :class:`_Checks`)."""
+        """Where the Lyapunov rule holds at checked states (``value``/``derivative`` as :class:`_Checks`)."""
+        if self.level <= 0:
+            return torch.zeros_like(value, dtype=torch.bool)
         if self.regression:
             return 2.0 * value < self.level * self.kappa
         return (value < self.level) & (derivative + self.kappa * value <= 0)
+
+    def certified(self, logits: Tensor, t: Tensor, t_end: float, state_scale: Tensor) -> Tensor:
+        """Where the certified rule holds (the class at ``t_end`` is proven)."""
+        assert self.bound is not None  # set by _with_bound whenever the rule certifies
+        return certified_stops(
+            logits, t, t_end, self.bound, self.gain, state_scale=state_scale, max_steps=self.step_cap
+        )
 
 
 def _check_settings(
@@ -294,14 +330,26 @@ def _check_settings(
     )
 
 
-def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
+def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any, rule: Any = "lyapunov") -> _Rule:
     if potential is None:
         potential = CrossEntropyPotential()
     if not isinstance(potential, Potential):
         raise TypeError(f"potential must be a lyapunov_plugin Potential, got {type(potential).__name__}")
+    check_choice("rule", rule, RULES)
     # A regression output has no predicted class to score V at: MSEPotential gets the
     # label-free regression rule instead (module docstring).
     regression = isinstance(potential, MSEPotential)
+    if rule != "lyapunov" and regression:
+        raise ValueError(
+            f"rule={rule!r} applies to classification (logit gaps); with potential=MSEPotential() use rule='lyapunov'"
+        )
+    if rule == "certified":
+        if level is not None:
+            raise ValueError(
+                f"level applies to rule='lyapunov' or 'either', got level={level!r} with rule='certified' "
+                "(the certified rule has no setting)"
+            )
+        level = 0.0
     if level is None:
         if regression:
             raise ValueError(
@@ -321,7 +369,27 @@ def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any) -> _Rule:
         patience=check_positive_int("patience", patience),
         potential=potential,
         regression=regression,
+        kind=rule,
     )
+
+
+def _with_bound(rule: _Rule, model: LyapunovModel, settings: _Settings, *, required: bool) -> tuple[_Rule, str]:
+    """``rule`` with the model's logit-rate bound attached (:mod:`lyapunov_plugin.speed`), and
+    why there is none (``""`` when there is). Call it in eval mode without gradients: a
+    parametrised weight is then read as inference computes it.
+
+    ``required``: raise a ``ValueError`` when the model has none (the certified rule asked
+    for); otherwise return ``rule`` unchanged (a trace records what it can)."""
+    if rule.regression:
+        return rule, "rule='certified' applies to classification (logit gaps), not to potential=MSEPotential()"
+    try:
+        bound = logit_rate_bound(model, "rule='certified'")
+    except NotImplementedError as error:
+        if required:
+            raise ValueError(str(error)) from None
+        return rule, str(error)
+    cap = settings.steps if settings.solver == "rk4" else settings.max_steps
+    return replace(rule, bound=bound, gain=solver_gain(settings.solver), step_cap=cap), ""
 
 
 def _select(context: Context, rows: Tensor) -> Context:
@@ -335,17 +403,19 @@ class _Checks:
     logits: Tensor
     value: Tensor
     derivative: Tensor
+    #: ``|eta|_inf`` per state (the certified rule's rounding slack).
+    scale: Tensor
 
 
 class _Recorder:
     """Every checked state of a solve (rows, times, cumulative NFE, logits, ``V_c``, ``dV_c/dt``)."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
 
     def add(self, rows: Tensor, t: Tensor, nfe: int, checks: _Checks) -> None:
         count = torch.full_like(rows, nfe)
-        self.parts.append((rows, t.clone(), count, checks.logits, checks.value, checks.derivative))
+        self.parts.append((rows, t.clone(), count, checks.logits, checks.value, checks.derivative, checks.scale))
 
 
 class _Solve:
@@ -391,12 +461,43 @@ class _Solve:
         )
         self.h = torch.zeros(batch, dtype=dtype, device=device)
         self.k1 = eta0
-        self.check_rule = rule.level > 0 or recorder is not None
+        self.check_rule = rule.level > 0 or rule.certifies or recorder is not None
+        if rule.bound is not None:  # the bound's matrices on the state's device, once
+            bound = replace(
+                rule.bound,
+                pairwise=rule.bound.pairwise.to(device=device, dtype=dtype),
+                readout_l1=rule.bound.readout_l1.to(device=device, dtype=dtype),
+            )
+            self.rule = rule = replace(rule, bound=bound)
+        # Outputs of the field's last layer, one per evaluation (while the bound is used).
+        self.seen: Optional[list[Tensor]] = None
+        self.bound_error = ""  # why a trace lost its bound during the solve
 
     def field(self, eta: Tensor, t: Tensor) -> Tensor:
         """``f`` on the active rows; every call evaluates every active row once."""
         self.field_calls += 1
         velocity = self.model.vector_field(eta, self.context, t)
+        seen, bound = self.seen, self.rule.bound
+        if seen is not None and bound is not None:
+            # The bound is on the output of the field's last layer: check, at every call, that
+            # this is what the model returns as its velocity (not a rescaled or post-processed copy).
+            out = seen[-1] if seen else None  # a reused last layer runs more than once: its last output
+            seen.clear()
+            same = out is velocity or (
+                out is not None
+                and isinstance(velocity, Tensor)
+                and out.shape == velocity.shape
+                and torch.equal(out, velocity)
+            )
+            if not same:
+                if not self.rule.certifies:  # a trace recording what it can: no certified replay
+                    self.rule, self.seen = replace(self.rule, bound=None), None
+                    self.bound_error = "the model's velocity is not the output of its field's last layer"
+                else:
+                    raise ValueError(
+                        f"rule={self.rule.kind!r}: the model's velocity is not the output of its field's last layer "
+                        f"({type(bound.module).__name__}), so the bound on the field does not bound it"
+                    )
         return check_velocity(velocity, eta)
 
     def checks(self, eta: Tensor, velocity: Tensor) -> _Checks:
@@ -410,9 +511,9 @@ class _Solve:
                     f"shape {tuple(output.shape)}; give a 1-output regressor a (B, 1) readout"
                 )
             speed = output_velocity.flatten(1).pow(2).mean(-1).sqrt()
-            return _Checks(output, speed, torch.zeros_like(speed))
+            return _Checks(output, speed, torch.zeros_like(speed), torch.zeros_like(speed))
         value, derivative = self.rule.potential.value_and_derivative(output, output.argmax(-1), output_velocity)
-        return _Checks(output, value, derivative)
+        return _Checks(output, value, derivative, eta.flatten(1).abs().amax(-1))
 
     def check(self, accepted: Optional[Tensor], interior: bool) -> tuple[Optional[Tensor], Optional[_Checks]]:
         """The rule at the active states (``accepted``: which took a step; ``None``: all).
@@ -427,7 +528,7 @@ class _Solve:
                 self.recorder.add(self.rows, self.t, self.field_calls, checks)
             else:
                 self.recorder.add(self.rows[accepted], self.t[accepted], self.field_calls, _subset(checks, accepted))
-        if self.rule.level <= 0:
+        if self.rule.level <= 0 and not self.rule.certifies:
             return None, checks
         fired = self.rule.fires(checks.value, checks.derivative)
         if accepted is not None:
@@ -436,6 +537,9 @@ class _Solve:
             streak = (self.streak + 1) * fired
             self.streak = streak if accepted is None else torch.where(accepted, streak, self.streak)
             fired = self.streak >= self.rule.patience
+        if self.rule.certifies:  # proven stops need no patience
+            proven = self.rule.certified(checks.logits, self.t, self.settings.t_end, checks.scale)
+            fired = fired | (proven if accepted is None else proven & accepted)
         return (fired if interior else None), checks
 
     def finish(self, done: Optional[Tensor], converged: Union[Tensor, bool], checks: Optional[_Checks]) -> None:
@@ -477,6 +581,16 @@ class _Solve:
             self.context = self.context.index_select(0, keep)
 
     def run(self) -> AnytimePrediction:
+        if self.rule.bound is None:
+            return self._run()
+        with verified_field_output(self.rule.bound) as seen:
+            self.seen = seen
+            try:
+                return self._run()
+            finally:
+                self.seen = None
+
+    def _run(self) -> AnytimePrediction:
         settings = self.settings
         self.k1 = self.field(self.eta, self.t)
         stop, checks = self.check(None, True)
@@ -588,7 +702,7 @@ class _Solve:
 
 
 def _subset(checks: _Checks, rows: Tensor) -> _Checks:
-    return _Checks(checks.logits[rows], checks.value[rows], checks.derivative[rows])
+    return _Checks(checks.logits[rows], checks.value[rows], checks.derivative[rows], checks.scale[rows])
 
 
 def _prepare(model: Any, x: Any) -> tuple[LyapunovModel, Tensor]:
@@ -613,6 +727,7 @@ def anytime_predict(
     t_end: Optional[float] = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     first_step: Union[float, str, None] = None,
+    rule: str = "lyapunov",
 ) -> AnytimePrediction:
     """Predict with each example integrated only until the Lyapunov stopping rule fires.
 
@@ -655,6 +770,18 @@ def anytime_predict(
             this solver takes the book's derivative-based estimate instead (still error
             controlled). ``"torchdiffeq"``: the capped estimate, so that each example takes
             exactly torchdiffeq's steps. A float: that step (saves the estimate's evaluation).
+        rule: ``"lyapunov"`` (the rule above), ``"certified"`` or ``"either"``. The certified
+            rule (:mod:`lyapunov_plugin.speed`) stops an example once no logit gap can close
+            before ``t_end``: for a field ending in a linear layer after a bounded activation
+            (``tanh``, ``sigmoid``) and a linear or identity readout, ``|d(z_c - z_j)/dt| <=
+            r_cj`` everywhere, and the solver moves the gap by at most ``(t_end - t) G r_cj``
+            (``G``: 1 for RK4, 1.645 for dopri5), so it stops where ``z_c - z_j`` exceeds that
+            for every ``j``. Guaranteed: the stopped class is the solver's class at ``t_end``
+            (no false stop, up to rounding), with no level, label or validation split; it
+            fires late unless the margins are large. ``level`` must be ``None`` with it.
+            ``"either"`` stops at the first of the two: its false stops are among the
+            Lyapunov rule's at the same ``level``, and it never stops later. Classification
+            only; models whose field or readout are not of that form get a ``ValueError``.
 
     Returns:
         An :class:`AnytimePrediction`.
@@ -674,9 +801,11 @@ def anytime_predict(
         max_steps=max_steps,
         first_step=first_step,
     )
-    rule = _check_rule(level, kappa, patience, potential)
+    checked = _check_rule(level, kappa, patience, potential, rule)
     with EvalMode(model), torch.no_grad():
-        return _Solve(model, x, settings, rule, None).run()
+        if checked.certifies:
+            checked, _ = _with_bound(checked, model, settings, required=True)
+        return _Solve(model, x, settings, checked, None).run()
 
 
 @dataclass(frozen=True)
@@ -696,6 +825,10 @@ class AnytimeTrace:
         last: ``(B,)`` index of each example's final state (at ``t_end``).
         final: the full solve, an :class:`AnytimePrediction` with the rule off.
         regression: recorded with ``MSEPotential`` (``value`` is the output's RMS speed).
+        bound, gain, step_cap: the model's logit-rate bound, the solver's gain and its step
+            cap, to replay ``rule="certified"`` (``bound`` is ``None`` when the model has none;
+            ``bound_error`` says why).
+        state_scale: ``(B, K)`` ``|eta|_inf`` per checked state (the rounding slack).
     """
 
     logits: Tensor
@@ -707,19 +840,39 @@ class AnytimeTrace:
     last: Tensor
     final: AnytimePrediction
     regression: bool = False
+    bound: Optional[LogitRateBound] = None
+    gain: float = 1.0
+    step_cap: int = 0
+    state_scale: Optional[Tensor] = None
+    bound_error: str = ""
 
-    def apply(self, *, level: float, kappa: float = DEFAULT_KAPPA, patience: int = 1) -> AnytimePrediction:
+    def apply(
+        self, *, level: Optional[float] = None, kappa: float = DEFAULT_KAPPA, patience: int = 1, rule: str = "lyapunov"
+    ) -> AnytimePrediction:
         """The anytime prediction for these rule settings (no integration)."""
-        rule = _check_rule(level, kappa, patience, MSEPotential() if self.regression else None)
+        checked = _check_rule(level, kappa, patience, MSEPotential() if self.regression else None, rule)
+        if checked.certifies:
+            if self.bound is None:
+                raise ValueError(
+                    f"rule={rule!r} cannot be replayed from this trace: its model has no logit-rate bound "
+                    f"({self.bound_error or 'none was recorded'})"
+                )
+            checked = replace(checked, bound=self.bound, gain=self.gain, step_cap=self.step_cap)
         batch, width = self.valid.shape
         interior = self.valid & (torch.arange(width, device=self.valid.device)[None, :] < self.last[:, None])
-        fired = interior & rule.fires(self.value, self.derivative)
+        fired = interior & checked.fires(self.value, self.derivative)
+        scale = torch.zeros_like(self.time) if self.state_scale is None else self.state_scale
+        proven = (
+            interior & checked.certified(self.logits, self.time, self.final.t_end, scale)
+            if checked.certifies
+            else torch.zeros_like(fired)
+        )
         streak = torch.zeros(batch, dtype=torch.long, device=fired.device)
         stop_at = self.last.clone()
         stopped = torch.zeros(batch, dtype=torch.bool, device=fired.device)
         for k in range(width):
             streak = (streak + 1) * fired[:, k]
-            now = ~stopped & (streak >= rule.patience)
+            now = ~stopped & ((streak >= checked.patience) | proven[:, k])
             stop_at = torch.where(now, torch.full_like(stop_at, k), stop_at)
             stopped |= now
         index = stop_at[:, None]
@@ -779,18 +932,22 @@ def anytime_trace(
     rule = _check_rule(0.0, 0.0, 1, potential)
     recorder = _Recorder()
     with EvalMode(model), torch.no_grad():
-        final = _Solve(model, x, settings, rule, recorder).run()
+        rule, bound_error = _with_bound(rule, model, settings, required=False)
+        solve = _Solve(model, x, settings, rule, recorder)
+        final = solve.run()
+    rule = solve.rule  # without the bound if the model's velocity turned out not to be the field's
     if settings.solver == "rk4":
         # The last RK4 state has no velocity (no evaluation at t_end); record it as final.
         rows = torch.arange(final.logits.shape[0], device=final.logits.device)
-        recorder.parts.append(
-            (rows, final.stop_time, final.nfe, final.logits, final.potential, torch.zeros_like(final.potential))
-        )
-    rows, time, nfe, logits, value, derivative = (torch.cat(part) for part in zip(*recorder.parts, strict=True))
+        zeros = torch.zeros_like(final.potential)
+        recorder.parts.append((rows, final.stop_time, final.nfe, final.logits, final.potential, zeros, zeros))
+    rows, time, nfe, logits, value, derivative, scale = (torch.cat(part) for part in zip(*recorder.parts, strict=True))
     # Stable sort by time, then by row: each row's states in time order.
     order = torch.argsort(time, stable=True)
     order = order[torch.argsort(rows[order], stable=True)]
-    rows, time, nfe, logits, value, derivative = (v[order] for v in (rows, time, nfe, logits, value, derivative))
+    rows, time, nfe, logits, value, derivative, scale = (
+        v[order] for v in (rows, time, nfe, logits, value, derivative, scale)
+    )
     batch = final.logits.shape[0]
     counts = torch.bincount(rows, minlength=batch)
     width = int(counts.max())
@@ -814,6 +971,11 @@ def anytime_trace(
         last=counts - 1,
         final=final,
         regression=rule.regression,
+        bound=rule.bound,
+        gain=rule.gain,
+        step_cap=rule.step_cap,
+        state_scale=pad(scale, 0.0),
+        bound_error=solve.bound_error or bound_error,
     )
 
 
@@ -926,6 +1088,7 @@ def choose_level(
     trace: Optional[AnytimeTrace] = None,
     first_step: Union[float, str, None] = None,
     tolerance: Optional[float] = None,
+    rule: str = "lyapunov",
 ) -> LevelChoice:
     """Choose the stopping rule's ``level`` on a validation split (never the test split).
 
@@ -962,7 +1125,13 @@ def choose_level(
         tolerance: regression only (``potential=MSEPotential()``, required there): a stop is
             false when the stopped outputs differ from those at ``t_end`` by more than this
             (RMS over the outputs).
+        rule: ``"lyapunov"`` or ``"either"`` (the level of the Lyapunov part of
+            :func:`anytime_predict`'s ``rule="either"``; its certified stops are never false,
+            so a level can only pass more easily). ``"certified"`` has no level to choose.
     """
+    check_choice("rule", rule, RULES)
+    if rule == "certified":
+        raise ValueError("rule='certified' has no level to choose (it has no setting); use 'lyapunov' or 'either'")
     rate_target = check_real("max_false_stop_rate", max_false_stop_rate)
     if not 0.0 <= rate_target < 1.0:
         raise ValueError(f"max_false_stop_rate must lie in [0, 1), got {rate_target}")
@@ -976,6 +1145,10 @@ def choose_level(
             f"potential={type(potential).__name__}() does not match the trace, which was recorded "
             f"{'with' if trace.regression else 'without'} potential=MSEPotential() (pass the trace's potential, "
             "or none)"
+        )
+    if regression and rule != "lyapunov":
+        raise ValueError(
+            f"rule={rule!r} applies to classification (logit gaps); with potential=MSEPotential() use rule='lyapunov'"
         )
     if regression:
         if tolerance is None:
@@ -1009,6 +1182,8 @@ def choose_level(
             t_end=t_end,
             first_step=first_step,
         )
+    if rule == "either" and trace.bound is None:
+        raise ValueError(f"rule='either' needs the model's logit-rate bound, and it has none: {trace.bound_error}")
     n = int(trace.final.logits.shape[0])
     if confidence is not None and binomial_upper_bound(0, n, confidence) > rate_target:
         needed = _smallest_certifying_split(confidence, rate_target)
@@ -1016,14 +1191,15 @@ def choose_level(
             f"choose_level: {n} validation examples cannot certify max_false_stop_rate={rate_target:g} at "
             f"confidence={confidence:g} even with no false stop"
             + ("" if needed is None else f" (that needs at least {needed})")
-            + "; the stopping rule is off (level 0). Use a larger validation split, a larger target or a "
-            "lower confidence.",
+            + "; the Lyapunov rule is off (level 0"
+            + (", certified stops only" if rule == "either" else "")
+            + "). Use a larger validation split, a larger target or a lower confidence.",
             UserWarning,
             stacklevel=2,
         )
     curve, bounds = [], []
     for level in candidates:
-        result = trace.apply(level=level, kappa=kappa, patience=patience)
+        result = trace.apply(level=level, kappa=kappa, patience=patience, rule=rule)
         false = int(result.false_stops(trace.final.logits, tolerance).sum())
         curve.append((level, false / n, result.mean_nfe, result.converged_fraction))
         bounds.append(None if confidence is None else binomial_upper_bound(false, n, confidence))
@@ -1031,7 +1207,10 @@ def choose_level(
     # one that fails, so the chosen level is the last of an unbroken run of passes (with a
     # bound, this controls the chance of choosing a level over the target, with no
     # correction for the number of candidates).
-    best, best_bound = (0.0, 0.0, trace.final.mean_nfe, 0.0), None
+    # Level 0: the Lyapunov rule off (with "either", the certified stops remain; measured, not assumed).
+    off = trace.apply(level=0.0, kappa=kappa, patience=patience, rule=rule)
+    off_rate = int(off.false_stops(trace.final.logits, tolerance).sum()) / n
+    best, best_bound = (0.0, off_rate, off.mean_nfe, off.converged_fraction), None
     for row, bound in zip(curve, bounds, strict=True):
         if (row[1] if bound is None else bound) > rate_target:
             break

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
+from ._structure import layer_type, torchdyn_field, torchdyn_parts, unwrap_adapter
 from ._validation import check_choice, check_non_negative, check_positive_int, check_tensor
 from .blocks import LipschitzMLP, MLPDynamics, Standardize
 from .bounds import AffineForm, SymbolSpace
@@ -118,14 +118,13 @@ class _Interpreter:
         return None if value is None else self.detach(value)
 
     def run(self, module: Any, form: AffineForm, inputs: Optional[_FieldInputs], path: str) -> AffineForm:
-        kind = type(module)
-        if parametrize.is_parametrized(module):
-            # torch.nn.utils.parametrize swaps the class for a subclass of the original
-            # (e.g. ParametrizedLinear of nn.Linear); the weight is computed on access.
-            kind = kind.__bases__[0]
+        kind = layer_type(module)
         if kind is nn.Sequential:
-            for name, child in module.named_children():
-                form = self.run(child, form, inputs, f"{path}.{name}")
+            # ``_modules``, as ``Sequential.forward`` runs them: ``named_children()`` lists a
+            # module used at two positions (one ``nn.Tanh()`` reused) only once.
+            for name, child in module._modules.items():
+                if child is not None:
+                    form = self.run(child, form, inputs, f"{path}.{name}")
             return form
         if kind is nn.Identity:
             return form
@@ -237,28 +236,14 @@ def _ode_model_program(model: ODEModel, interpreter: _Interpreter) -> _Program:
 def _torchdyn_program(model: nn.Module, interpreter: _Interpreter) -> Optional[_Program]:
     """A torchdyn ``NeuralODE`` (alone or in an ``nn.Sequential``), recognised by class
     name so that the core never imports torchdyn; ``None`` if ``model`` is not one."""
-
-    def is_node(m: Any) -> bool:
-        return type(m).__name__ == "NeuralODE" and type(m).__module__.startswith("torchdyn")
-
-    node: Any
-    if is_node(model):
-        before: list[nn.Module] = []
-        node, after = model, []
-    elif type(model) is nn.Sequential and any(is_node(m) for m in model):
-        index = [i for i, m in enumerate(model) if is_node(m)]
-        if len(index) != 1:
-            return None
-        before, node, after = list(model[: index[0]]), model[index[0]], list(model[index[0] + 1 :])
-    else:
+    parts = torchdyn_parts(model)
+    if parts is None:
         return None
-    vf = node.vf.vf  # DEFunc -> DEFuncBase -> the user's module
-    if getattr(vf, "has_time_arg", True) or getattr(node.vf, "integral_loss", None) is not None:
-        raise NotImplementedError(
-            "certify supports torchdyn vector fields that are nn.Sequential modules of supported layers "
-            f"(forward(x), time through DepthCat), without integral losses; supported: {SUPPORTED_LAYERS}"
-        )
-    field_module = vf.vf
+    before, node, after = parts
+    try:
+        field_module = torchdyn_field(node, "certify")
+    except NotImplementedError as error:
+        raise NotImplementedError(f"{error}; supported: {SUPPORTED_LAYERS}") from None
     encoder, readout = nn.Sequential(*before), nn.Sequential(*after)
 
     def encode(x: AffineForm) -> tuple[Optional[AffineForm], AffineForm]:
@@ -276,11 +261,8 @@ def _program(model: Any, dtype: torch.dtype, differentiable: bool = False) -> _P
     if isinstance(model, ODEModel):
         return _ode_model_program(model, interpreter)
     if isinstance(model, nn.Module):
-        # The trainer's view of a torchdyn model (lyapunov_plugin.adapters.torchdyn.TorchdynModel,
-        # recognised by name: the core never imports the adapters) certifies the model it wraps.
-        wrapped = getattr(model, "model", None)
-        if type(model).__name__ == "TorchdynModel" and isinstance(wrapped, nn.Module):
-            model = wrapped
+        # The trainer's view of a torchdyn model certifies the model it wraps.
+        model = unwrap_adapter(model)
         program = _torchdyn_program(model, interpreter)
         if program is not None:
             return program

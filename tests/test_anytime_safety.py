@@ -191,8 +191,8 @@ class _ScriptedTrace:
         self.n, self.false_by_level, self.regression = n, false_stops, False
         self.final = SimpleNamespace(logits=torch.zeros(n, 2), mean_nfe=20.0)
 
-    def apply(self, *, level: float, kappa: float, patience: int) -> SimpleNamespace:
-        wrong = torch.arange(self.n) < self.false_by_level[level]
+    def apply(self, *, level: float, kappa: float, patience: int, rule: str = "lyapunov") -> SimpleNamespace:
+        wrong = torch.arange(self.n) < self.false_by_level.get(level, 0)
         return SimpleNamespace(
             false_stops=lambda reference, tolerance=None: wrong, mean_nfe=20.0 - 10.0 * level, converged_fraction=level
         )

@@ -296,6 +296,26 @@ def test_torchdyn_data_control_and_depth_cat():
     torch.testing.assert_close(through.margin_lower, cert.margin_lower)
 
 
+def test_a_reused_activation_is_propagated_at_every_position():
+    # One nn.Tanh() at two positions: named_children() lists it once, Sequential.forward runs it
+    # twice; the certificate must follow forward (found by review).
+    pytest.importorskip("torchdyn")
+    from torchdyn.core import NeuralODE
+
+    torch.manual_seed(0)
+    first, middle, last = nn.Linear(2, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+    act = nn.Tanh()
+    shared = NeuralODE(nn.Sequential(first, act, middle, act, last), solver="rk4", return_t_eval=False)
+    distinct = NeuralODE(nn.Sequential(first, nn.Tanh(), middle, nn.Tanh(), last), solver="rk4", return_t_eval=False)
+    x, _ = blobs(16, classes=2)
+    solver = FixedStepSolver(method="rk4", steps=4)
+    with torch.no_grad():
+        y = Classifier(distinct, solver=solver)(x).argmax(1)
+    a = certify(shared, x, y, eps=0.05, solver=solver)
+    b = certify(distinct, x, y, eps=0.05, solver=solver)
+    torch.testing.assert_close(a.margin_lower, b.margin_lower)
+
+
 def test_float32_bounds_agree_with_float64(trained):
     model, x, y = trained
     low64 = certify(model, x, y, eps=0.3).margin_lower
