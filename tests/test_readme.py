@@ -25,7 +25,7 @@ def test_quickstart_prints_what_the_readme_shows():
     pytest.importorskip("torchdiffeq")
     from examples.readme import outputs_agree, quickstart_blocks, run_quickstart, shown_output
 
-    assert len(quickstart_blocks()) == 4
+    assert len(quickstart_blocks()) == 5
     printed, namespace = run_quickstart()
     # identical text; the digits may move a little on another CPU (see outputs_agree)
     assert outputs_agree(printed, shown_output()), (printed, shown_output())
@@ -38,6 +38,10 @@ def test_quickstart_prints_what_the_readme_shows():
     assert lyanet <= standard + 1.0
     assert namespace["trainer"].mode == "path_integral" and namespace["standard"].mode == "standard"
     assert namespace["out"].loss.item() >= 0
+    # the certified stops are the printed ones, and none changed a prediction
+    fast, full = namespace["fast"], namespace["full"]
+    assert f"NFE per example {fast.mean_nfe:.1f} instead of {full.mean_nfe:.1f}" in printed
+    assert not bool(fast.false_stops(full.logits).any()) and namespace["same"]
 
 
 def test_output_comparison_tolerates_rounding_but_not_a_stale_readme():
