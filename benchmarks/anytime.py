@@ -26,7 +26,7 @@ stopping an example only truncates its own path, so no level needs another solve
     python -m benchmarks.anytime --update-docs  # also embed the table in docs/anytime.md
     python -m benchmarks.anytime --truncation   # truncated cross entropy: full-solve NFE, |f| at t_end
     python -m benchmarks.anytime --settling --seeds 0  # velocity penalty beyond convergence, kappa
-    python -m benchmarks.anytime --kappa               # training kappa 3 and 5, every seed
+    python -m benchmarks.anytime --kappa               # training kappa 3, 5 and 30, every seed
     python -m benchmarks.anytime --smoothing           # the label-smoothed potential, every seed
     python -m benchmarks.anytime --jacobian --problems digits  # why a settled state can cost more steps
     python -m benchmarks.anytime --profile      # CPU time of a test batch: vector field vs solver
@@ -143,14 +143,28 @@ def _problem(name: str) -> Problem:
     )
 
 
+#: The settings a method name may carry (``"smooth=0.05+kappa=3"``).
+SETTINGS = ("gamma", "smooth", "settle", "kappa")
+
+
 def _setting(method: str, key: str) -> Optional[float]:
     """The value of ``key`` in a method name of ``+``-joined ``key=value`` parts
-    (``"smooth=0.05+kappa=3"``), ``None`` when absent."""
+    (``"smooth=0.05+kappa=3"``), ``None`` when absent. A malformed part (an unknown key, an
+    empty or non-finite value) is an error, not a silent default."""
+    found = None
     for part in method.split("+"):
-        name, _, value = part.partition("=")
-        if name == key and value:
-            return float(value)
-    return None
+        if "=" not in part:
+            continue  # a plain name: "lyanet", "standard"
+        name, _, text = part.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if name not in SETTINGS or not math.isfinite(value):
+            raise ValueError(f"method {method!r}: expected key=value parts with a key in {SETTINGS} and a finite value")
+        if name == key:
+            found = value
+    return found
 
 
 def _objective(method: str, pattern: str) -> Optional[Objective]:
@@ -1114,7 +1128,9 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--settling", action="store_true", help="velocity penalty beyond convergence and kappa (issue 14 item 3)"
     )
-    parser.add_argument("--kappa", action="store_true", help="training kappa 3 and 5 over all seeds (issue 14 item 3)")
+    parser.add_argument(
+        "--kappa", action="store_true", help="training kappa 3, 5 and 30 over all seeds (issue 14 item 3)"
+    )
     parser.add_argument("--smoothing", action="store_true", help="the label-smoothed potential (issue 14 item 3)")
     parser.add_argument(
         "--jacobian", action="store_true", help="the field's Jacobian along the trajectory (issue 14 item 3)"

@@ -345,6 +345,7 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
             "standard_adversarial_2step",
             "robust_kappa3x",
             "default_smoothing",
+            *DEFAULT_KAPPAS,
         ):
             if method not in summary:
                 continue

@@ -1020,7 +1020,10 @@ def binomial_upper_bound(events: int, trials: int, confidence: float) -> float:
         top = max(terms)
         return math.exp(top) * sum(math.exp(t - top) for t in terms)
 
+    # The root lies above k / n for confidence >= 1/2 (the usual case); below it otherwise.
     low, high = events / trials, 1.0
+    if cdf(low) <= tail:
+        low, high = 0.0, low
     for _ in range(100):  # the CDF falls in p; 100 halvings reach float64 resolution
         mid = 0.5 * (low + high)
         if cdf(mid) > tail:
@@ -1197,12 +1200,12 @@ def choose_level(
             UserWarning,
             stacklevel=2,
         )
-    curve, bounds = [], []
+    curve, counts = [], []
     for level in candidates:
         result = trace.apply(level=level, kappa=kappa, patience=patience, rule=rule)
         false = int(result.false_stops(trace.final.logits, tolerance).sum())
         curve.append((level, false / n, result.mean_nfe, result.converged_fraction))
-        bounds.append(None if confidence is None else binomial_upper_bound(false, n, confidence))
+        counts.append(false)
     # Fixed-sequence testing: walk up from the most conservative level and stop at the first
     # one that fails, so the chosen level is the last of an unbroken run of passes (with a
     # bound, this controls the chance of choosing a level over the target, with no
@@ -1211,7 +1214,10 @@ def choose_level(
     off = trace.apply(level=0.0, kappa=kappa, patience=patience, rule=rule)
     off_rate = int(off.false_stops(trace.final.logits, tolerance).sum()) / n
     best, best_bound = (0.0, off_rate, off.mean_nfe, off.converged_fraction), None
-    for row, bound in zip(curve, bounds, strict=True):
+    for row, false in zip(curve, counts, strict=True):
+        # The bound only for the candidates the walk reaches (it costs O(false stops) per
+        # bisection step on a large split).
+        bound = None if confidence is None else binomial_upper_bound(false, n, confidence)
         if (row[1] if bound is None else bound) > rate_target:
             break
         best, best_bound = row, bound

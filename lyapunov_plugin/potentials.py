@@ -265,10 +265,14 @@ class CrossEntropyPotential(Potential):
     smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        check_non_negative("gamma", self.gamma)
+        gamma = check_non_negative("gamma", self.gamma)
         smoothing = check_non_negative("smoothing", self.smoothing)
         if smoothing >= 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing!r}")
+        # Store the checked Python floats (a Fraction or a NumPy scalar would reach the tensor
+        # arithmetic as is).
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "smoothing", smoothing)
 
     def _smoothed(self, shifted: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(sum_j q_j s_j, sum_j q_j log q_j)`` for the smoothed target ``q`` of ``target``."""
@@ -312,7 +316,7 @@ class CrossEntropyPotential(Potential):
     def value_and_derivative(
         self, output: Output, target: Tensor, output_velocity: Output
     ) -> tuple[PerSample, PerSample]:
-        labels = target[:, None]
+        labels = as_labels(target)[:, None]
         shifted, log_z = self._shifted(output)
         weighted, neg_entropy = self._smoothed(shifted, target)
         ce = log_z - weighted + neg_entropy

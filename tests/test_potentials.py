@@ -333,3 +333,23 @@ def test_label_smoothed_potential_vanishes_at_finite_logits_and_reduces_to_ce_at
 def test_label_smoothing_outside_the_unit_interval_is_refused_by_name(smoothing):
     with pytest.raises((ValueError, TypeError), match="smoothing"):
         CrossEntropyPotential(smoothing=smoothing)
+
+
+def test_label_smoothed_potential_stores_floats_and_accepts_any_integer_labels():
+    # Found by review: a Fraction was accepted and then failed in the tensor arithmetic, and
+    # value_and_derivative gathered with the raw labels (uint8 failed).
+    from fractions import Fraction
+
+    import numpy as np
+
+    potential = CrossEntropyPotential(smoothing=Fraction(1, 20), gamma=np.float32(0.0))
+    assert type(potential.smoothing) is float and type(potential.gamma) is float
+    assert potential == CrossEntropyPotential(smoothing=0.05)
+    z = torch.randn(5, 3, dtype=torch.float64)
+    dz = torch.randn(5, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    for dtype in (torch.uint8, torch.int32, torch.int64):
+        value, derivative = potential.value_and_derivative(z, labels.to(dtype), dz)
+        reference = potential.value_and_derivative(z, labels, dz)
+        torch.testing.assert_close(value, reference[0])
+        torch.testing.assert_close(derivative, reference[1])
