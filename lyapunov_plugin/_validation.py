@@ -153,7 +153,8 @@ def check_class_labels(name: str, target: Any, batch: int, num_classes: int) -> 
     if target.ndim != 1:
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(target.shape)}")
     check_batch(name, target, "the output", batch)
-    lo, hi = int(target.min()), int(target.max())
+    bounds = torch.aminmax(target)  # one reduction for both ends (check_tensor refused an empty batch)
+    lo, hi = int(bounds.min), int(bounds.max)
     if lo < 0 or hi >= num_classes:
         raise ValueError(
             f"{name} must lie in [0, {num_classes - 1}] for {num_classes} classes, got values in [{lo}, {hi}]"

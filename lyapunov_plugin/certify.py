@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,6 +25,7 @@ from ._validation import check_choice, check_non_negative, check_positive_int, c
 from .blocks import LipschitzMLP, MLPDynamics, Standardize
 from .bounds import AffineForm, SymbolSpace
 from .dispatch import as_lyapunov_model
+from .inference import EvalMode
 from .model import ODEModel, horizon, integrate
 from .solvers import FixedStepSolver
 
@@ -399,21 +399,6 @@ def _check_domain(domain: Any, norm: str, x: Tensor) -> Optional[tuple[float, fl
     return low, high
 
 
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Certify the model as it runs at inference (eval mode: e.g. spectral-norm weights are
-    not updated by power iteration), then restore every module's mode."""
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    flags = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.training = flag
-
-
 def certify(
     model: Any,
     x: Tensor,
@@ -476,7 +461,7 @@ def certify(
     program = _program(model, dtype)
 
     lowers, nominals = [], []
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), EvalMode(model):
         ts = torch.tensor([0.0, t_end], device=x.device)
         reference = protocol.readout(integrate(protocol, x, ts, solver=fixed)[-1])
         if reference.ndim != 2:

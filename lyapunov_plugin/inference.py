@@ -23,20 +23,39 @@ __all__ = ["EvalMode", "explain_integer_input", "model_input", "predict", "evalu
 
 class EvalMode:
     """Context manager: the model in eval mode inside the block (rollouts and predictions
-    must not update BatchNorm statistics or draw dropout masks), its mode restored after.
-    A model that is not an ``nn.Module`` is left alone."""
+    must not update BatchNorm statistics or draw dropout masks), then every module's own
+    mode restored: a model trained with some layers frozen in eval mode (a BatchNorm kept
+    at its running statistics, say) keeps them so. A model that is not an ``nn.Module`` is
+    left alone.
+
+    Cheap on the training path (the Monte Carlo rollout enters it every step): a model
+    already in eval mode is not touched, and where no module overrides ``nn.Module.train``
+    the flags are set directly instead of through ``train()``'s recursion; a model with an
+    override gets its ``eval()`` called, so the override runs."""
 
     def __init__(self, model: Any) -> None:
         self.model = model if isinstance(model, nn.Module) else None
         self.was_training = bool(self.model.training) if self.model is not None else False
+        self._flags: list[tuple[nn.Module, bool]] = []
 
     def __enter__(self) -> None:
-        if self.model is not None:
+        if self.model is None:
+            return
+        modules = list(self.model.modules())
+        self._flags = [(m, m.training) for m in modules]
+        if not any(flag for _, flag in self._flags):
+            return
+        if all(type(m).train is nn.Module.train for m in modules):
+            for m in modules:
+                m.training = False
+        else:
             self.model.eval()
 
     def __exit__(self, *exc: Any) -> None:
-        if self.model is not None:
-            self.model.train(self.was_training)
+        for module, flag in self._flags:
+            if module.training != flag:
+                module.training = flag
+        self._flags = []
 
 
 @contextlib.contextmanager

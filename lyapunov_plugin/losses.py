@@ -116,7 +116,8 @@ def _pointwise(
         potential.validate(output, target)
     v, v_dot = potential.value_and_derivative(output, as_labels(target), output_velocity)
     decay_target = v.detach() if detach_v else v
-    return torch.relu(v_dot + kappa * decay_target), v, v_dot
+    # one fused op for v_dot + kappa V (a step of the Monte Carlo loss's inner loop)
+    return torch.relu(torch.add(v_dot, decay_target, alpha=kappa)), v, v_dot
 
 
 def _lyapunov_loss_unchecked(

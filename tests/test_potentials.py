@@ -353,3 +353,36 @@ def test_label_smoothed_potential_stores_floats_and_accepts_any_integer_labels()
         reference = potential.value_and_derivative(z, labels, dz)
         torch.testing.assert_close(value, reference[0])
         torch.testing.assert_close(derivative, reference[1])
+
+
+@given(classification_batch(dtype=torch.float64))
+def test_default_ce_fast_path_equals_the_general_path(batch):
+    """The default potential's short path (no truncation, no smoothing) against the general
+    one, reached through a subclass that hides the shortcut: same V and dV/dt in float64."""
+    eta, velocity, target = batch
+
+    class General(CrossEntropyPotential):
+        def value_and_derivative(self, output, target, output_velocity):
+            return _general(self, output, target, output_velocity)
+
+    def _general(pot, output, target, output_velocity):
+        labels = target[:, None]
+        shifted, log_z = pot._shifted(output)
+        ce = log_z - shifted.gather(-1, labels)[:, 0]
+        p_dot_dz = ((shifted - log_z[:, None]).exp() * output_velocity).sum(-1)
+        dce = p_dot_dz - output_velocity.gather(-1, labels)[:, 0]
+        return torch.relu(ce), dce * (ce > 0).to(ce.dtype)
+
+    fast = CrossEntropyPotential().value_and_derivative(eta, target, velocity)
+    general = General().value_and_derivative(eta, target, velocity)
+    torch.testing.assert_close(fast[0], general[0], rtol=1e-12, atol=1e-12)
+    positive = general[0] > 0  # where CE rounds to 0 the general path masks a ~1e-16 derivative
+    torch.testing.assert_close(fast[1][positive], general[1][positive], rtol=1e-10, atol=1e-12)
+    assert bool((fast[0] >= 0).all())
+
+
+def test_default_ce_propagates_non_finite_logits():
+    z = torch.tensor([[0.0, float("nan")], [float("inf"), 0.0], [1.0, 2.0]])
+    v, v_dot = CrossEntropyPotential().value_and_derivative(z, torch.tensor([0, 1, 0]), torch.ones(3, 2))
+    assert not bool(torch.isfinite(v[:2]).any()) and not bool(torch.isfinite(v_dot[:2]).any())
+    assert bool(torch.isfinite(v[2])) and bool(torch.isfinite(v_dot[2]))
