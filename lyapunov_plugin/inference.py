@@ -26,36 +26,43 @@ class EvalMode:
     must not update BatchNorm statistics or draw dropout masks), then every module's own
     mode restored: a model trained with some layers frozen in eval mode (a BatchNorm kept
     at its running statistics, say) keeps them so. A model that is not an ``nn.Module`` is
-    left alone.
+    left alone. An instance may be entered again inside its own block.
 
     Cheap on the training path (the Monte Carlo rollout enters it every step): a model
-    already in eval mode is not touched, and where no module overrides ``nn.Module.train``
-    the flags are set directly instead of through ``train()``'s recursion; a model with an
-    override gets its ``eval()`` called, so the override runs."""
+    already in eval mode is not touched, and where no module overrides ``train`` (on its
+    class or on the instance) the flags are set directly instead of through ``train()``'s
+    recursion. A model with an override gets ``eval()`` on entry and ``train(mode)`` on exit,
+    so the override runs both ways, and then each module's recorded flag is put back."""
 
     def __init__(self, model: Any) -> None:
         self.model = model if isinstance(model, nn.Module) else None
         self.was_training = bool(self.model.training) if self.model is not None else False
-        self._flags: list[tuple[nn.Module, bool]] = []
+        self._saved: list[tuple[list[tuple[nn.Module, bool]], bool]] = []
 
     def __enter__(self) -> None:
         if self.model is None:
             return
         modules = list(self.model.modules())
-        self._flags = [(m, m.training) for m in modules]
-        if not any(flag for _, flag in self._flags):
+        flags = [(m, m.training) for m in modules]
+        overridden = any(type(m).train is not nn.Module.train or "train" in vars(m) for m in modules)
+        self._saved.append((flags, overridden))
+        if not any(flag for _, flag in flags):
             return
-        if all(type(m).train is nn.Module.train for m in modules):
+        if overridden:
+            self.model.eval()
+        else:
             for m in modules:
                 m.training = False
-        else:
-            self.model.eval()
 
     def __exit__(self, *exc: Any) -> None:
-        for module, flag in self._flags:
+        if not self._saved:
+            return
+        flags, overridden = self._saved.pop()
+        if overridden and self.model is not None and any(flag for _, flag in flags):
+            self.model.train(flags[0][1])  # the root's mode, through the override
+        for module, flag in flags:
             if module.training != flag:
                 module.training = flag
-        self._flags = []
 
 
 @contextlib.contextmanager

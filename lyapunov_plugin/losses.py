@@ -116,8 +116,12 @@ def _pointwise(
         potential.validate(output, target)
     v, v_dot = potential.value_and_derivative(output, as_labels(target), output_velocity)
     decay_target = v.detach() if detach_v else v
-    # one fused op for v_dot + kappa V (a step of the Monte Carlo loss's inner loop)
-    return torch.relu(torch.add(v_dot, decay_target, alpha=kappa)), v, v_dot
+    # one fused op for v_dot + kappa V (the Monte Carlo loss's inner loop); a tensor kappa
+    # (a caller of Objective.compute past the public checks) keeps the plain form
+    hinge = (
+        torch.add(v_dot, decay_target, alpha=kappa) if isinstance(kappa, (int, float)) else v_dot + kappa * decay_target
+    )
+    return torch.relu(hinge), v, v_dot
 
 
 def _lyapunov_loss_unchecked(

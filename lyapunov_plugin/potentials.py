@@ -338,9 +338,11 @@ class CrossEntropyPotential(Potential):
     ) -> tuple[PerSample, PerSample]:
         """The default potential (no truncation, no smoothing) in fewer tensor ops, the
         Monte Carlo loss's inner loop: ``CE = log Z - s_y`` and ``dCE/dt = (e . dz) / Z - dz_y``
-        with ``e = exp(s)``, ``Z = sum e``. No hinge or mask is needed: ``Z >= 1`` and
-        ``s_y <= 0``, so ``CE >= 0`` in floating point too (the general path's
-        ``relu(CE - 0)`` is the identity), and NaN/Inf logits still give NaN/Inf."""
+        with ``e = exp(s)``, ``Z = sum e``. No hinge is needed: ``Z >= 1`` and ``s_y <= 0``, so
+        ``CE >= 0`` in floating point too, and NaN/Inf logits still give NaN/Inf. Unlike the
+        truncated path (``gamma > 0``, where ``dV/dt`` is 0 wherever ``V`` is), the derivative
+        is not masked where CE rounds to 0: CE is then tiny but positive, and its derivative is
+        the true one (small unless the velocity is huge)."""
         shifted = output - output.detach().amax(-1, keepdim=True)
         e = shifted.exp()
         z = e.sum(-1)

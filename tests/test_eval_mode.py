@@ -64,11 +64,56 @@ class _KeepsNormFrozen(nn.Module):
         return self.linear(x)
 
 
-def test_eval_mode_calls_an_overridden_train():
+def test_eval_mode_calls_an_overridden_train_both_ways():
     module = _KeepsNormFrozen().train()
     with EvalMode(module):
         assert not module.training and not module.linear.training
-    assert module.calls == [True, False] and module.training and module.linear.training
+    assert module.calls == [True, False, True] and module.training and module.linear.training
+
+
+class _FusesOnEval(nn.Module):
+    """An override with a side effect besides the flags (fuse for inference, unfuse to train)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.fused = False
+
+    def train(self, mode: bool = True) -> _FusesOnEval:
+        super().train(mode)
+        self.fused = not mode
+        return self
+
+
+def test_eval_mode_undoes_an_overrides_side_effect_and_sees_an_instance_override():
+    module = _FusesOnEval().train()
+    with EvalMode(module):
+        assert module.fused
+    assert module.training and not module.fused
+    plain = nn.Sequential(nn.Linear(2, 2)).train()
+    calls: list[bool] = []
+    inner_train = plain.train
+
+    def recording(mode: bool = True) -> nn.Module:
+        calls.append(mode)
+        return inner_train(mode)
+
+    plain.train = recording  # an override on the instance, not the class
+    with EvalMode(plain):
+        assert not plain[0].training
+    assert calls == [False, True] and plain[0].training
+
+
+def test_eval_mode_instance_entered_twice_restores_the_outer_mode():
+    model = _model_with_batch_norm().train()
+    model.encoder[1].eval()
+    before = _modes(model)
+    mode = EvalMode(model)
+    with mode:
+        with mode:
+            assert not any(_modes(model))
+        assert not any(_modes(model))
+    assert _modes(model) == before
 
 
 def test_predictions_and_certify_keep_a_frozen_layer_frozen():

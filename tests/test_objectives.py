@@ -452,3 +452,15 @@ def test_monte_carlo_step_encodes_once_and_rolls_out_from_that_pass():
     assert len(calls) == 1 and int(encoder[1].num_batches_tracked) == tracked + 1
     assert encoder[0].weight.grad is not None and float(encoder[0].weight.grad.abs().sum()) > 0
     torch.testing.assert_close(seen[0], calls[0])
+
+
+def test_monte_carlo_compute_accepts_a_tensor_kappa_past_the_public_checks():
+    """``Objective.compute`` is annotated with a float; a 0-d tensor (even one that requires
+    grad, e.g. a learned rate) still gives the same loss as the float."""
+    model = paper_model(dtype=torch.float64)
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.randint(0, 3, (5,))
+    objective = MonteCarloObjective()
+    as_float = objective.compute(model, x, y, kappa=2.0, generator=torch.Generator().manual_seed(0))
+    rate = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    as_tensor = objective.compute(model, x, y, kappa=rate, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(as_tensor.loss, as_float.loss)
