@@ -46,6 +46,8 @@ def test_timing_main_writes_every_method_and_ratio(tmp_path):
     assert _positive_finite(overhead["lyapunov_loss"]["median_s"])
     assert _positive_finite(overhead["vector_field"]["median_s"])
     assert _positive_finite(overhead["ratio"]["ratio"])
+    assert _positive_finite(overhead["lyapunov_objective"]["median_s"])
+    assert _positive_finite(overhead["objective_ratio"]["ratio"])
     assert written["machine"]["device"] == str(timing.default_device())
     assert written["machine"]["threads"] == 1
     assert "torch" in written["machine"]
@@ -64,3 +66,30 @@ def test_wrapped_model_epochs_are_timed_against_standard_on_the_same_grid():
             assert _positive_finite(entry[key]["median_s"])
         assert _positive_finite(entry["ratio_same_grid"]["ratio"])
     assert "x same grid" in timing.wrapped_markdown(wrapped)
+
+
+def test_the_objective_case_computes_the_public_loss():
+    """Part 2's two loss cases time one computation: the same draws give the same loss (each
+    on its own copy: the spectral-norm encoder's power iteration updates a buffer per call)."""
+    import copy
+
+    import torch
+
+    from lyapunov_plugin import CrossEntropyPotential, UniformTimeSampler, monte_carlo_lyapunov_loss
+
+    base, x, y, _ = timing.base_model_and_batch(16, torch.device("cpu"))
+    public = monte_carlo_lyapunov_loss(
+        copy.deepcopy(base),
+        x,
+        y,
+        potential=CrossEntropyPotential(),
+        kappa=timing.DEFAULT_KAPPA,
+        state_sampler=timing.fixed_hypercube(),
+        time_sampler=UniformTimeSampler(),
+        num_samples=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    objective = timing.MonteCarloObjective(
+        state_sampler=timing.fixed_hypercube(), time_sampler=UniformTimeSampler(), num_samples=4
+    ).compute(copy.deepcopy(base), x, y, kappa=timing.DEFAULT_KAPPA, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(objective.loss, public.loss)
