@@ -36,7 +36,6 @@ class EvalMode:
 
     def __init__(self, model: Any) -> None:
         self.model = model if isinstance(model, nn.Module) else None
-        self.was_training = bool(self.model.training) if self.model is not None else False
         self._saved: list[tuple[list[tuple[nn.Module, bool]], bool]] = []
 
     def __enter__(self) -> None:
@@ -44,10 +43,11 @@ class EvalMode:
             return
         modules = list(self.model.modules())
         flags = [(m, m.training) for m in modules]
+        if not any(flag for _, flag in flags):
+            self._saved.append((flags, False))  # already in eval mode: nothing to set or undo
+            return
         overridden = any(type(m).train is not nn.Module.train or "train" in vars(m) for m in modules)
         self._saved.append((flags, overridden))
-        if not any(flag for _, flag in flags):
-            return
         if overridden:
             self.model.eval()
         else:
@@ -58,7 +58,7 @@ class EvalMode:
         if not self._saved:
             return
         flags, overridden = self._saved.pop()
-        if overridden and self.model is not None and any(flag for _, flag in flags):
+        if overridden and self.model is not None:
             self.model.train(flags[0][1])  # the root's mode, through the override
         for module, flag in flags:
             if module.training != flag:

@@ -341,8 +341,8 @@ class CrossEntropyPotential(Potential):
         with ``e = exp(s)``, ``Z = sum e``. No hinge is needed: ``Z >= 1`` and ``s_y <= 0``, so
         ``CE >= 0`` in floating point too, and NaN/Inf logits still give NaN/Inf. Unlike the
         truncated path (``gamma > 0``, where ``dV/dt`` is 0 wherever ``V`` is), the derivative
-        is not masked where CE rounds to 0: CE is then tiny but positive, and its derivative is
-        the true one (small unless the velocity is huge)."""
+        is not masked where CE rounds to 0: the true CE there is tiny but positive, and the
+        derivative returned is its true one (small unless the velocity is huge)."""
         shifted = output - output.detach().amax(-1, keepdim=True)
         e = shifted.exp()
         z = e.sum(-1)
