@@ -11,7 +11,7 @@ Then, for each trained model:
    false-stop rate is <= 0.5%), with ``kappa = DEFAULT_KAPPA`` and ``patience = 1``;
 2. on the **test** split: the full per-example dopri5 solve to ``t_end`` (rule off), the
    anytime prediction at the chosen level, torchdiffeq's batched dopri5 to ``t_end`` (the
-   NFE protocol of EVALUATION.md: rtol = atol = 1e-3), the false-stop rate (stopped
+   NFE protocol of docs/evaluation.md: rtol = atol = 1e-3), the false-stop rate (stopped
    prediction != prediction at ``t_end``), and the wall-clock of one test batch (anytime
    vs the standard model's batched dopri5 solve, interleaved repeats in this process);
 3. ``|f|`` at ``t_end`` (RMS over the state, mean over test examples): how far from a
@@ -58,6 +58,7 @@ from lyapunov_plugin import (
     LyapunovTrainer,
     MonteCarloObjective,
     Objective,
+    ODEModel,
     PathIntegralObjective,
     SupervisedObjective,
     as_lyapunov_model,
@@ -97,7 +98,9 @@ SELECTORS: tuple[tuple[str, Optional[float], int], ...] = (
 )
 #: Other stopping rules replayed on the same traces (`anytime_predict(..., rule=...)`): the
 #: certified rule on the per-example dopri5 trace and on the model's own RK4, and "either".
-RULE_KEYS = ("certified", "either", "certified_rk4")
+RULE_KEYS = ("certified", "either", "certified_rk4", "certified_rk4_local")
+#: Repeats of the wall-clock comparison of the local bound (median).
+LOCAL_TIMING_REPEATS = 5
 #: Early termination (issue 14): test accuracy at t_end / 4 within this many points of t_end.
 EARLY_TIME_FRACTION, EARLY_TOLERANCE = 0.25, 0.01
 TOLERANCE = 1e-3
@@ -313,6 +316,24 @@ def _certified_rk4(model: Any, x_test: Tensor, y_test: Tensor) -> Optional[dict[
     return _certified(trace, y_test)
 
 
+def _certified_rk4_local(model: Any, x_test: Tensor, y_test: Tensor) -> Optional[dict[str, float]]:
+    """The certified rule with the model's own RK4 and ``bound="local"`` (``ODEModel`` with
+    ``MLPDynamics`` only), with the wall clock of the call against the full RK4 solve
+    (median of interleaved repeats: the local bound's checks are not free)."""
+    if not isinstance(model, ODEModel) or not isinstance(getattr(model, "fixed_steps", None), int):
+        return None
+    trace = anytime_trace(model, x_test, solver="rk4", bound="local")
+    out = _rule_numbers(trace.apply(rule="certified", bound="local"), trace, y_test)
+    local, full = [], []
+    for _ in range(LOCAL_TIMING_REPEATS):
+        for times, kwargs in ((local, {"rule": "certified", "bound": "local"}), (full, {"level": 0.0})):
+            start = time.perf_counter()
+            anytime_predict(model, x_test, solver="rk4", **kwargs)
+            times.append(time.perf_counter() - start)
+    out["wall_ratio"] = statistics.median(local) / statistics.median(full)
+    return out
+
+
 def _evaluate(
     model: Any, problem: Problem, device: torch.device, potential: Optional[CrossEntropyPotential] = None
 ) -> dict[str, Any]:
@@ -365,6 +386,7 @@ def _evaluate(
         "certified": _certified(trace, y_test),
         "either": _either(val_trace, trace, y_test),
         "certified_rk4": _certified_rk4(model, x_test, y_test),
+        "certified_rk4_local": _certified_rk4_local(model, x_test, y_test),
     }
 
 
@@ -584,10 +606,13 @@ def _rules_markdown(summary: list[dict[str, Any]]) -> list[str]:
         "",
         "| problem | pattern | certified NFE / full, L (per-example dopri5) | same, S | certified stop t L / S | "
         "false stops certified L / S (%) | either: level L | either NFE L / full S (batched) | "
-        "either false stops L (%) | either acc L (%) | own RK4: certified NFE / full, L / S |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "either false stops L (%) | either acc L (%) | own RK4: certified NFE / full, L / S | "
+        "own RK4, `bound='local'`: NFE / full, L / S | same, wall / full RK4, L / S |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     either_ratios, main_ratios, certified_false, either_false = [], [], [], []
+    local_ratios: list[float] = []
+    local_walls: list[float] = []
     for cell in cells:
         rules = cell["rules"]
         cl, cs = rules["certified"]["lyanet"], rules["certified"]["standard"]
@@ -603,13 +628,24 @@ def _rules_markdown(summary: list[dict[str, Any]]) -> list[str]:
         if all(v is not None for v in rk4l + rk4s):
             rk4 = f"{m(rk4l, 'mean_nfe') / m(rk4l, 'mean_nfe_full'):.2f} / "
             rk4 += f"{m(rk4s, 'mean_nfe') / m(rk4s, 'mean_nfe_full'):.2f}"
+        local_nfe = local_wall = "-"
+        locl, locs = (
+            rules.get("certified_rk4_local", {}).get("lyanet"),
+            rules.get("certified_rk4_local", {}).get("standard"),
+        )
+        if locl and locs and all(v is not None for v in locl + locs):
+            local_nfe = f"{m(locl, 'mean_nfe') / m(locl, 'mean_nfe_full'):.2f} / "
+            local_nfe += f"{m(locs, 'mean_nfe') / m(locs, 'mean_nfe_full'):.2f}"
+            local_wall = f"{m(locl, 'wall_ratio'):.2f} / {m(locs, 'wall_ratio'):.2f}"
+            local_ratios.append(m(locl, "mean_nfe") / m(locl, "mean_nfe_full"))
+            local_walls.append(m(locl, "wall_ratio"))
         lines.append(
             f"| {cell['problem']} | {cell['pattern']} | {m(cl, 'mean_nfe') / m(cl, 'mean_nfe_full'):.2f} | "
             f"{m(cs, 'mean_nfe') / m(cs, 'mean_nfe_full'):.2f} | "
             f"{m(cl, 'mean_stop_time'):.2f} / {m(cs, 'mean_stop_time'):.2f} | "
             f"{m(cl, 'false_stop_rate', 100):.2f} / {m(cs, 'false_stop_rate', 100):.2f} | "
             f"{m(el, 'level'):.3g} | {_mean(ratio):.2f} | {m(el, 'false_stop_rate', 100):.2f} | "
-            f"{m(el, 'acc', 100):.1f} | {rk4} |"
+            f"{m(el, 'acc', 100):.1f} | {rk4} | {local_nfe} | {local_wall} |"
         )
     lines += [
         "",
@@ -619,6 +655,13 @@ def _rules_markdown(summary: list[dict[str, Any]]) -> list[str]:
         f"target <= 0.5: {'met' if statistics.median(either_ratios) <= 0.5 else 'missed'}); worst cell false stops "
         f"{max(either_false):.2f}%",
     ]
+    if local_ratios:
+        lines.append(
+            f"- `bound='local'` (the paper's model, its own RK4-20; never a false stop either): LyaNet NFE / full RK4 "
+            f"solve, median over cells {statistics.median(local_ratios):.2f}; wall clock / full RK4 solve, median "
+            f"{statistics.median(local_walls):.2f} (each check costs about 2 log2(steps left) passes through the "
+            "field's layers, not counted as NFE)"
+        )
     return lines
 
 
@@ -700,7 +743,7 @@ def main(
             "(fixed-sequence testing; 0, the rule off, if the first does); per-example dopri5 "
             f"rtol = atol = {TOLERANCE:g}, first step: `anytime_predict`'s estimate (torchdiffeq's, without its 1e-4 "
             "cap from a zero state). 'NFE full (batched dopri5)': torchdiffeq dopri5 on the whole test batch "
-            "(EVALUATION.md protocol); NFE anytime: mean row evaluations per example. False stop: anytime "
+            "(docs/evaluation.md protocol); NFE anytime: mean row evaluations per example. False stop: anytime "
             "prediction != per-example full solve at t_end. 'acc t=1/4': batched dopri5 to t_end / 4. Wall: median of "
             f"{TIMING_REPEATS} interleaved repeats, one test batch, device {device}. |f| at t_end: RMS of the "
             f"velocity at the final state, mean over test examples. Machine: {platform.machine()}, {threads} "

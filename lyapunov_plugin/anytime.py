@@ -94,6 +94,7 @@ from .adaptive import control, dopri5_step, initial_step, per_row, rk4_step
 from .budget import SolverError
 from .dispatch import as_lyapunov_model
 from .inference import EvalMode
+from .local_bound import LocalRateBound, local_certified_stops, local_rate_bound
 from .model import LyapunovModel, check_velocity, horizon
 from .potentials import CrossEntropyPotential, MSEPotential, Potential, _readout_jvp, readout_of
 from .speed import LogitRateBound, certified_stops, logit_rate_bound, solver_gain, verified_field_output
@@ -128,6 +129,10 @@ SOLVERS = ("auto", "dopri5", "rk4")
 #: ``"certified"`` (the logit gaps cannot close before ``t_end``: never a false stop) and
 #: ``"either"`` (stop when one of them fires).
 RULES = ("lyapunov", "certified", "either")
+#: The certified rule's bound: ``"global"`` (:mod:`lyapunov_plugin.speed`, the field's
+#: fastest direction anywhere) or ``"local"`` (:mod:`lyapunov_plugin.local_bound`, from the
+#: current state: earlier stops, RK4 with an ``ODEModel``'s ``MLPDynamics`` only).
+BOUNDS = ("global", "local")
 #: ``first_step=TORCHDIFFEQ_FIRST_STEP``: torchdiffeq's first-step estimate, cap included.
 TORCHDIFFEQ_FIRST_STEP = "torchdiffeq"
 #: Accepted plus rejected steps one example may take before the solve is abandoned
@@ -259,6 +264,9 @@ class _Rule:
     #: The most steps the solver may still take (rk4: ``steps``; dopri5: ``max_steps``), for
     #: the certified rule's rounding slack.
     step_cap: int = 0
+    #: The bound local to the current state (:mod:`lyapunov_plugin.local_bound`): RK4 solves
+    #: of an ``ODEModel`` with ``MLPDynamics`` only; ``None`` otherwise.
+    local: Optional[LocalRateBound] = None
 
     @property
     def certifies(self) -> bool:
@@ -373,13 +381,17 @@ def _check_rule(level: Any, kappa: Any, patience: Any, potential: Any, rule: Any
     )
 
 
-def _with_bound(rule: _Rule, model: LyapunovModel, settings: _Settings, *, required: bool) -> tuple[_Rule, str]:
+def _with_bound(
+    rule: _Rule, model: LyapunovModel, settings: _Settings, *, required: bool, local: bool = False
+) -> tuple[_Rule, str]:
     """``rule`` with the model's logit-rate bound attached (:mod:`lyapunov_plugin.speed`), and
     why there is none (``""`` when there is). Call it in eval mode without gradients: a
     parametrised weight is then read as inference computes it.
 
     ``required``: raise a ``ValueError`` when the model has none (the certified rule asked
-    for); otherwise return ``rule`` unchanged (a trace records what it can)."""
+    for); otherwise return ``rule`` unchanged (a trace records what it can). ``local``: also
+    attach the bound local to the state (``bound="local"``; a ``ValueError`` where it does
+    not apply)."""
     if rule.regression:
         return rule, "rule='certified' applies to classification (logit gaps), not to potential=MSEPotential()"
     try:
@@ -389,7 +401,21 @@ def _with_bound(rule: _Rule, model: LyapunovModel, settings: _Settings, *, requi
             raise ValueError(str(error)) from None
         return rule, str(error)
     cap = settings.steps if settings.solver == "rk4" else settings.max_steps
-    return replace(rule, bound=bound, gain=solver_gain(settings.solver), step_cap=cap), ""
+    found = None
+    if local:
+        if settings.solver != "rk4":
+            raise ValueError(
+                f"bound='local' needs the fixed-step RK4 solver (solver='rk4', or 'auto' on a model with fixed_steps), "
+                f"got solver={settings.solver!r}: dopri5's stage weights have both signs, so only the global bound "
+                "holds for every step sequence it may take"
+            )
+        found = local_rate_bound(model, bound)
+        if found is None:
+            raise ValueError(
+                "bound='local' needs an ODEModel whose dynamics are lyapunov_plugin.blocks.MLPDynamics made of "
+                f"nn.Linear and monotone elementwise layers, got {type(model).__name__}; use bound='global'"
+            )
+    return replace(rule, bound=bound, gain=solver_gain(settings.solver), step_cap=cap, local=found), ""
 
 
 def _select(context: Context, rows: Tensor) -> Context:
@@ -405,17 +431,20 @@ class _Checks:
     derivative: Tensor
     #: ``|eta|_inf`` per state (the certified rule's rounding slack).
     scale: Tensor
+    #: Where the local bound proves the class (:mod:`lyapunov_plugin.local_bound`; ``None``: not checked).
+    local: Optional[Tensor] = None
 
 
 class _Recorder:
     """Every checked state of a solve (rows, times, cumulative NFE, logits, ``V_c``, ``dV_c/dt``)."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+        self.parts: list[tuple[Tensor, ...]] = []
 
     def add(self, rows: Tensor, t: Tensor, nfe: int, checks: _Checks) -> None:
         count = torch.full_like(rows, nfe)
-        self.parts.append((rows, t.clone(), count, checks.logits, checks.value, checks.derivative, checks.scale))
+        local = torch.zeros_like(rows, dtype=torch.bool) if checks.local is None else checks.local
+        self.parts.append((rows, t.clone(), count, checks.logits, checks.value, checks.derivative, checks.scale, local))
 
 
 class _Solve:
@@ -468,7 +497,10 @@ class _Solve:
                 pairwise=rule.bound.pairwise.to(device=device, dtype=dtype),
                 readout_l1=rule.bound.readout_l1.to(device=device, dtype=dtype),
             )
-            self.rule = rule = replace(rule, bound=bound)
+            local = None if rule.local is None else rule.local.to(device)
+            self.rule = rule = replace(rule, bound=bound, local=local)
+        # RK4 steps still to take after the current state (the local bound's horizon).
+        self.steps_left = settings.steps
         # Outputs of the field's last layer, one per evaluation (while the bound is used).
         self.seen: Optional[list[Tensor]] = None
         self.bound_error = ""  # why a trace lost its bound during the solve
@@ -523,6 +555,18 @@ class _Solve:
         if not self.check_rule:
             return None, None
         checks = self.checks(self.eta, self.k1)
+        if interior and self.rule.local is not None and self.rule.bound is not None and not self.rule.regression:
+            checks.local = local_certified_stops(
+                self.rule.local,
+                self.rule.bound,
+                self.eta,
+                self.context,
+                self.t,
+                checks.logits,
+                steps_left=self.steps_left,
+                step=self.settings.t_end / self.settings.steps,
+                max_steps=self.rule.step_cap,
+            )
         if self.recorder is not None:
             if accepted is None:
                 self.recorder.add(self.rows, self.t, self.field_calls, checks)
@@ -539,6 +583,8 @@ class _Solve:
             fired = self.streak >= self.rule.patience
         if self.rule.certifies:  # proven stops need no patience
             proven = self.rule.certified(checks.logits, self.t, self.settings.t_end, checks.scale)
+            if checks.local is not None:
+                proven = proven | checks.local
             fired = fired | (proven if accepted is None else proven & accepted)
         return (fired if interior else None), checks
 
@@ -688,9 +734,15 @@ class _Solve:
                 return
             step = torch.full_like(self.t, h)
             self.eta = rk4_step(self.field, self.t, self.eta, self.k1, step)
+            if not bool(self.eta.isfinite().all()):  # one synchronisation per step, as dopri5's
+                raise SolverError(
+                    "the vector field returned NaN/Inf during anytime_predict's RK4 step "
+                    f"(at t = {float(self.t.max()):.4g})"
+                )
             self.t = torch.full_like(self.t, settings.t_end if i == settings.steps else i * h)
             self.steps += 1
             self.attempts += 1
+            self.steps_left = settings.steps - i
             if i == settings.steps:
                 # No evaluation at t_end: nothing would use it. V_c is reported with f = 0.
                 self.finish(None, False, self.checks(self.eta, torch.zeros_like(self.eta)))
@@ -702,7 +754,8 @@ class _Solve:
 
 
 def _subset(checks: _Checks, rows: Tensor) -> _Checks:
-    return _Checks(checks.logits[rows], checks.value[rows], checks.derivative[rows], checks.scale[rows])
+    local = None if checks.local is None else checks.local[rows]
+    return _Checks(checks.logits[rows], checks.value[rows], checks.derivative[rows], checks.scale[rows], local)
 
 
 def _prepare(model: Any, x: Any) -> tuple[LyapunovModel, Tensor]:
@@ -728,6 +781,7 @@ def anytime_predict(
     max_steps: int = DEFAULT_MAX_STEPS,
     first_step: Union[float, str, None] = None,
     rule: str = "lyapunov",
+    bound: str = "global",
 ) -> AnytimePrediction:
     """Predict with each example integrated only until the Lyapunov stopping rule fires.
 
@@ -759,7 +813,7 @@ def anytime_predict(
             (``steps`` fixed steps of ``t_end / steps``) or ``"auto"``: RK4 with the model's
             own ``fixed_steps`` when it has them (or when ``steps`` is given), dopri5 otherwise.
         steps: RK4 steps over ``[0, t_end]``.
-        rtol, atol: dopri5 tolerances (EVALUATION.md's NFE protocol uses 1e-3).
+        rtol, atol: dopri5 tolerances (docs/evaluation.md's NFE protocol uses 1e-3).
         t_end: the horizon (default the model's, 1 in the paper).
         max_steps: accepted plus rejected dopri5 steps allowed per example.
         first_step: dopri5's first step size. ``None``: the two-evaluation estimate of
@@ -782,6 +836,14 @@ def anytime_predict(
             ``"either"`` stops at the first of the two: its false stops are among the
             Lyapunov rule's at the same ``level``, and it never stops later. Classification
             only; models whose field or readout are not of that form get a ``ValueError``.
+        bound: the certified rule's bound (``rule="certified"`` or ``"either"``):
+            ``"global"`` (above) or ``"local"`` (:mod:`lyapunov_plugin.local_bound`): also
+            stop where a bound started from the current state's own gap rate, and the
+            deviation the field's layers allow as the state and time move, proves the class;
+            the same guarantee, earlier stops, but each check costs the arithmetic of about
+            ``2 log2(steps left)`` passes through the field's layers, not counted in ``nfe``
+            (on small fields more wall clock than the evaluations it saves). RK4 on an
+            ``ODEModel`` with ``MLPDynamics`` only (a ``ValueError`` otherwise).
 
     Returns:
         An :class:`AnytimePrediction`.
@@ -802,10 +864,19 @@ def anytime_predict(
         first_step=first_step,
     )
     checked = _check_rule(level, kappa, patience, potential, rule)
+    local = _check_bound(bound, rule)
     with EvalMode(model), torch.no_grad():
         if checked.certifies:
-            checked, _ = _with_bound(checked, model, settings, required=True)
+            checked, _ = _with_bound(checked, model, settings, required=True, local=local)
         return _Solve(model, x, settings, checked, None).run()
+
+
+def _check_bound(bound: Any, rule: str) -> bool:
+    """Whether ``bound`` asks for the local bound; it applies to the certified rule only."""
+    check_choice("bound", bound, BOUNDS)
+    if bound == "local" and rule == "lyapunov":
+        raise ValueError("bound='local' applies to rule='certified' or 'either', got rule='lyapunov'")
+    return bound == "local"
 
 
 @dataclass(frozen=True)
@@ -829,6 +900,9 @@ class AnytimeTrace:
             cap, to replay ``rule="certified"`` (``bound`` is ``None`` when the model has none;
             ``bound_error`` says why).
         state_scale: ``(B, K)`` ``|eta|_inf`` per checked state (the rounding slack).
+        local_certified: ``(B, K)`` where the bound local to the state proved the class
+            (:mod:`lyapunov_plugin.local_bound`, RK4 solves of an ``ODEModel`` with
+            ``MLPDynamics``), ``None`` where it does not apply.
     """
 
     logits: Tensor
@@ -845,12 +919,25 @@ class AnytimeTrace:
     step_cap: int = 0
     state_scale: Optional[Tensor] = None
     bound_error: str = ""
+    local_certified: Optional[Tensor] = None
 
     def apply(
-        self, *, level: Optional[float] = None, kappa: float = DEFAULT_KAPPA, patience: int = 1, rule: str = "lyapunov"
+        self,
+        *,
+        level: Optional[float] = None,
+        kappa: float = DEFAULT_KAPPA,
+        patience: int = 1,
+        rule: str = "lyapunov",
+        bound: str = "global",
     ) -> AnytimePrediction:
-        """The anytime prediction for these rule settings (no integration)."""
+        """The anytime prediction for these rule settings (no integration); ``bound="local"``
+        needs a trace recorded with ``anytime_trace(..., bound="local")``."""
         checked = _check_rule(level, kappa, patience, MSEPotential() if self.regression else None, rule)
+        local = _check_bound(bound, rule)
+        if local and self.local_certified is None:
+            raise ValueError(
+                "bound='local' cannot be replayed from this trace: record it with anytime_trace(..., bound='local')"
+            )
         if checked.certifies:
             if self.bound is None:
                 raise ValueError(
@@ -867,6 +954,8 @@ class AnytimeTrace:
             if checked.certifies
             else torch.zeros_like(fired)
         )
+        if local:
+            proven |= interior & self.local_certified  # type: ignore[operator]  # checked above
         streak = torch.zeros(batch, dtype=torch.long, device=fired.device)
         stop_at = self.last.clone()
         stopped = torch.zeros(batch, dtype=torch.bool, device=fired.device)
@@ -911,13 +1000,16 @@ def anytime_trace(
     t_end: Optional[float] = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     first_step: Union[float, str, None] = None,
+    bound: str = "global",
 ) -> AnytimeTrace:
     """Solve to ``t_end`` per example (same solver as :func:`anytime_predict`) and record
     ``V_c``, ``dV_c/deta . f``, the logits and the cumulative NFE at every accepted state.
 
     Rejected steps before a stopping state are not separated out in the replay
     (:meth:`AnytimeTrace.apply` reports ``rejected_steps = 0`` for stopped examples; their
-    ``nfe`` is exact)."""
+    ``nfe`` is exact). ``bound="local"`` also records where the bound local to the state
+    proves the class (:func:`anytime_predict`'s ``bound``; a ``ValueError`` where it does
+    not apply), to replay it with ``apply(rule=..., bound="local")``."""
     model, x = _prepare(model, x)
     settings = _check_settings(
         model,
@@ -930,9 +1022,17 @@ def anytime_trace(
         first_step=first_step,
     )
     rule = _check_rule(0.0, 0.0, 1, potential)
+    check_choice("bound", bound, BOUNDS)
     recorder = _Recorder()
     with EvalMode(model), torch.no_grad():
-        rule, bound_error = _with_bound(rule, model, settings, required=False)
+        if bound == "local":
+            if rule.regression:
+                raise ValueError(
+                    "bound='local' applies to classification (logit gaps), not to potential=MSEPotential()"
+                )
+            rule, bound_error = _with_bound(rule, model, settings, required=True, local=True)
+        else:
+            rule, bound_error = _with_bound(rule, model, settings, required=False)
         solve = _Solve(model, x, settings, rule, recorder)
         final = solve.run()
     rule = solve.rule  # without the bound if the model's velocity turned out not to be the field's
@@ -940,13 +1040,16 @@ def anytime_trace(
         # The last RK4 state has no velocity (no evaluation at t_end); record it as final.
         rows = torch.arange(final.logits.shape[0], device=final.logits.device)
         zeros = torch.zeros_like(final.potential)
-        recorder.parts.append((rows, final.stop_time, final.nfe, final.logits, final.potential, zeros, zeros))
-    rows, time, nfe, logits, value, derivative, scale = (torch.cat(part) for part in zip(*recorder.parts, strict=True))
+        no = torch.zeros_like(rows, dtype=torch.bool)
+        recorder.parts.append((rows, final.stop_time, final.nfe, final.logits, final.potential, zeros, zeros, no))
+    rows, time, nfe, logits, value, derivative, scale, local = (
+        torch.cat(part) for part in zip(*recorder.parts, strict=True)
+    )
     # Stable sort by time, then by row: each row's states in time order.
     order = torch.argsort(time, stable=True)
     order = order[torch.argsort(rows[order], stable=True)]
-    rows, time, nfe, logits, value, derivative, scale = (
-        v[order] for v in (rows, time, nfe, logits, value, derivative, scale)
+    rows, time, nfe, logits, value, derivative, scale, local = (
+        v[order] for v in (rows, time, nfe, logits, value, derivative, scale, local)
     )
     batch = final.logits.shape[0]
     counts = torch.bincount(rows, minlength=batch)
@@ -976,6 +1079,7 @@ def anytime_trace(
         step_cap=rule.step_cap,
         state_scale=pad(scale, 0.0),
         bound_error=solve.bound_error or bound_error,
+        local_certified=pad(local, False) if rule.local is not None else None,
     )
 
 

@@ -74,6 +74,9 @@ class LogitRateBound:
     module: nn.Module
     readout_l1: Tensor
     field_max: float
+    #: ``(n,)`` float64, ``sup |f_k|`` per state coordinate (``field_max`` is its maximum);
+    #: ``None`` where it was not computed.
+    speed: Optional[Tensor] = None
 
 
 def _box(module: nn.Module) -> Optional[tuple[Tensor, Tensor]]:
@@ -238,11 +241,12 @@ def logit_rate_bound(model: Any, who: str = "the certified stop") -> LogitRateBo
     gaps = rows[:, None, :] - rows[None, :, :]  # (m, m, width)
     pairwise = (gaps @ centre + (offset[:, None] - offset[None, :])).abs() + gaps.abs() @ radius
     pairwise.fill_diagonal_(0.0)
-    field_max = float(((a @ centre + a0).abs() + a.abs() @ radius).max())
+    speed = (a @ centre + a0).abs() + a.abs() @ radius
+    field_max = float(speed.max())
     readout_l1 = (w[:, None, :] - w[None, :, :]).abs().sum(-1)
     if not (bool(pairwise.isfinite().all()) and math.isfinite(field_max)):
         raise NotImplementedError(f"{who}: the field's bound is not finite (non-finite weights?)")
-    return LogitRateBound(pairwise=pairwise, module=leaves[-1], readout_l1=readout_l1, field_max=field_max)
+    return LogitRateBound(pairwise=pairwise, module=leaves[-1], readout_l1=readout_l1, field_max=field_max, speed=speed)
 
 
 def solver_gain(solver: str) -> float:
@@ -275,18 +279,35 @@ def certified_stops(
     It is an estimate of the accumulated rounding sized generously, not a proof; the bound
     itself is exact arithmetic.
     """
-    eps = torch.finfo(logits.dtype).eps
     c = logits.argmax(-1)
     gap = logits.gather(-1, c.unsqueeze(-1)) - logits
     remaining = (t_end - t).clamp_min(0.0).unsqueeze(-1)
     reach = remaining * gain * bound.pairwise.to(logits)[c]
+    return _all_others(gap > reach + _slack(logits, c, remaining, bound, gain, state_scale, max_steps), c)
+
+
+def _slack(
+    logits: Tensor,
+    c: Tensor,
+    remaining: Tensor,
+    bound: LogitRateBound,
+    gain: float,
+    state_scale: Optional[Tensor],
+    max_steps: int,
+) -> Tensor:
+    """The rounding slack of :func:`certified_stops` (its docstring), ``(..., m)``."""
+    eps = torch.finfo(logits.dtype).eps
     slack = _ROUNDING_ULPS * eps * (1.0 + logits.abs().amax(-1, keepdim=True))
     if state_scale is not None and max_steps > 0:
         future = state_scale.unsqueeze(-1) + remaining * gain * bound.field_max
         slack = slack + 2.0 * max_steps * eps * bound.readout_l1.to(logits)[c] * future
-    classes = torch.arange(logits.shape[-1], device=logits.device)
-    ok = (gap > reach + slack) | (classes == c.unsqueeze(-1))
-    return ok.all(-1)
+    return slack
+
+
+def _all_others(ok: Tensor, c: Tensor) -> Tensor:
+    """``ok[..., j]`` for every ``j != c`` (the predicted class needs no margin to itself)."""
+    classes = torch.arange(ok.shape[-1], device=ok.device)
+    return (ok | (classes == c.unsqueeze(-1))).all(-1)
 
 
 @contextmanager

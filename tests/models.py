@@ -172,3 +172,21 @@ class TorchodeConditionedField(nn.Module):
 
     def forward(self, t, y, args):
         return self.net(torch.cat([y, args, t.reshape(-1, 1).expand(y.shape[0], 1).to(y.dtype)], dim=1))
+
+
+def saturated_paper_model():
+    """An ``ODEModel`` whose one tanh unit is driven to +-1 by the input: ``f = a sign(x)``
+    with ``a = (2, 0, -1)``, whatever the state and the time (``eta(0) = 0``, identity readout).
+    The gap between the predicted class and every other grows at exactly the global bound
+    ``|a_c - a_j|``, and the field never changes along a solve (the local bound is exact)."""
+    from lyapunov_plugin import ODEModel
+    from lyapunov_plugin.blocks import MLPDynamics
+
+    dynamics = MLPDynamics(3, 1, hidden=(1,), time_dependent=False).double()
+    with torch.no_grad():
+        dynamics.net[0].weight.zero_()
+        dynamics.net[0].weight[0, 3] = 50.0  # tanh(+-50) == +-1 in float64
+        dynamics.net[0].bias.zero_()
+        dynamics.net[2].weight.copy_(torch.tensor([[2.0], [0.0], [-1.0]]))
+        dynamics.net[2].bias.zero_()
+    return ODEModel(dynamics, state_shape=(3,), encoder=nn.Identity(), readout=None)

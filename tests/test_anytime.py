@@ -502,15 +502,19 @@ def test_benchmark_quick_mode(tmp_path) -> None:
         assert point["level"] >= result["level"] and point["val_false_stop_rate"] <= bench.MAX_FALSE_STOP_RATE
         assert point["mean_nfe_anytime"] <= result["mean_nfe_full"]
         # The certified rule never stops falsely; "either" never costs more than the main rule.
-        for key in ("certified", "certified_rk4"):
+        for key in ("certified", "certified_rk4", "certified_rk4_local"):
             assert result[key]["false_stop_rate"] == 0.0
             assert result[key]["mean_nfe"] <= result[key]["mean_nfe_full"]
         assert result["either"]["mean_nfe"] <= result["mean_nfe_anytime"]
+        # The local bound adds stops to the global one on the same RK4 solve, never removes any.
+        assert result["certified_rk4_local"]["mean_nfe"] <= result["certified_rk4"]["mean_nfe"]
+        assert result["certified_rk4_local"]["wall_ratio"] > 0
     cell = out["summary"][0]
     assert cell["nfe_ratio"][0] == row["lyanet"]["mean_nfe_anytime"] / row["standard"]["nfe_batched_dopri5"]
     assert "| iris | paper |" in out["markdown"]
     assert "early termination" in out["markdown"] and "| point estimate |" in out["markdown"]
     assert "certified rule: worst single run false stops 0.00%" in out["markdown"]
+    assert "`bound='local'` (the paper's model" in out["markdown"]
     assert ("met" in out["markdown"]) and ("missed" in out["markdown"])
 
 

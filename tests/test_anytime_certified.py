@@ -79,21 +79,8 @@ def test_bound_holds_at_random_states_contexts_and_times(seed: int, scale: float
     assert bool((gap_rate <= logit_rate_bound(model).pairwise + 1e-12).all())
 
 
-def _saturated_model() -> ODEModel:
-    """One tanh unit driven to +-1 by the input: ``f = a sign(x)``, so the gap between the
-    predicted class and every other grows at exactly its bound ``|a_c - a_j|``."""
-    dynamics = MLPDynamics(3, 1, hidden=(1,), time_dependent=False).double()
-    with torch.no_grad():
-        dynamics.net[0].weight.zero_()
-        dynamics.net[0].weight[0, 3] = 50.0  # tanh(+-50) == +-1 in float64
-        dynamics.net[0].bias.zero_()
-        dynamics.net[2].weight.copy_(torch.tensor([[2.0], [0.0], [-1.0]]))
-        dynamics.net[2].bias.zero_()
-    return ODEModel(dynamics, state_shape=(3,), encoder=nn.Identity(), readout=None)
-
-
 def test_rk4_stops_where_the_gap_first_exceeds_its_reach() -> None:
-    model = _saturated_model()
+    model = models.saturated_paper_model()
     x = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
     out = anytime_predict(model, x, rule="certified", solver="rk4", steps=20)
     # gap(t) = d t and reach(t) = (1 - t) d (G = 1): strictly larger from t = 0.55 (at 0.5 they are equal).
@@ -105,7 +92,7 @@ def test_rk4_stops_where_the_gap_first_exceeds_its_reach() -> None:
 
 
 def test_dopri5_stops_at_the_first_accepted_state_past_the_closed_form_time() -> None:
-    model = _saturated_model()
+    model = models.saturated_paper_model()
     x = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
     gain = solver_gain("dopri5")
     assert gain == pytest.approx(1 + 2 * 2187 / 6784)
