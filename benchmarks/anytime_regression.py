@@ -15,7 +15,7 @@ model:
    Eq. 10 at that rate justifies), for both models;
 2. on the **test** split: the per-example dopri5 full solve and the anytime prediction
    (test MSE, mean NFE per example, false stops), and torchdiffeq's batched dopri5 NFE to
-   ``t_end`` of the standard model (EVALUATION.md's protocol).
+   ``t_end`` of the standard model (docs/evaluation.md's protocol).
 
     python -m benchmarks.anytime_regression          # 3 problems x 2 patterns x 3 seeds
     python -m benchmarks.anytime_regression --quick  # smoke run (CI)

@@ -18,7 +18,11 @@ from torch import Tensor
 def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
-    return f"{type(value).__name__} {value!r}"
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple):  # an array (numpy, ...): its shape, not its whole repr
+        return f"{type(value).__name__} of shape {shape} (convert it with torch.as_tensor)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 200 else text[:200] + '...'}"
 
 
 def check_real(name: str, value: Any) -> float:
@@ -192,6 +196,12 @@ def floating_dtype_of(model: Any) -> Any:
     if not isinstance(model, torch.nn.Module) or not callable(parameters):
         return None
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def time_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype of a time grid for inputs ``x``: theirs when floating (a float64 model's
+    ``t_end`` is not rounded to float32), the default otherwise (``None``)."""
+    return x.dtype if x.is_floating_point() else None
 
 
 def parameter_device(model: Any) -> Optional[torch.device]:

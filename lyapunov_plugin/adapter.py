@@ -30,7 +30,8 @@ the torchode adapter as an example.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, cast
 
@@ -50,6 +51,7 @@ from ._validation import (
     check_tensor,
     check_time_grid,
     floating_dtype_of,
+    time_dtype,
 )
 
 if TYPE_CHECKING:
@@ -144,13 +146,38 @@ def check_shape_sequence(name: str, value: Any) -> tuple[int, ...]:
     return shape
 
 
+@contextmanager
+def _explained(x: Tensor) -> Iterator[None]:
+    """A layer that cannot take ``x`` (a feature count the first layer does not expect, say)
+    raises torch's ``RuntimeError`` about the library's two-example probe; say whose input it
+    was instead."""
+    try:
+        yield
+    except RuntimeError as err:
+        raise ValueError(
+            f"the model cannot run on inputs x of shape {tuple(x.shape)} (checked on its first 2 examples; "
+            f"does the first layer expect {tuple(x.shape[1:])}?): {err}"
+        ) from err
+
+
+def probe_output(model: LyapunovModel, x: Tensor) -> Any:
+    """The readout of ``eta(0)`` for the first two examples of ``x`` (shape and dtype probe;
+    call it in eval mode without gradients)."""
+    with _explained(x):
+        _, eta0 = model.encode(x[:2])
+        return model.readout(eta0)
+
+
 def check_model(model: LyapunovModel, x: Tensor, *, source: str = "the vector field") -> None:
     """Run ``model`` once on two examples of ``x`` (encode, ``f`` at ``t = 0``, readout) and
     raise a precise ``ValueError``/``TypeError`` if the shapes disagree (paper Eq. 1-3)."""
-    context, eta0 = model.encode(x[:2])
-    t = torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device)
-    check_velocity(model.vector_field(eta0, context, t), eta0, source=source)
-    out = model.readout(eta0)
+    with _explained(x):
+        context, eta0 = model.encode(x[:2])
+        t = torch.zeros(eta0.shape[0], dtype=eta0.dtype, device=eta0.device)
+        velocity = model.vector_field(eta0, context, t)
+    check_velocity(velocity, eta0, source=source)
+    with _explained(x):
+        out = model.readout(eta0)
     if not isinstance(out, Tensor) or out.shape[0] != eta0.shape[0]:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"the readout must map states {tuple(eta0.shape)} to one output per example, got {got}")
@@ -158,7 +185,7 @@ def check_model(model: LyapunovModel, x: Tensor, *, source: str = "the vector fi
 
 def readout_at(model: LyapunovModel, x: Tensor, t_end: float) -> Tensor:
     """``psi(eta(t_end))`` with the model's own solver (Eq. 3): a model's ``forward``."""
-    ts = torch.tensor([0.0, t_end], device=x.device)
+    ts = torch.tensor([0.0, t_end], dtype=time_dtype(x), device=x.device)
     return model.readout(model.trajectory(x, ts)[-1])
 
 
@@ -265,6 +292,6 @@ class NeuralODEAdapter(nn.Module):
     def forward(self, x: Tensor) -> Output:
         """``psi(eta(t_end))`` (Eq. 3) with the model's own solver: an ordinary classifier."""
         x = self._prepare_input(x)
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
+        ts = torch.tensor([0.0, self.t_end], dtype=time_dtype(x), device=x.device)
         context, eta0 = self._encode_prepared(x)
         return self.readout(self._solve(context, eta0, ts).states[-1])

@@ -17,6 +17,7 @@ The default budget follows diffrax's ``diffeqsolve(max_steps=4096)``: 4096 steps
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -65,8 +66,14 @@ class EvaluationBudget:
                 )
         if self.count % FINITE_CHECK_EVERY == 1 or self.count > self.max_evaluations:
             if isinstance(output, Tensor) and not bool(torch.isfinite(output.detach()).all()):
+                time = float(torch.as_tensor(t).reshape(-1)[0])
+                where = (
+                    f"t={time:.4g}"
+                    if math.isfinite(time)
+                    else "a non-finite time (the step size had already become NaN/Inf)"
+                )
                 raise SolverError(
-                    f"{self.source} returned NaN/Inf at t={float(torch.as_tensor(t).reshape(-1)[0]):.4g} "
+                    f"{self.source} returned NaN/Inf at {where} "
                     f"(evaluation {self.count}); an adaptive solver cannot take a step from there"
                 )
         if self.count > self.max_evaluations:

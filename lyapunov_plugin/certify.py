@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._structure import layer_type, torchdyn_field, torchdyn_parts, unwrap_adapter
-from ._validation import check_choice, check_non_negative, check_positive_int, check_tensor
+from ._validation import check_choice, check_non_negative, check_positive_int, check_tensor, time_dtype
 from .blocks import LipschitzMLP, MLPDynamics, Standardize
 from .bounds import AffineForm, SymbolSpace
 from .dispatch import as_lyapunov_model
@@ -462,7 +462,7 @@ def certify(
 
     lowers, nominals = [], []
     with torch.no_grad(), EvalMode(model):
-        ts = torch.tensor([0.0, t_end], device=x.device)
+        ts = torch.tensor([0.0, t_end], dtype=time_dtype(x), device=x.device)
         reference = protocol.readout(integrate(protocol, x, ts, solver=fixed)[-1])
         if reference.ndim != 2:
             raise ValueError(

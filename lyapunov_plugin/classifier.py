@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typing import Solver
-from ._validation import check_positive
+from ._validation import check_positive, time_dtype
 from .dispatch import as_lyapunov_model
 from .model import horizon, integrate
 
@@ -74,7 +74,7 @@ class Classifier(nn.Module):
                     f"got shape {tuple(x.shape)}"
                 )
             x = x.reshape(x.shape[0], *self.input_shape)
-        ts = torch.tensor([0.0, self.t_end], device=x.device)
+        ts = torch.tensor([0.0, self.t_end], dtype=time_dtype(x), device=x.device)
         if self.solver is None:
             final = self.model.trajectory(x, ts)[-1]
         else:

@@ -25,7 +25,6 @@ from ._validation import (
     check_non_negative,
     check_positive,
     check_positive_int,
-    check_real,
     check_tensor,
     check_time_grid,
     floating_dtype_of,
@@ -455,8 +454,10 @@ def theorem3_radius(delta: Any, lipschitz: float, kappa: float) -> Tensor:
     if isinstance(delta, Tensor):
         if not delta.is_floating_point():
             raise TypeError(f"delta must be a floating-point tensor or a real number, got dtype {delta.dtype}")
+        if not bool((delta.isfinite() & (delta >= 0)).all()):
+            raise ValueError("delta must hold finite values >= 0 (a loss), got a negative, NaN or infinite entry")
     else:
-        check_real("delta", delta)
+        check_non_negative("delta", delta)
     delta = torch.as_tensor(delta, dtype=torch.float64)
     radius = kappa * (math.log(2.0) - delta) / (lipschitz * (-math.expm1(-kappa)))
     return radius.clamp_min(0.0)

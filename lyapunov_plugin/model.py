@@ -29,6 +29,7 @@ from .adapter import (
     check_shape_sequence,
     check_velocity,
     expand_to_batch,
+    probe_output,
     readout_at,
 )
 from .solvers import FixedStepSolver
@@ -42,6 +43,7 @@ __all__ = [
     "horizon",
     "check_velocity",
     "check_model",
+    "probe_output",
     "check_initial_state",
     "readout_at",
     "is_lyapunov_model",

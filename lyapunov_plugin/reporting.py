@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from ._validation import time_dtype
 from .checkpoint import atomic_write
 from .diagnostics import trajectory_violation_rate
 from .inference import EvalMode, predict
@@ -116,7 +117,7 @@ class ReferenceSet:
         if self.x is None or self.y is None:
             return {}
         x, y = self.x, self.y
-        ts = torch.linspace(0.0, t_end, 5, device=x.device)
+        ts = torch.linspace(0.0, t_end, 5, dtype=time_dtype(x), device=x.device)
         with EvalMode(model), torch.no_grad():
             out: dict[str, float] = {
                 "ref_violation": trajectory_violation_rate(model, (x, y), potential=potential, kappa=kappa, ts=ts),

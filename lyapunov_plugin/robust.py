@@ -151,6 +151,8 @@ class InputPerturbedObjective(Objective):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating tensor to be perturbed, got dtype {x.dtype}")
         x = x.detach()
+        if self.input_range is not None:
+            _check_in_range(x, self.input_range, "input_range")
         if self.random_start:
             device = generator.device if generator is not None else x.device
             u = torch.rand(tuple(x.shape), generator=generator, device=device, dtype=x.dtype).to(x.device)
@@ -212,4 +214,18 @@ def robust_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
         x: a few example inputs, needed only where :func:`~lyapunov_plugin.default_objective`
             needs them (a model that does not declare its readout / input layer).
     """
+    if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
+        _check_in_range(x, (0.0, 1.0), "robust_objective's input range (pixels in [0, 1])")
     return InputPerturbedObjective(base=default_objective(model, x), eps=ROBUST_EPS, steps=ROBUST_STEPS)
+
+
+def _check_in_range(x: Tensor, bounds: tuple[float, float], what: str) -> None:
+    """Inputs outside the range the perturbation is projected on would be clamped into it,
+    moving them far outside the eps-ball: refuse them instead."""
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if low < bounds[0] or high > bounds[1]:
+        raise ValueError(
+            f"x must lie in {what} [{bounds[0]:g}, {bounds[1]:g}] (the perturbed inputs are clamped into it), "
+            f"got values in [{low:.4g}, {high:.4g}]; build InputPerturbedObjective(base, eps=..., input_range=...) "
+            "with the range and eps of your inputs (input_range=None for no clamp)"
+        )

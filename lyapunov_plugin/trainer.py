@@ -16,6 +16,7 @@ in :mod:`~lyapunov_plugin.distributed`, predictions in :mod:`~lyapunov_plugin.in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -39,12 +40,13 @@ from ._validation import (
     check_positive,
     check_positive_int,
     check_tensor,
+    floating_dtype_of,
     parameter_device,
 )
-from .anytime import AnytimePrediction, anytime_predict
+from .anytime import AnytimePrediction, LevelChoice, anytime_predict, choose_level
 from .budget import SolverError
 from .checkpoint import FORMAT as _CHECKPOINT_FORMAT
-from .checkpoint import atomic_write, capture_rng, check_compatible, load_checkpoint, restore_rng
+from .checkpoint import CheckpointError, atomic_write, capture_rng, check_compatible, load_checkpoint, restore_rng
 from .diagnostics import (
     DecayStatistics,
     InferenceCurve,
@@ -66,7 +68,7 @@ from .distributed import (
     unwrap_data_parallel,
 )
 from .losses import LyapunovLossOutput
-from .model import check_model, horizon
+from .model import check_model, horizon, probe_output
 from .objectives import DEFAULT_KAPPA, Objective
 from .potentials import CrossEntropyPotential, MSEPotential, Potential
 from .recipe import DEFAULT_LR, Recipe, structure_is_known
@@ -117,7 +119,15 @@ def _check_loader(name: str, loader: Any) -> None:
 def _check_path(name: str, path: Any) -> Path:
     if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
         raise TypeError(f"{name} must be a str or os.PathLike file name, got {type(path).__name__} {path!r}")
-    return Path(path)
+    target = Path(path)
+    # Checked now, not after an epoch of training: a missing folder is created when the file
+    # is written, but one of the path's folders that exists as a file never can be.
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{name} {str(target)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+            break
+    return target
 
 
 class LyapunovTrainer:
@@ -227,6 +237,11 @@ class LyapunovTrainer:
         self.reference = ReferenceSet()
         self._stepped = False
         self._model_checked = False
+        # The readout output's shape (after the batch) and dtype, learnt once from two
+        # examples: a batch's targets are checked against it before the model runs on them.
+        self._output_template: Optional[tuple[tuple[int, ...], torch.dtype]] = None
+        # Checkpoint files this trainer wrote or resumed from (fit warns before overwriting others).
+        self._own_checkpoints: set[Path] = set()
         self._expected_mode: Optional[str] = None
 
     # ------------------------------------------------------------- the recipe
@@ -295,7 +310,22 @@ class LyapunovTrainer:
         y = as_labels(y).to(self.device)
         if y.is_floating_point() and x.is_floating_point():
             y = y.to(x.dtype)  # regression targets in the model's precision
+        self._check_targets(x, y)
         return x, y
+
+    def _check_targets(self, x: Tensor, y: Tensor) -> None:
+        """The potential's own target checks (label dtype, shape and range; regression shapes)
+        before the model runs on the batch, so a rejected batch changes nothing: no BatchNorm
+        statistics, no generator draw, no reference set. The readout's output shape is learnt
+        once, on two examples, in eval mode without gradients."""
+        if self._output_template is None:
+            with inference.EvalMode(self.model), torch.no_grad(), inference.explain_integer_input(x):
+                output = probe_output(self.model, x)
+            if not isinstance(output, Tensor) or output.ndim < 1:
+                return  # the model's own checks report what is wrong with it
+            self._output_template = (tuple(output.shape[1:]), output.dtype)
+        shape, dtype = self._output_template
+        self.potential.validate(torch.zeros((x.shape[0], *shape), dtype=dtype, device=y.device), y)
 
     def loss(self, x: Tensor, y: Tensor, *, epoch: Optional[int] = None) -> LyapunovLossOutput:
         """The objective on one batch (no optimiser step), with the epoch's ``kappa``. The
@@ -379,8 +409,8 @@ class LyapunovTrainer:
                 with inference.EvalMode(self.model), torch.no_grad(), inference.explain_integer_input(x):
                     check_model(self.model, x, source="the model's vector field")
                 self._model_checked = True
-            self.reference.remember(x, y)
             metrics = self._train_step(x, y, epoch, step)
+            self.reference.remember(x, y)  # only a batch the step accepted (a rejected one raised)
             if metrics is None:
                 continue
             for key, value in metrics.items():
@@ -448,9 +478,19 @@ class LyapunovTrainer:
         metrics_file = _check_path("metrics_path", metrics_path) if metrics_path is not None else None
         if metrics_file is not None and metrics_file.suffix not in (".csv", ".json"):
             raise ValueError(f"metrics_path must end in .csv or .json, got {str(metrics_file)!r}")
+        if checkpoint is not None and checkpoint.exists() and checkpoint.resolve() not in self._own_checkpoints:
+            message = (
+                f"checkpoint_path {str(checkpoint)!r} holds a checkpoint this trainer did not write or resume from; "
+                f"it will be overwritten after epoch {self.epoch + 1} (call resume({str(checkpoint)!r}) first to "
+                "continue it, or pass another path)"
+            )
+            warnings.warn(message, UserWarning, stacklevel=2)
+            logger.warning("%s", message)
         if checkpoint is not None and any_rank(not checkpoint.exists(), self.device):
             self.save(checkpoint)
-        epoch = self.epoch
+        modes = {module: module.training for module in self.model.modules()}
+        started = epoch = self.epoch
+        self._stepped = False
         try:
             for epoch in range(self.epoch + 1, epochs + 1):
                 lrs_before = [group["lr"] for group in self.optimizer.param_groups]
@@ -483,6 +523,12 @@ class LyapunovTrainer:
         except KeyboardInterrupt:
             where = f"; {checkpoint} holds the state after epoch {self.epoch}" if checkpoint is not None else ""
             logger.warning("training interrupted during epoch %d%s", epoch, where)
+            raise
+        except Exception:
+            if self.epoch == started and not self._stepped:
+                # Nothing of this call was trained: the modules' own train/eval flags come back.
+                for module, training in modes.items():
+                    module.training = training
             raise
         return self.history
 
@@ -527,6 +573,7 @@ class LyapunovTrainer:
         if is_main_process():
             atomic_write(target, lambda f: torch.save(state, f))
         barrier()
+        self._own_checkpoints.add(target.resolve())
 
     def resume(self, path: Union[str, Path]) -> int:
         """Restore a checkpoint written by :meth:`save`; returns the completed epoch.
@@ -545,6 +592,24 @@ class LyapunovTrainer:
             logger.warning(
                 "checkpoint written by lyapunov_plugin %s, resumed with %s", state["library_version"], __version__
             )
+        _check_counters(state)
+        _check_optimizer_state(state["optimizer"], self.optimizer)
+        before = copy.deepcopy(self.state_dict())
+        expected_mode = self._expected_mode
+        try:
+            self._restore(state)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            # Something the checks above cannot see (a generator state of the wrong size, say):
+            # put everything back, so the trainer is as it was.
+            self._restore(before)
+            self._expected_mode = expected_mode
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} could not be restored ({err}); the trainer is unchanged"
+            ) from err
+        self._own_checkpoints.add(Path(path).resolve())
+        return self.epoch
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -557,7 +622,6 @@ class LyapunovTrainer:
         self.skipped_steps = int(state["skipped_steps"])
         self.reference.restore(state.get("reference"), self.device)
         restore_rng(state["rng"], self.generator, rank=self.rank, world_size=self.world_size)
-        return self.epoch
 
     # --------------------------------------------------------------- inference
     def predict(self, x: Tensor, *, t_end: Optional[float] = None, solver: Optional[Solver] = None) -> Tensor:
@@ -591,6 +655,18 @@ class LyapunovTrainer:
             settings.setdefault("kappa", self.kappa_schedule.final)
         return anytime_predict(self.model, inference.model_input(self.model, x, self.device), **settings)
 
+    def choose_level(self, x_val: Tensor, **settings: Any) -> LevelChoice:
+        """:func:`~lyapunov_plugin.anytime.choose_level` on the trained model, with
+        :meth:`anytime_predict`'s defaults: the trainer's potential and, with ``MSEPotential``,
+        the final training ``kappa``. The level it returns is then the one
+        :meth:`anytime_predict` applies (the free function's default ``kappa = 1`` would make a
+        regression level 10x too loose for a model trained at the default ``kappa = 10``)."""
+        check_tensor("x_val", x_val, min_ndim=1)
+        settings.setdefault("potential", self.potential)
+        if isinstance(settings["potential"], MSEPotential):
+            settings.setdefault("kappa", self.kappa_schedule.final)
+        return choose_level(self.model, inference.model_input(self.model, x_val, self.device), **settings)
+
     def evaluate(
         self, loader: Any, *, t_end: Optional[float] = None, solver: Optional[Solver] = None
     ) -> dict[str, float]:
@@ -603,11 +679,16 @@ class LyapunovTrainer:
             self.model, loader, potential=self.potential, t_end=t_end, solver=solver, device=self.device
         )
 
+    @property
+    def _dtype(self) -> Optional[torch.dtype]:
+        """The model's floating dtype (time grids are built in it)."""
+        return floating_dtype_of(self.model)
+
     def loss_error_curve(
         self, loader: Any, *, ts: Optional[Tensor] = None, solver: Optional[Solver] = None
     ) -> InferenceCurve:
         """Paper Fig. 3: loss and error of early-terminated predictions on correctly classified points."""
-        ts = ts if ts is not None else torch.linspace(0.0, self.t_end, 11)
+        ts = _check_times("ts", ts) if ts is not None else torch.linspace(0.0, self.t_end, 11, dtype=self._dtype)
         with inference.EvalMode(self.model):
             return loss_error_curve(self.model, loader, ts.to(self.device), potential=self.potential, solver=solver)
 
@@ -630,7 +711,7 @@ class LyapunovTrainer:
         :class:`~lyapunov_plugin.RolloutSampler` around the inference trajectories)."""
         sampler = state_sampler or self.state_sampler or RolloutSampler()
         time_sampler = getattr(self.objective, "time_sampler", None) if state_sampler is None else None
-        ts = ts if ts is not None else torch.linspace(0.0, self.t_end, 11)
+        ts = _check_times("ts", ts) if ts is not None else torch.linspace(0.0, self.t_end, 11, dtype=self._dtype)
         kappa = self.kappa_schedule.final
         with inference.EvalMode(self.model):
             rate = lyapunov_condition_rate(
@@ -641,10 +722,53 @@ class LyapunovTrainer:
                 state_sampler=sampler,
                 time_sampler=time_sampler,
                 num_samples=num_samples,
-                trajectory_ts=torch.linspace(0.0, self.t_end, 5, device=self.device),
+                trajectory_ts=torch.linspace(0.0, self.t_end, 5, dtype=self._dtype, device=self.device),
                 generator=self.generator,
             )
             decay: DecayStatistics = decay_statistics(
                 self.model, loader, potential=self.potential, kappa=kappa, ts=ts.to(self.device)
             )
         return {"condition_rate": rate, "kappa": kappa, **decay.__dict__}
+
+
+def _check_counters(state: dict[str, Any]) -> None:
+    """The checkpoint's plain fields, before anything is restored (:meth:`LyapunovTrainer.resume`)."""
+    for key in ("epoch", "skipped_steps"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"checkpoint's {key} must be an int >= 0, got {value!r}")
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(record, dict) for record in history):
+        raise CheckpointError(f"checkpoint's history must be a list of dicts, got {type(history).__name__}")
+    lrs = state["base_lrs"]
+    if not isinstance(lrs, (list, tuple)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in lrs
+    ):
+        raise CheckpointError(f"checkpoint's base_lrs must be finite non-negative numbers, got {lrs!r}")
+    if not isinstance(state["rng"], dict):
+        raise CheckpointError(f"checkpoint's rng must be a dict, got {type(state['rng']).__name__}")
+
+
+#: Per-parameter optimiser state of torch's built-in optimisers, shaped like the parameter.
+_PARAMETER_SHAPED = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta", "sum")
+
+
+def _check_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Built-in optimiser buffers (Adam's moments, SGD's momentum, ...) must have their
+    parameter's shape: ``load_state_dict`` does not check, and the next step would fail."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entry in (saved.get("state") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(index, int) or not 0 <= index < len(params):
+            raise CheckpointError(f"checkpoint's optimiser state has an entry for unknown parameter {index!r}")
+        for key in _PARAMETER_SHAPED:
+            value = entry.get(key)
+            if isinstance(value, Tensor) and tuple(value.shape) != tuple(params[index].shape):
+                raise CheckpointError(
+                    f"checkpoint's optimiser state {key!r} of parameter {index} has shape {tuple(value.shape)}, "
+                    f"the parameter {tuple(params[index].shape)}"
+                )
+
+
+def _check_times(name: str, ts: Any) -> Tensor:
+    """A user's time grid: a 1-D floating tensor (the diagnostics check its order)."""
+    return check_tensor(name, ts, min_ndim=1, floating=True)

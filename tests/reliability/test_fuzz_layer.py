@@ -454,7 +454,11 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, Callable[[A
         lambda delta, lipschitz, kappa: dg.theorem3_radius(delta, lipschitz, kappa),
         dict(delta=0.1, lipschitz=1.0, kappa=1.0),
         dict(
-            delta=lambda v: _real(v) or (isinstance(v, torch.Tensor) and v.is_floating_point()),
+            # A loss: >= 0 and finite, as a number or in every entry of a floating tensor.
+            delta=lambda v: (
+                nonneg(v)
+                or (isinstance(v, torch.Tensor) and v.is_floating_point() and bool((v.isfinite() & (v >= 0)).all()))
+            ),
             lipschitz=pos,
             kappa=pos,
         ),
