@@ -39,7 +39,8 @@ def _cross_entropy(logits: list[float], label: int) -> float:
     return top + math.log(sum(math.exp(v - top) for v in logits)) - logits[label]
 
 
-def _eq_16_17(x, y, *, encoder, field, readout, kappa: float, steps: int) -> float:
+def _eq_16_17(x, y, *, encoder, field, readout, kappa: float, steps: int, first: int = 0) -> float:
+    """Eq. (16)-(17) summed over the intervals that start at grid state ``first`` or later."""
     dt, total = 1.0 / steps, 0.0
     for row, label in zip(x.tolist(), y.tolist(), strict=True):
         z = encoder(row)
@@ -47,7 +48,7 @@ def _eq_16_17(x, y, *, encoder, field, readout, kappa: float, steps: int) -> flo
         for _ in range(steps):
             z = _rk4_step(field, z, dt)
             values.append(_cross_entropy(readout(z), label))
-        total += sum(max(0.0, values[j] - math.exp(-kappa * dt) * values[j - 1]) for j in range(1, steps + 1))
+        total += sum(max(0.0, values[j] - math.exp(-kappa * dt) * values[j - 1]) for j in range(first + 1, steps + 1))
     return total / x.shape[0]
 
 
@@ -74,3 +75,38 @@ def test_trainer_discrete_path_loss_in_float64_equals_eq_16_17(shape):
     expected = _eq_16_17(x, y, encoder=encoder, field=_field(f), readout=readout, kappa=kappa, steps=steps)
     assert expected > 0  # the untrained model violates the condition: not a 0 == 0 check
     assert math.isclose(float(out.loss.detach()), expected, rel_tol=1e-10, abs_tol=0.0)
+
+
+@pytest.mark.parametrize(("start", "first"), [(0.5, 4), (0.25, 2), (0.01, 1), (0.95, 6)])
+def test_discrete_path_loss_from_a_start_fraction_sums_the_later_intervals_only(start: float, first: int):
+    # steps = 7: grid states at j / 7; the loss covers the intervals that begin at or after
+    # start * t_end (the first such state is ceil(7 start)), and always at least the last one.
+    torch.manual_seed(1)
+    f = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
+    model = NeuralODE(f, solver="rk4").double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    kappa, steps = 2.3, 7
+    objective = PathIntegralObjective(form="discrete", steps=steps, start=start)
+    out = LyapunovTrainer(model, objective=objective, kappa=kappa, progress=False).loss(x, y)
+    identity = lambda z: z  # noqa: E731
+    expected = _eq_16_17(
+        x, y, encoder=identity, field=_field(f), readout=identity, kappa=kappa, steps=steps, first=first
+    )
+    assert expected > 0
+    assert math.isclose(float(out.loss.detach()), expected, rel_tol=1e-10, abs_tol=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"start": -0.1}, "start must be >= 0"),
+        ({"start": 1.0}, r"start must be a fraction of the horizon in \[0, 1\)"),
+        ({"start": float("nan")}, "start"),
+        ({"start": 0.5, "form": "continuous"}, "start applies to form='discrete'"),
+    ],
+)
+def test_start_is_validated(kwargs, match):
+    kwargs.setdefault("form", "discrete")
+    with pytest.raises((ValueError, TypeError), match=match):
+        PathIntegralObjective(**kwargs)

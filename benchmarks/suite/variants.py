@@ -30,6 +30,7 @@ from lyapunov_plugin import (
     UniformTimeSampler,
     appendix_b_half_width,
 )
+from lyapunov_plugin.objectives import BARE_FLOW_KAPPA, BARE_FLOW_LR, BARE_FLOW_STEPS
 
 from .runner import Method, budget
 
@@ -221,6 +222,20 @@ VARIANTS: dict[str, Method] = {
         Method("bare_kappa_5", lambda problem, pattern: Recipe(kappa=5.0), patterns=("bare",)),
         Method("bare_lr_1e-2", lambda problem, pattern: Recipe(lr=1e-2), patterns=("bare",)),
         Method("bare_lr_5e-2", lambda problem, pattern: Recipe(lr=5e-2), patterns=("bare",)),
+        # Eq. (16)-(17) enforced only from a fraction of the horizon on (the bare flow first
+        # rearranges its input states; docs/defaults.md), at the bare flow's kappa and lr.
+        *(
+            Method(
+                f"bare_start_{start:g}",
+                lambda problem, pattern, start=start: Recipe(
+                    objective=PathIntegralObjective(form="discrete", steps=BARE_FLOW_STEPS, start=start),
+                    kappa=BARE_FLOW_KAPPA,
+                    lr=BARE_FLOW_LR,
+                ),
+                patterns=("bare",),
+            )
+            for start in (0.25, 0.5)
+        ),
         # The label-smoothed potential KL(q || softmax), 0 at finite logits (docs/anytime.md).
         *(
             Method(
