@@ -57,7 +57,7 @@ __all__ = [
 def iter_batches(data: Any) -> Iterable[tuple[Tensor, Tensor]]:
     """Yield ``(x, y)`` batches from a tensor pair or from an iterable of batches."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
-        yield data[0], data[1]
+        yield _paired(data[0], data[1])
         return
     if isinstance(data, (Tensor, str, bytes, dict)) or not isinstance(data, Iterable):
         raise TypeError(
@@ -70,7 +70,17 @@ def iter_batches(data: Any) -> Iterable[tuple[Tensor, Tensor]]:
         for name, value in (("x", batch[0]), ("y", batch[1])):
             if not isinstance(value, Tensor):
                 raise TypeError(f"data must yield (x, y) batches of tensors, got {name} of type {type(value).__name__}")
-        yield batch[0], batch[1]
+        yield _paired(batch[0], batch[1])
+
+
+def _paired(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """One target per input, checked here: later the targets are repeated per state, and a
+    mismatch would be reported with that expanded batch size."""
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"data must pair each input with its target: x has shape {tuple(x.shape)}, y has shape {tuple(y.shape)}"
+        )
+    return x, y
 
 
 def _check_solver(solver: Any) -> Optional[Solver]:

@@ -220,3 +220,13 @@ def test_the_trainers_choose_level_uses_the_kappa_its_anytime_predict_uses() -> 
     assert mine.level == free.level
     with pytest.raises(TypeError, match="x_val must be a torch.Tensor"):
         trainer.choose_level([0.0])
+
+
+def test_diagnostics_name_the_users_batch_when_inputs_and_targets_do_not_pair() -> None:
+    x, y = _data()
+    model = _model()
+    grid = torch.linspace(0.0, 1.0, 5)
+    with pytest.raises(ValueError, match=r"x has shape \(32, 2\), y has shape \(4,\)"):
+        lp.diagnostics.trajectory_violation_rate(model, [(x[:32], y[:4])], kappa=1.0, ts=grid)
+    with pytest.raises(ValueError, match=r"x has shape \(32, 2\), y has shape \(4,\)"):
+        lp.diagnostics.trajectory_violation_rate(model, (x[:32], y[:4]), kappa=1.0, ts=grid)
