@@ -413,7 +413,8 @@ def _with_bound(
         if found is None:
             raise ValueError(
                 "bound='local' needs an ODEModel whose dynamics are lyapunov_plugin.blocks.MLPDynamics made of "
-                f"nn.Linear and monotone elementwise layers, got {type(model).__name__}; use bound='global'"
+                "nn.Linear and monotone elementwise layers (not Softplus), without forward hooks, got "
+                f"{type(model).__name__}; use bound='global'"
             )
     return replace(rule, bound=bound, gain=solver_gain(settings.solver), step_cap=cap, local=found), ""
 

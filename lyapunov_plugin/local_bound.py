@@ -53,14 +53,15 @@ from ._structure import layer_type
 from .blocks import MLPDynamics
 from .model import ODEModel
 from .speed import (
-    _MONOTONE,
     LogitRateBound,
     _all_others,
     _apply_monotone,
+    _is_monotone,
     _leaves,
     _linear,
     _readout_matrix,
     _slack,
+    global_hooks,
 )
 
 __all__ = ["LocalRateBound", "local_rate_bound", "gap_lower_bound", "local_certified_stops", "doubling_intervals"]
@@ -122,14 +123,17 @@ def local_rate_bound(model: Any, bound: LogitRateBound) -> Optional[LocalRateBou
     model (the global bound ``bound`` then stands alone)."""
     if type(model) is not ODEModel or type(model.dynamics) is not MLPDynamics or bound.speed is None:
         return None
+    # Every module of the field, containers included (a pre-hook on MLPDynamics or on its
+    # nn.Sequential rewrites the input without touching a layer; review finding), and no
+    # global hooks.
+    if global_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in model.dynamics.modules()):
+        return None
     layers: list[_Layer] = []
     for module in _leaves(model.dynamics.net):
-        if module._forward_hooks or module._forward_pre_hooks:
-            return None
         kind = layer_type(module)
         if kind is nn.Linear:
             layers.append(_linear(module))
-        elif kind in _MONOTONE:
+        elif _is_monotone(module):
             layers.append(module)
         else:
             return None

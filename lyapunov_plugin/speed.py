@@ -51,7 +51,26 @@ __all__ = ["LogitRateBound", "logit_rate_bound", "solver_gain", "certified_stops
 BOUNDED_ACTIVATIONS = ("nn.Tanh", "nn.Sigmoid", "nn.Softsign", "nn.Hardtanh")
 # Elementwise non-decreasing layers interval arithmetic carries exactly (endpoints map to
 # endpoints). Dropout is the identity in eval mode, in which every anytime solve runs.
-_MONOTONE = (nn.Tanh, nn.Sigmoid, nn.Softsign, nn.Hardtanh, nn.ReLU, nn.Softplus, nn.Identity, nn.Dropout)
+# ``nn.Softplus`` is not among them: above ``threshold / beta`` PyTorch switches it to the
+# identity, a downward jump of ``log1p(exp(-threshold)) / beta`` (0.2 at ``beta = 1e-8``;
+# 2e-9 at the defaults, enough to flip a stop behind a large weight): not monotone (review finding).
+_MONOTONE = (nn.Tanh, nn.Sigmoid, nn.Softsign, nn.Hardtanh, nn.ReLU, nn.Identity, nn.Dropout)
+
+
+def _is_monotone(module: nn.Module) -> bool:
+    """Whether interval endpoints map to endpoints through ``module`` (elementwise, non-decreasing)."""
+    return layer_type(module) in _MONOTONE
+
+
+def global_hooks() -> bool:
+    """Whether forward hooks are registered for *every* module
+    (``torch.nn.modules.module.register_module_forward_hook`` and its pre-hook twin): they
+    change layers' inputs or outputs without appearing on any module."""
+    registry = torch.nn.modules.module
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called")
+    return any(bool(getattr(registry, name, None)) for name in names)
+
+
 # The part of the certified test's rounding slack that covers the readout (the logits
 # computed from the state), in units of the dtype's epsilon times the logits' magnitude.
 _ROUNDING_ULPS = 1e3
@@ -77,6 +96,9 @@ class LogitRateBound:
     #: ``(n,)`` float64, ``sup |f_k|`` per state coordinate (``field_max`` is its maximum);
     #: ``None`` where it was not computed.
     speed: Optional[Tensor] = None
+    #: The readout's ``sum_k |W_ik|`` and ``|b_i|`` per logit, and the state's width ``n``:
+    #: the rounding of ``z = W eta + b`` itself (``None``: not allowed for).
+    readout_terms: Optional[tuple[Tensor, Tensor, int]] = None
 
 
 def _box(module: nn.Module) -> Optional[tuple[Tensor, Tensor]]:
@@ -109,6 +131,11 @@ def _leaves(module: nn.Module) -> Iterator[nn.Module]:
 def _check_no_hooks(module: nn.Module, who: str) -> None:
     """Refuse a layer with forward hooks: what it returns is then not its own computation (e.g.
     ``torch.nn.utils.spectral_norm``'s pre-hook recomputes the weight the bound would read)."""
+    if global_hooks():
+        raise NotImplementedError(
+            f"{who} cannot bound the field while global module forward hooks are registered "
+            "(torch.nn.modules.module.register_module_forward_hook / _pre_hook): they change every layer's output"
+        )
     if module._forward_hooks or module._forward_pre_hooks:
         raise NotImplementedError(
             f"{who} cannot bound {type(module).__name__}: it has forward hooks, so its output is not its weights' "
@@ -130,9 +157,6 @@ def _apply_monotone(module: nn.Module, value: Tensor) -> Tensor:
         return value.clamp(float(module.min_val), float(module.max_val))  # type: ignore[arg-type]
     if kind is nn.ReLU:
         return value.clamp_min(0.0)
-    if kind is nn.Softplus:
-        beta, threshold = float(module.beta), float(module.threshold)  # type: ignore[arg-type]
-        return torch.nn.functional.softplus(value, beta=beta, threshold=threshold)
     raise AssertionError(f"not a monotone layer: {kind}")  # unreachable: callers check _MONOTONE
 
 
@@ -168,12 +192,17 @@ def _field_module(model: Any, who: str) -> nn.Module:
 
 
 def _readout_matrix(model: Any, state_dim: int, who: str) -> Tensor:
+    return _readout_affine(model, state_dim, who)[0]
+
+
+def _readout_affine(model: Any, state_dim: int, who: str) -> tuple[Tensor, Tensor]:
+    """The readout's weight and bias (float64): identity or one ``nn.Linear``."""
     readout = readout_of(model.readout)
     if readout is None or (isinstance(readout, nn.Module) and layer_type(readout) is nn.Identity):
-        return torch.eye(state_dim, dtype=torch.float64)
+        return torch.eye(state_dim, dtype=torch.float64), torch.zeros(state_dim, dtype=torch.float64)
     if isinstance(readout, nn.Module) and layer_type(readout) is nn.Linear:
         _check_no_hooks(readout, who)
-        return _linear(readout)[0]
+        return _linear(readout)
     raise NotImplementedError(
         f"{who} needs an identity or a single nn.Linear readout (the logits linear in the state), got "
         f"{type(readout).__name__}"
@@ -215,7 +244,7 @@ def logit_rate_bound(model: Any, who: str = "the certified stop") -> LogitRateBo
             centre = weight @ centre.expand(weight.shape[1]) + bias
             radius = weight.abs() @ radius.expand(weight.shape[1])
             lower, upper = centre - radius, centre + radius
-        elif kind in _MONOTONE:
+        elif _is_monotone(module):
             lower, upper = _apply_monotone(module, lower), _apply_monotone(module, upper)
         else:
             raise NotImplementedError(
@@ -232,7 +261,7 @@ def logit_rate_bound(model: Any, who: str = "the certified stop") -> LogitRateBo
         width = lower.shape[0]
         a, a0 = torch.eye(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
     centre, radius = (upper + lower) / 2, (upper - lower) / 2
-    w = _readout_matrix(model, a.shape[0], who)
+    w, w0 = _readout_affine(model, a.shape[0], who)
     if w.shape[1] != a.shape[0]:
         raise NotImplementedError(
             f"{who}: the readout takes {w.shape[1]} features but the field's last layer returns {a.shape[0]}"
@@ -246,7 +275,14 @@ def logit_rate_bound(model: Any, who: str = "the certified stop") -> LogitRateBo
     readout_l1 = (w[:, None, :] - w[None, :, :]).abs().sum(-1)
     if not (bool(pairwise.isfinite().all()) and math.isfinite(field_max)):
         raise NotImplementedError(f"{who}: the field's bound is not finite (non-finite weights?)")
-    return LogitRateBound(pairwise=pairwise, module=leaves[-1], readout_l1=readout_l1, field_max=field_max, speed=speed)
+    return LogitRateBound(
+        pairwise=pairwise,
+        module=leaves[-1],
+        readout_l1=readout_l1,
+        field_max=field_max,
+        speed=speed,
+        readout_terms=(w.abs().sum(1), w0.abs(), int(w.shape[1])),
+    )
 
 
 def solver_gain(solver: str) -> float:
@@ -301,6 +337,14 @@ def _slack(
     if state_scale is not None and max_steps > 0:
         future = state_scale.unsqueeze(-1) + remaining * gain * bound.field_max
         slack = slack + 2.0 * max_steps * eps * bound.readout_l1.to(logits)[c] * future
+        if bound.readout_terms is not None:
+            # The readout's own rounding, now and at t_end: a dot product of n terms rounds by
+            # at most about n eps sum_k |W_ik eta_k| (plus the bias's), which can dwarf the
+            # logits' own ulp when a large state cancels in them (review finding).
+            rows, bias, width = bound.readout_terms
+            per_logit = rows.to(logits) * (state_scale.unsqueeze(-1) + future) + 2.0 * bias.to(logits)
+            pair = per_logit + per_logit.gather(-1, c.unsqueeze(-1))
+            slack = slack + (width + 2) * eps * pair
     return slack
 
 

@@ -175,7 +175,7 @@ def test_torchdyn_models_keep_the_global_bound() -> None:
 
 
 @pytest.mark.parametrize(
-    "layer", [nn.Tanh(), nn.Sigmoid(), nn.Softsign(), nn.Hardtanh(-2.0, 2.0), nn.Hardtanh(-1.0, 2.0), nn.Softplus()]
+    "layer", [nn.Tanh(), nn.Sigmoid(), nn.Softsign(), nn.Hardtanh(-2.0, 2.0), nn.Hardtanh(-1.0, 2.0), nn.ReLU()]
 )
 def test_activation_deviation_is_the_two_sided_maximum(layer) -> None:
     # Symmetric activations take one evaluation (the side towards 0); checked against both
@@ -189,3 +189,65 @@ def test_activation_deviation_is_the_two_sided_maximum(layer) -> None:
     out = layer(v)
     two_sided = torch.maximum(layer(v + d) - out, out - layer(v - d))
     torch.testing.assert_close(activation_deviation(layer, v, out, d), two_sided, rtol=0, atol=1e-12)
+
+
+def test_the_readouts_own_rounding_is_allowed_for() -> None:
+    # A float32 state of ~1e4 that cancels in the logits (|z| ~ 0.15, sum |W eta| ~ 6e3) and
+    # two nearly equal readout rows: the true gap z0 - z1 is 1e-4 > 0 everywhere, but the
+    # readout's rounding flips the computed class. Both bounds stopped on the rounded logits
+    # before the slack counted the readout's dot product (review finding: 403 of 1000 false).
+    dynamics = MLPDynamics(2, 1, hidden=(1,), time_dependent=False)
+    with torch.no_grad():
+        dynamics.net[0].weight.zero_()
+        dynamics.net[0].weight[0, 2] = 50.0
+        dynamics.net[0].bias.zero_()
+        dynamics.net[2].weight.copy_(torch.tensor([[3.7], [3.7]]))
+        dynamics.net[2].bias.zero_()
+        initial = nn.Linear(1, 2)
+        initial.weight.copy_(torch.tensor([[1e4], [1e4]]))
+        initial.bias.copy_(torch.tensor([0.0, 0.5]))
+        readout = nn.Linear(2, 2)
+        readout.weight.copy_(torch.tensor([[0.3, -0.3], [0.3 + 1e-6, -0.3 - 1e-6]]))
+        readout.bias.copy_(torch.tensor([1e-4, 0.0]))
+    model = ODEModel(dynamics, state_shape=(2,), encoder=nn.Identity(), initial_state=initial, readout=readout)
+    x = 1.0 + torch.linspace(0, 1e-3, 500).unsqueeze(1)
+    full = anytime_predict(model, x, level=0.0, solver="rk4", steps=20)
+    for bound in ("global", "local"):
+        out = anytime_predict(model, x, rule="certified", solver="rk4", steps=20, bound=bound)
+        assert not bool(out.false_stops(full.logits).any())
+
+
+def test_softplus_is_not_treated_as_monotone() -> None:
+    # PyTorch's softplus switches to the identity above threshold / beta, with a downward
+    # jump there (log 2 -> 0 at threshold 0; 0.2 at beta = 1e-8): interval endpoints no
+    # longer bound it, and a stop behind a large weight could be false (review finding).
+    from lyapunov_plugin.speed import _is_monotone
+
+    assert not _is_monotone(nn.Softplus()) and not _is_monotone(nn.Softplus(threshold=0.0))
+    assert _is_monotone(nn.Tanh()) and _is_monotone(nn.ReLU())
+    dynamics = MLPDynamics(3, 1, hidden=(4, 4), time_dependent=False)
+    dynamics.net[1] = nn.Softplus()
+    model = ODEModel(dynamics, state_shape=(3,), encoder=nn.Identity())
+    with pytest.raises(ValueError, match="monotone"):
+        anytime_predict(model, torch.zeros(2, 1), rule="certified", solver="rk4", steps=10, bound="local")
+
+
+@pytest.mark.parametrize("where", ["dynamics", "net", "global"])
+def test_a_forward_hook_anywhere_on_the_field_refuses_the_local_bound(where: str) -> None:
+    # A pre-hook on MLPDynamics or on its nn.Sequential (or a global module hook) rewrites the
+    # field's input without touching a layer; the local bound, computed from the layers, was
+    # then wrong (review finding: a stop at t = 0 on the wrong class).
+    model = models.saturated_paper_model()
+    flip = lambda module, args: tuple(-a if i == 1 else a for i, a in enumerate(args))  # noqa: E731
+    x = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    if where == "global":
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: None)
+    else:
+        target = model.dynamics if where == "dynamics" else model.dynamics.net
+        handle = target.register_forward_pre_hook(flip if where == "dynamics" else (lambda module, args: None))
+    try:
+        with pytest.raises(ValueError, match="hooks"):
+            anytime_predict(model, x, rule="certified", solver="rk4", steps=20, bound="local")
+    finally:
+        handle.remove()
+    anytime_predict(model, x, rule="certified", solver="rk4", steps=20, bound="local")  # hooks gone: accepted
