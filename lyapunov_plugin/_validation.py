@@ -198,6 +198,16 @@ def floating_dtype_of(model: Any) -> Any:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
+def check_in_range(name: str, x: Tensor, low: float, high: float, *, what: str, advice: str = "") -> None:
+    """Every entry of ``x`` in ``[low, high]`` (``what`` names the range in the message, and
+    ``advice`` says what to do instead)."""
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < low or hi > high:
+        raise ValueError(
+            f"{name} must lie in {what}, got values in [{lo:.4g}, {hi:.4g}]" + (f"; {advice}" if advice else "")
+        )
+
+
 def time_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The dtype of a time grid for inputs ``x``: theirs when floating (a float64 model's
     ``t_end`` is not rounded to float32), the default otherwise (``None``)."""

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._structure import layer_type, torchdyn_field, torchdyn_parts, unwrap_adapter
-from ._validation import check_choice, check_non_negative, check_positive_int, check_tensor, time_dtype
+from ._validation import check_choice, check_in_range, check_non_negative, check_positive_int, check_tensor, time_dtype
 from .blocks import LipschitzMLP, MLPDynamics, Standardize
 from .bounds import AffineForm, SymbolSpace
 from .dispatch import as_lyapunov_model
@@ -394,8 +394,7 @@ def _check_domain(domain: Any, norm: str, x: Tensor) -> Optional[tuple[float, fl
     if norm != "linf":
         raise ValueError(f"domain is supported with norm='linf' only, got norm={norm!r}")
     low, high = float(domain[0]), float(domain[1])
-    if bool((x < low).any()) or bool((x > high).any()):
-        raise ValueError(f"x must lie in domain {domain!r}, got values in [{float(x.min())}, {float(x.max())}]")
+    check_in_range("x", x, low, high, what=f"domain {domain!r}")
     return low, high
 
 

@@ -81,17 +81,16 @@ class LocalRateBound:
         layers: per layer of ``MLPDynamics.net``, ``(weight, bias)`` for ``nn.Linear`` or the
             monotone module itself; the first and the last are linear.
         state_dim: ``n``, the state's width (the first ``n`` input columns).
-        time_column: whether the last input column is ``t``.
         gap_weights: ``(m, m, H)``, ``|(W_c - W_j) A|`` (``W`` the readout, ``A`` the last layer).
         readout: ``(m, n)``, the readout's matrix.
         speed: ``(n,)``, ``sup |f_k|`` over the activation box.
         magnitudes: ``|weight|`` of every linear layer (``None`` for the others); the first
-            layer's is split into its state columns and its time column (``time_weight``).
+            layer's is split into its state columns and its time column (``time_weight``,
+            ``None`` when the field has no time input).
     """
 
     layers: tuple[_Layer, ...]
     state_dim: int
-    time_column: bool
     gap_weights: Tensor
     readout: Tensor
     speed: Tensor
@@ -152,7 +151,6 @@ def local_rate_bound(model: Any, bound: LogitRateBound) -> Optional[LocalRateBou
     return LocalRateBound(
         layers=tuple(layers),
         state_dim=dynamics.state_dim,
-        time_column=dynamics.time_dependent,
         gap_weights=(rows[:, None, :] - rows[None, :, :]).abs(),
         readout=w,
         speed=bound.speed,
@@ -211,14 +209,15 @@ def _symmetric_slope(layer: nn.Module) -> bool:
     return kind in (nn.Tanh, nn.Sigmoid, nn.Softsign)
 
 
-def _forward(
-    local: LocalRateBound, eta: Tensor, context: Optional[Tensor], t: Tensor
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Every layer's input and output at the current states, in float64."""
+def _current(
+    local: LocalRateBound, eta: Tensor, context: Optional[Tensor], t: Tensor, logits: Tensor
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor, Tensor]:
+    """At the current states, in float64: every layer's input and output, the predicted class
+    ``c``, the gaps ``z_c - z_j`` and their rates now."""
     parts = [eta.flatten(1).double()]
     if context is not None:
         parts.append(context.flatten(1).double())
-    if local.time_column:
+    if local.time_weight is not None:  # the field's last input column is t
         parts.append(t.double().reshape(-1, 1))
     value = torch.cat(parts, dim=1)
     inputs, outputs = [], []
@@ -226,16 +225,11 @@ def _forward(
         inputs.append(value)
         value = value @ layer[0].T + layer[1] if isinstance(layer, tuple) else _apply_monotone(layer, value)
         outputs.append(value)
-    return inputs, outputs
-
-
-def _gaps_and_rates(local: LocalRateBound, velocity: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The predicted class ``c``, the gaps ``z_c - z_j`` and their rates now, float64."""
     z = logits.double()
     c = z.argmax(-1)
     rows = torch.arange(z.shape[0], device=z.device)
-    rate = velocity @ local.readout.T
-    return c, z[rows, c].unsqueeze(-1) - z, rate[rows, c].unsqueeze(-1) - rate
+    rate = value @ local.readout.T  # value: f(eta, x, t)
+    return inputs, outputs, c, z[rows, c].unsqueeze(-1) - z, rate[rows, c].unsqueeze(-1) - rate
 
 
 def _lower_bound(
@@ -286,8 +280,7 @@ def gap_lower_bound(
     ``steps_left`` RK4 steps of size ``step`` from the states ``eta`` (``(B, n)``) at times
     ``t`` (``(B,)``) with ``context`` (``(B, p)``), ``c`` the argmax of ``logits`` (the readout
     of ``eta``); column ``c`` is 0."""
-    inputs, outputs = _forward(local, eta, context, t)
-    c, gap, rate_gap = _gaps_and_rates(local, outputs[-1], logits)
+    inputs, outputs, c, gap, rate_gap = _current(local, eta, context, t, logits)
     return _lower_bound(local, bound, inputs, outputs, c, gap, rate_gap, steps_left, step)
 
 
@@ -306,8 +299,7 @@ def local_certified_stops(
     """Where the local bound proves today's ``argmax`` is the RK4 prediction at ``t_end``:
     :func:`gap_lower_bound` above the rounding slack for every other class (arguments as
     there; ``max_steps`` the solve's step count, for the slack)."""
-    inputs, outputs = _forward(local, eta, context, t)
-    c, gap, rate_gap = _gaps_and_rates(local, outputs[-1], logits)
+    inputs, outputs, c, gap, rate_gap = _current(local, eta, context, t, logits)
     remaining = steps_left * step
     eps = torch.finfo(logits.dtype).eps
     scale = eta.flatten(1).abs().amax(-1)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from ._validation import check_non_negative, check_positive, check_real
+from ._validation import check_in_range, check_non_negative, check_positive, check_real
 from .inference import EvalMode
 from .losses import LyapunovLossOutput
 from .model import LyapunovModel
@@ -222,10 +222,12 @@ def robust_objective(model: Any, x: Optional[Tensor] = None) -> Objective:
 def _check_in_range(x: Tensor, bounds: tuple[float, float], what: str) -> None:
     """Inputs outside the range the perturbation is projected on would be clamped into it,
     moving them far outside the eps-ball: refuse them instead."""
-    low, high = (float(v) for v in torch.aminmax(x.detach()))
-    if low < bounds[0] or high > bounds[1]:
-        raise ValueError(
-            f"x must lie in {what} [{bounds[0]:g}, {bounds[1]:g}] (the perturbed inputs are clamped into it), "
-            f"got values in [{low:.4g}, {high:.4g}]; build InputPerturbedObjective(base, eps=..., input_range=...) "
-            "with the range and eps of your inputs (input_range=None for no clamp)"
-        )
+    check_in_range(
+        "x",
+        x,
+        bounds[0],
+        bounds[1],
+        what=f"{what} [{bounds[0]:g}, {bounds[1]:g}] (the perturbed inputs are clamped into it)",
+        advice="build InputPerturbedObjective(base, eps=..., input_range=...) with the range and eps of your inputs "
+        "(input_range=None for no clamp)",
+    )

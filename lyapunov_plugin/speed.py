@@ -131,11 +131,6 @@ def _leaves(module: nn.Module) -> Iterator[nn.Module]:
 def _check_no_hooks(module: nn.Module, who: str) -> None:
     """Refuse a layer with forward hooks: what it returns is then not its own computation (e.g.
     ``torch.nn.utils.spectral_norm``'s pre-hook recomputes the weight the bound would read)."""
-    if global_hooks():
-        raise NotImplementedError(
-            f"{who} cannot bound the field while global module forward hooks are registered "
-            "(torch.nn.modules.module.register_module_forward_hook / _pre_hook): they change every layer's output"
-        )
     if module._forward_hooks or module._forward_pre_hooks:
         raise NotImplementedError(
             f"{who} cannot bound {type(module).__name__}: it has forward hooks, so its output is not its weights' "
@@ -221,6 +216,11 @@ def logit_rate_bound(model: Any, who: str = "the certified stop") -> LogitRateBo
     Raises:
         NotImplementedError: the model is not of that form (the message says why).
     """
+    if global_hooks():
+        raise NotImplementedError(
+            f"{who} cannot bound the field while global module forward hooks are registered "
+            "(torch.nn.modules.module.register_module_forward_hook / _pre_hook): they change every layer's output"
+        )
     leaves = list(_leaves(_field_module(model, who)))
     start = max((i for i, m in enumerate(leaves) if _box(m) is not None), default=None)
     if start is None:
